@@ -1,0 +1,247 @@
+"""Shared machinery of every attack: parameter handling, norms, projections.
+
+Every attack in :mod:`robustfit.attacks` subclasses :class:`Attack`. The
+projections onto the epsilon-ball and onto the input box live here, in one
+place, so that every attack keeps its iterate feasible in the same way.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+
+NORMS = ("linf", "l2")
+
+
+def _flat_norm(t, ord):
+    """Per-sample norm of a batch, shaped for broadcasting against ``t``."""
+    flat = t.reshape(t.shape[0], -1)
+    if ord == "linf":
+        n = flat.abs().amax(dim=1)
+    else:
+        n = flat.norm(p=2, dim=1)
+    return n.view(-1, *([1] * (t.dim() - 1)))
+
+
+def normalize_gradient(grad, norm):
+    """Steepest-ascent direction of unit ``norm`` for a gradient.
+
+    For l_inf this is ``sign(grad)``; for l_2 it is ``grad / ||grad||_2``
+    (samples with a zero gradient get a zero direction).
+    """
+    if norm == "linf":
+        return grad.sign()
+    return grad / _flat_norm(grad, "l2").clamp_min(1e-12)
+
+
+def project_ball(delta, epsilon, norm):
+    """Project perturbations onto the ``norm`` ball of radius ``epsilon``."""
+    if norm == "linf":
+        return delta.clamp(-epsilon, epsilon)
+    factor = (epsilon / _flat_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
+    return delta * factor
+
+
+def project_box(x, delta, bounds):
+    """Return ``delta`` such that ``x + delta`` lies inside ``bounds``.
+
+    ``bounds=None`` means an unbounded input space (tabular features).
+    """
+    if bounds is None:
+        return delta
+    lo, hi = bounds
+    return (x + delta).clamp(lo, hi) - x
+
+
+def project(x, delta, epsilon, norm, bounds):
+    """Project onto the epsilon-ball, then onto the input box.
+
+    For l_inf the two sets are boxes, so this is the exact projection onto
+    their intersection. For l_2 the box step only shrinks coordinates
+    towards ``x``, so the result stays inside the ball as well.
+    """
+    return project_box(x, project_ball(delta, epsilon, norm), bounds)
+
+
+def random_init(x, epsilon, norm, bounds):
+    """Draw a perturbation uniformly from the ``norm`` ball, then fit the box."""
+    if norm == "linf":
+        delta = (torch.rand_like(x) * 2 - 1) * epsilon
+    else:
+        direction = torch.randn_like(x)
+        direction = direction / _flat_norm(direction, "l2").clamp_min(1e-12)
+        d = x[0].numel()
+        radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1.0 / d)
+        delta = direction * (epsilon * radius).view(-1, *([1] * (x.dim() - 1)))
+    return project_box(x, delta, bounds)
+
+
+def perturbation_norm(x_adv, x, norm):
+    """Per-sample ``norm`` of ``x_adv - x`` as a 1-d tensor."""
+    return _flat_norm(x_adv - x, norm).flatten()
+
+
+def check_bounds(bounds):
+    """Validate an input box and return it as a tuple of floats (or None)."""
+    if bounds is None:
+        return None
+    try:
+        lo, hi = bounds
+        lo, hi = float(lo), float(hi)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"bounds must be None or a pair (low, high), got {bounds!r}"
+        ) from None
+    if not lo < hi:
+        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
+    return lo, hi
+
+
+def check_in_bounds(X, bounds, name="X"):
+    """Raise ``ValueError`` if any value of ``X`` lies outside ``bounds``."""
+    if bounds is None:
+        return
+    lo, hi = bounds
+    if isinstance(X, torch.Tensor):
+        xmin, xmax = float(X.min()), float(X.max())
+    else:
+        xmin, xmax = float(np.min(X)), float(np.max(X))
+    tol = 1e-6
+    if xmin < lo - tol or xmax > hi + tol:
+        raise ValueError(
+            f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared "
+            f"input box bounds=({lo:g}, {hi:g}). Scale the data into the box, or "
+            "set the attack's bounds (bounds=None for unbounded features)."
+        )
+
+
+def _check_positive_int(value, name, minimum=1):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_nonnegative(value, name):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+class Attack(BaseEstimator):
+    """Base class of robustfit's attacks.
+
+    An attack is a small parameter object, like a scikit-learn estimator: its
+    constructor stores the arguments unchanged, ``get_params``/``set_params``
+    expose them (so :func:`sklearn.base.clone` and grid searches over
+    ``attack__epsilon`` work), and calling it runs the attack on tensors::
+
+        x_adv = attack(module, X, y)
+
+    The module is put in **eval mode** while the attack runs (BatchNorm uses its
+    running statistics and does not update them; dropout is off) and restored
+    to its previous mode afterwards. Gradients are taken with respect to the
+    input only, through :func:`torch.autograd.grad`, so parameters' ``.grad``
+    fields are never touched.
+
+    Subclasses implement :meth:`_perturb`.
+    """
+
+    #: Norms the attack supports.
+    _norms = NORMS
+
+    def _validate(self):
+        _check_nonnegative(self.epsilon, "epsilon")
+        if self.norm not in self._norms:
+            raise ValueError(
+                f"norm must be one of {self._norms}, got {self.norm!r}"
+            )
+        check_bounds(self.bounds)
+
+    def __call__(self, module, X, y):
+        """Return adversarial examples for ``X`` against ``module``.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            A network that maps a batch of inputs to class logits.
+        X : torch.Tensor or numpy.ndarray
+            Clean inputs, shape ``(n, ...)``. Numpy input is moved to the
+            module's device.
+        y : torch.Tensor or numpy.ndarray
+            Integer class indices, shape ``(n,)``.
+
+        Returns
+        -------
+        X_adv : torch.Tensor
+            Adversarial inputs of the same shape, inside the epsilon-ball around
+            ``X`` and inside ``bounds``. Detached from any graph.
+        """
+        self._validate()
+        x, y = _as_tensors(module, X, y)
+        check_in_bounds(x, check_bounds(self.bounds))
+        return self.perturb(module, x, y)
+
+    def perturb(self, module, x, y):
+        """Run the attack on trusted tensors, without validation.
+
+        This is the path :class:`~robustfit.AdversarialClassifier` takes for
+        every training batch, after validating the attack and the data once: it
+        converts nothing and reads nothing back to the host.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            Network returning logits.
+        x : torch.Tensor
+            Clean inputs on the module's device, inside ``bounds``.
+        y : torch.Tensor
+            Integer class indices (``torch.long``) on the same device.
+
+        Returns
+        -------
+        x_adv : torch.Tensor
+            Detached adversarial inputs.
+        """
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.enable_grad():
+                x_adv = self._perturb(module, x, y)
+        finally:
+            module.train(was_training)
+        return x_adv.detach()
+
+    def _perturb(self, module, x, y):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def _bounds(self):
+        return check_bounds(self.bounds)
+
+
+def _module_device(module):
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _as_tensors(module, X, y):
+    device = _module_device(module)
+    x = torch.as_tensor(X, dtype=torch.float32 if not torch.is_tensor(X) else None)
+    if x.device != device:
+        x = x.to(device, non_blocking=True)
+    if not x.is_floating_point():
+        x = x.float()
+    y = torch.as_tensor(y)
+    if y.device != device:
+        y = y.to(device, non_blocking=True)
+    if y.dtype != torch.long:
+        y = y.long()
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"X and y have different lengths: {x.shape[0]} and {y.shape[0]}"
+        )
+    return x, y

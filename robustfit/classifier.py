@@ -1,0 +1,680 @@
+"""AdversarialClassifier: skorch's NeuralNetClassifier trained on adversarial
+examples.
+
+The training loop is skorch's. robustfit overrides narrow hooks only:
+
+* :meth:`AdversarialClassifier.train_step_single` replaces each clean batch by
+  the attack's adversarial batch before the forward pass;
+* ``initialize_module`` builds or completes the network from the data's shape;
+* ``on_batch_begin`` applies the learning-rate schedule and the attack's
+  epsilon warm-up;
+* ``fit``/``partial_fit``/``predict_proba`` validate input and encode labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import check_random_state
+from skorch import NeuralNetClassifier
+from skorch.dataset import ValidSplit, unpack_data
+from skorch.utils import is_dataset, to_tensor
+
+from ._loader import TensorLoader, _dataset_arrays
+from .attacks import PGD
+from .attacks._base import Attack, check_bounds, check_in_bounds
+from .callbacks import Progress, RobustValidation
+from .models import default_module
+
+_SCHEDULES = (None, "constant", "cosine", "onecycle")
+_NESTED = ("attack", "valid_attack")
+
+
+def resolve_device(device):
+    """Turn ``"auto"`` into ``"cuda"`` when a GPU is present, else ``"cpu"``.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+
+    Returns
+    -------
+    device : str, torch.device or None
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _schedule_factor(kind, progress):
+    """Learning-rate multiplier at ``progress`` in [0, 1] of training."""
+    progress = min(max(progress, 0.0), 1.0)
+    if kind in (None, "constant"):
+        return 1.0
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    # onecycle: linear warm-up over the first 20%, then cosine decay to 0
+    warm = 0.2
+    if progress < warm:
+        return 0.04 + 0.96 * progress / warm
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - warm) / (1.0 - warm)))
+
+
+class AdversarialClassifier(NeuralNetClassifier):
+    """A scikit-learn classifier that trains a PyTorch network adversarially.
+
+    A subclass of skorch's :class:`~skorch.classifier.NeuralNetClassifier`.
+    Every training batch is replaced by adversarial examples from ``attack``
+    before the forward pass (Madry et al. 2018); ``attack=None`` gives
+    standard training. Everything skorch offers (callbacks, ``module__`` and
+    ``optimizer__`` parameters, ``history``, ``save_params``) works as usual.
+
+    **Module mode during attacks.** Attacks run with the module in eval mode:
+    BatchNorm layers use, and do not update, their running statistics, and
+    dropout is off. Gradients are taken with respect to the input only, so an
+    attack never changes parameters, their ``.grad`` or BatchNorm buffers.
+    The parameter update that follows runs in train mode as usual.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class, callable, instance or None, default=None
+        The network; it must return logits. A class or factory receives
+        ``module__*`` parameters, and ``n_classes`` / ``in_channels`` are filled
+        in from the data when its signature has them and they are not given.
+        ``None`` builds :func:`robustfit.models.default_module` from the data:
+        a small CNN for square images, an MLP otherwise.
+    attack : robustfit.attacks.Attack or None, default=None
+        The training attack, e.g. ``PGD(epsilon=0.3, steps=7)``. Its parameters
+        are reachable as ``attack__epsilon`` etc. for grid searches. A fitted
+        copy is kept as ``attack_``.
+    criterion : torch loss class, default=torch.nn.CrossEntropyLoss
+        Loss on the module's logits.
+    optimizer : torch optimizer class, default=torch.optim.Adam
+        Optimizer; settings via ``optimizer__*``.
+    lr : float, default=1e-3
+        Peak learning rate.
+    lr_schedule : {"onecycle", "cosine", "constant", None}, default="onecycle"
+        Per-batch learning-rate schedule over the ``max_epochs`` of each
+        ``fit`` (or ``partial_fit``) call. ``"onecycle"`` warms up linearly over
+        the first 20% of training and then decays along a cosine to zero;
+        ``"cosine"`` decays from the start; ``"constant"``/``None`` keep ``lr``.
+    attack_warmup : float, default=0
+        Epochs over which the attack's epsilon grows linearly from 0 to its
+        value. Helps large budgets such as MNIST at 0.3, where training with the
+        full budget from the first batch can stall.
+    max_epochs : int, default=10
+        Passes over the training data per ``fit``.
+    batch_size : int, default=128
+        Samples per training and inference batch.
+    train_split : callable or None, default=ValidSplit(10, stratified=True)
+        How skorch holds out validation data for the per-epoch history (here
+        10%, the same split every time). ``None`` trains on all data;
+        ``skorch.helper.predefined_split(dataset)`` uses a given set.
+    valid_attack : robustfit.attacks.Attack or None, default=None
+        If set, robust accuracy on the validation split under this attack is
+        recorded every epoch as ``valid_robust_acc`` (opt-in: it costs an attack
+        pass over the validation data per epoch).
+    random_state : int, numpy RandomState or None, default=None
+        Seeds weight initialization, shuffling, validation split and the
+        attacks' random starts. The global torch generator is restored after
+        ``fit``, so seeding here does not affect other code.
+    device : {"auto", "cpu", "cuda", ...}, default="auto"
+        Compute device. ``"auto"`` picks CUDA when it is available.
+    amp : {"auto", "bf16", None}, default="auto"
+        Mixed precision. ``"auto"`` uses bfloat16 autocast (and channels-last
+        memory for images) on CUDA and full precision on the CPU.
+    iterator_train, iterator_valid : class, default=TensorLoader
+        Batch iterators. :class:`~robustfit._loader.TensorLoader` keeps the data
+        on the device and slices batches; pass
+        :class:`torch.utils.data.DataLoader` for datasets that do not fit.
+    verbose : int, default=0
+        ``>= 1`` shows progress bars over epochs and batches and prints the
+        per-epoch table.
+    **kwargs
+        Any other skorch parameter (``callbacks``, ``module__*``,
+        ``optimizer__*``, ``iterator_train__*``, ``warm_start``, ...).
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+        The trained network.
+    attack_ : robustfit.attacks.Attack or None
+        The attack used in training (a clone of ``attack``).
+    classes_ : numpy.ndarray
+        The class labels, in the order of the logits.
+    n_features_in_ : int
+        Number of input values per sample.
+    input_shape_ : tuple of int
+        Shape of one input sample.
+    history : skorch.history.History
+        Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur`` and,
+        with ``valid_attack``, ``valid_robust_acc``; per-batch losses.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.datasets import load_digits_images
+    >>> X, y = load_digits_images()
+    >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.1, steps=3),
+    ...                             max_epochs=2, random_state=0)
+    >>> clf.fit(X[:500], y[:500]).predict(X[:3]).shape
+    (3,)
+    """
+
+    def __init__(
+        self,
+        module=None,
+        *,
+        attack=None,
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        lr_schedule="onecycle",
+        attack_warmup=0,
+        max_epochs=10,
+        batch_size=128,
+        train_split=ValidSplit(10, stratified=True),
+        valid_attack=None,
+        random_state=None,
+        device="auto",
+        amp="auto",
+        iterator_train=TensorLoader,
+        iterator_valid=TensorLoader,
+        verbose=0,
+        **kwargs,
+    ):
+        super().__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            iterator_train=iterator_train,
+            iterator_valid=iterator_valid,
+            device=device,
+            verbose=verbose,
+            **kwargs,
+        )
+        self.attack = attack
+        self.lr_schedule = lr_schedule
+        self.attack_warmup = attack_warmup
+        self.valid_attack = valid_attack
+        self.random_state = random_state
+        self.amp = amp
+
+    # ------------------------------------------------------------------ device
+    # ``device`` is stored as given ("auto" included) so that get_params and
+    # clone round-trip it; every internal use sees the resolved device.
+    @property
+    def device(self):
+        return resolve_device(self.__dict__.get("device", "cpu"))
+
+    @device.setter
+    def device(self, value):
+        self.__dict__["device"] = value
+
+    def get_params(self, deep=True, **kwargs):
+        params = super().get_params(deep=deep, **kwargs)
+        params["device"] = self.__dict__.get("device")
+        return params
+
+    def set_params(self, **params):
+        """Set parameters, including nested ones such as ``attack__epsilon``.
+
+        Parameters
+        ----------
+        **params
+            Estimator parameters.
+
+        Returns
+        -------
+        self : AdversarialClassifier
+        """
+        nested = {}
+        for key in list(params):
+            head, sep, tail = key.partition("__")
+            if sep and head in _NESTED:
+                nested.setdefault(head, {})[tail] = params.pop(key)
+        super().set_params(**params)
+        for head, sub in nested.items():
+            obj = getattr(self, head)
+            if obj is None or not hasattr(obj, "set_params"):
+                raise ValueError(
+                    f"cannot set {', '.join(head + '__' + k for k in sub)}: "
+                    f"{head} is {obj!r}"
+                )
+            obj.set_params(**sub)
+        return self
+
+    def __setstate__(self, state):
+        raw = state.get("device")
+        if raw == "auto":
+            state["device"] = resolve_device(raw)
+        super().__setstate__(state)
+        if raw == "auto":
+            self.__dict__["device"] = raw
+
+    # --------------------------------------------------------------- callbacks
+    @property
+    def _default_callbacks(self):
+        callbacks = [cb for cb in super()._default_callbacks]
+        if self.valid_attack is not None:
+            callbacks.insert(-1, ("valid_robust_acc", RobustValidation(self.valid_attack)))
+        if self.verbose:
+            callbacks.insert(-1, ("progress", Progress()))
+        return callbacks
+
+    # ---------------------------------------------------------- validation
+    def _check_params(self):
+        if self.lr_schedule not in _SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {_SCHEDULES}, got {self.lr_schedule!r}"
+            )
+        if self.amp not in ("auto", "bf16", None, False):
+            raise ValueError(f"amp must be 'auto', 'bf16' or None, got {self.amp!r}")
+        w = self.attack_warmup
+        if not isinstance(w, numbers.Real) or isinstance(w, bool) or w < 0:
+            raise ValueError(f"attack_warmup must be a number >= 0, got {w!r}")
+        for name in _NESTED:
+            att = getattr(self, name)
+            if att is None:
+                continue
+            if isinstance(att, Attack):
+                att._validate()
+            elif not callable(att):
+                raise ValueError(f"{name} must be an Attack, a callable or None, got {att!r}")
+
+    def _bounds(self, attack=None):
+        attack = self.attack if attack is None else attack
+        return check_bounds(getattr(attack, "bounds", None)) if attack is not None else None
+
+    def _check_X(self, X, bounds=None):
+        """Validate X; return it as a float32 array or tensor."""
+        if is_dataset(X):
+            return X
+        if torch.is_tensor(X):
+            if not X.is_floating_point():
+                X = X.float()
+            finite = bool(torch.isfinite(X).all())
+        else:
+            try:
+                X = np.asarray(X, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"X must be numeric: {exc}") from None
+            finite = bool(np.isfinite(X).all())
+        if X.ndim not in (2, 4):
+            hint = " (add a channel axis: X[:, None])" if X.ndim == 3 else ""
+            raise ValueError(
+                "X must have 2 dimensions (n_samples, n_features) or 4 "
+                f"(n_samples, channels, height, width), got {X.ndim} with shape "
+                f"{tuple(X.shape)}{hint}"
+            )
+        if X.shape[0] == 0:
+            raise ValueError("X has 0 samples")
+        if not finite:
+            raise ValueError("X contains NaN or infinite values")
+        check_in_bounds(X, bounds)
+        return X
+
+    def _check_y(self, X, y, reset):
+        if y is None:
+            raise ValueError("y is required unless X is a Dataset that holds the labels")
+        y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-dimensional, got shape {y.shape}")
+        if len(y) != len(X):
+            raise ValueError(
+                f"X and y have different lengths: {len(X)} and {len(y)}"
+            )
+        if reset:
+            classes = np.asarray(self.classes) if self.classes is not None else np.unique(y)
+            if len(classes) < 2:
+                raise ValueError(
+                    f"y has {len(classes)} class(es), {classes.tolist()}; a classifier "
+                    "needs at least 2"
+                )
+            self.classes_inferred_ = classes
+        classes = self.classes_
+        idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+        if not np.all(classes[idx] == y):
+            unknown = np.setdiff1d(np.unique(y), classes)
+            raise ValueError(f"y has labels not among classes_: {unknown[:5].tolist()}")
+        return idx.astype(np.int64)
+
+    def _prepare_fit(self, X, y, reset):
+        """Validate parameters and data; encode labels; record input shape."""
+        self._check_params()
+        if is_dataset(X):
+            arrays = _dataset_arrays(X)
+            sample = arrays[0][0] if arrays is not None else X[0][0]
+            shape = tuple(sample.shape)
+            if reset and y is None:
+                self.check_data_from_dataset_(X)
+        else:
+            X = self._check_X(X, self._bounds())
+            y = self._check_y(X, y, reset)
+            shape = tuple(X.shape[1:])
+        if not reset and getattr(self, "input_shape_", shape) != shape:
+            raise ValueError(
+                f"X has samples of shape {shape}, but the classifier was fitted on {self.input_shape_}"
+            )
+        self.input_shape_ = shape
+        self.n_features_in_ = int(np.prod(shape))
+        if self.attack is None:
+            self.attack_ = None
+        else:
+            params = self.attack.get_params() if hasattr(self.attack, "get_params") else None
+            if getattr(self, "attack_", None) is None or params is None \
+                    or type(self.attack_) is not type(self.attack) \
+                    or getattr(self, "attack_params_", None) != params:
+                self.attack_ = clone(self.attack) if params is not None else self.attack
+                self.attack_params_ = params
+        return X, y
+
+    def check_data_from_dataset_(self, X):
+        """Infer ``classes_`` from a Dataset passed without ``y``."""
+        super().check_data(X, None)
+
+    def check_data(self, X, y):
+        # Labels are validated and encoded in fit/partial_fit; skorch's version
+        # would overwrite classes_ with the encoded labels.
+        pass
+
+    def _check_fitted(self):
+        if not hasattr(self, "classes_inferred_") or getattr(self, "module_", None) is None:
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call "
+                "'fit' with appropriate arguments before using this estimator."
+            )
+
+    # ------------------------------------------------------------ seeding
+    @contextlib.contextmanager
+    def _seeded(self, offset=0):
+        if self.random_state is None:
+            yield
+            return
+        rs = self.random_state
+        seed = rs if isinstance(rs, numbers.Integral) else check_random_state(rs).randint(2**31)
+        dev = torch.device(self.device)
+        devices = [dev.index or 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed) + offset)
+            yield
+
+    def get_split_datasets(self, X, y=None, **fit_params):
+        if isinstance(self.train_split, ValidSplit) and self.train_split.random_state is None \
+                and self.random_state is not None and not isinstance(self.train_split.cv, numbers.Integral):
+            split = clone_split(self.train_split, self.random_state)
+            dataset = self.get_dataset(X, y)
+            return split(dataset, y, **fit_params)
+        return super().get_split_datasets(X, y, **fit_params)
+
+    # ---------------------------------------------------------- fit / predict
+    def fit(self, X, y=None, **fit_params):
+        """Initialize the network and train it for ``max_epochs`` epochs.
+
+        Parameters
+        ----------
+        X : array-like, torch.Tensor or Dataset
+            Inputs, shape ``(n, d)`` or ``(n, C, H, W)``, inside the attack's
+            ``bounds``.
+        y : array-like of shape (n,)
+            Class labels of any type (strings too).
+        **fit_params
+            Passed to the module's ``forward`` and to ``train_split``.
+
+        Returns
+        -------
+        self : AdversarialClassifier
+        """
+        X, y = self._prepare_fit(X, y, reset=not (self.warm_start and self.initialized_))
+        with self._seeded(0):
+            return super().fit(X, y, **fit_params)
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        """Continue training for ``max_epochs`` epochs without re-initializing.
+
+        Parameters
+        ----------
+        X : array-like, torch.Tensor or Dataset
+            Inputs, as for :meth:`fit`.
+        y : array-like of shape (n,)
+            Class labels; must be among ``classes_`` after the first call.
+        classes : array-like, default=None
+            All labels, for a first call whose ``y`` may not show every class.
+        **fit_params
+            Passed to the module's ``forward`` and to ``train_split``.
+
+        Returns
+        -------
+        self : AdversarialClassifier
+        """
+        if fit_params.get("_routing_method") == "fit":  # called from fit: data checked
+            return super().partial_fit(X, y, **fit_params)
+        first = not self.initialized_ or not hasattr(self, "classes_inferred_")
+        reset = first
+        if first and classes is not None and self.classes is None:
+            classes = np.unique(np.asarray(classes))
+            if len(classes) < 2:
+                raise ValueError(f"classes has {len(classes)} label(s); a classifier needs at least 2")
+            self.classes_inferred_ = classes
+            reset = False
+        X, y = self._prepare_fit(X, y, reset=reset)
+        offset = len(self.history) if self.initialized_ and self.history is not None else 0
+        with self._seeded(offset):
+            return super().partial_fit(X, y, **fit_params)
+
+    def predict_proba(self, X):
+        """Class probabilities (softmax of the logits).
+
+        Parameters
+        ----------
+        X : array-like, torch.Tensor or Dataset
+            Inputs.
+
+        Returns
+        -------
+        proba : numpy.ndarray of shape (n, n_classes)
+            Columns follow ``classes_``.
+        """
+        self._check_fitted()
+        X = self._check_X(X)
+        if not is_dataset(X) and tuple(X.shape[1:]) != self.input_shape_:
+            raise ValueError(
+                f"X has samples of shape {tuple(X.shape[1:])}, but the classifier "
+                f"was fitted on {self.input_shape_}"
+            )
+        return super().predict_proba(X)
+
+    def predict(self, X):
+        """Predicted class labels.
+
+        Parameters
+        ----------
+        X : array-like, torch.Tensor or Dataset
+            Inputs.
+
+        Returns
+        -------
+        y_pred : numpy.ndarray of shape (n,)
+            Labels from ``classes_``.
+        """
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def default_evaluation_attack(self):
+        """The attack :meth:`robust_score` uses when none is given.
+
+        PGD in the training attack's threat model (``epsilon``, ``norm``,
+        ``bounds``) with 50 steps (at least twice the training steps) and 5
+        random restarts: stronger than the training attack.
+
+        Returns
+        -------
+        attack : robustfit.attacks.PGD
+        """
+        att = self.attack
+        if att is None or not hasattr(att, "epsilon"):
+            raise ValueError(
+                "this classifier has no training attack (attack=None), so there is "
+                "no threat model to evaluate in; pass attack=PGD(epsilon=...)"
+            )
+        steps = max(50, 2 * int(getattr(att, "steps", 1)))
+        return PGD(
+            epsilon=att.epsilon, norm=getattr(att, "norm", "linf"), steps=steps,
+            restarts=5, bounds=getattr(att, "bounds", (0.0, 1.0)),
+        )
+
+    def robust_score(self, X, y, attack=None):
+        """Robust accuracy on ``(X, y)``.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor
+            Inputs.
+        y : array-like of shape (n,)
+            True labels.
+        attack : robustfit.attacks.Attack, default=None
+            The attack; ``None`` uses :meth:`default_evaluation_attack`.
+
+        Returns
+        -------
+        score : float
+            Fraction of samples classified correctly both clean and under the
+            attack.
+        """
+        from .metrics import robust_accuracy
+
+        self._check_fitted()
+        X = self._check_X(X)
+        return robust_accuracy(self, X, y, attack=attack, batch_size=max(self.batch_size, 256))
+
+    # ------------------------------------------------------------ training
+    def initialize_module(self):
+        kwargs = self.get_params_for("module")
+        module = self.module
+        shape = getattr(self, "input_shape_", None)
+        n_classes = len(self.classes_inferred_) if hasattr(self, "classes_inferred_") else None
+        if module is None:
+            if shape is None or n_classes is None:
+                raise NotFittedError(
+                    "module=None builds the network from the data; call fit first"
+                )
+            module = default_module(shape, n_classes)
+        elif not isinstance(module, torch.nn.Module):
+            try:
+                sig = inspect.signature(module).parameters
+            except (TypeError, ValueError):
+                sig = {}
+            if "n_classes" in sig and "n_classes" not in kwargs and n_classes is not None:
+                kwargs["n_classes"] = n_classes
+            if "in_channels" in sig and "in_channels" not in kwargs and shape and len(shape) == 3:
+                kwargs["in_channels"] = shape[0]
+            if "n_features" in sig and "n_features" not in kwargs and shape:
+                kwargs["n_features"] = int(np.prod(shape))
+        self.module_ = self.initialized_instance(module, kwargs)
+        if self._amp_dtype() is not None and shape is not None and len(shape) == 3:
+            self.module_ = self.module_.to(memory_format=torch.channels_last)
+        return self
+
+    def get_iterator(self, dataset, training=False):
+        iterator = self.iterator_train if training else self.iterator_valid
+        if iterator is TensorLoader:
+            prefix = "iterator_train" if training else "iterator_valid"
+            kwargs = self.get_params_for(prefix)
+            kwargs.setdefault("batch_size", self.batch_size)
+            if kwargs["batch_size"] == -1:
+                kwargs["batch_size"] = len(dataset)
+            kwargs.setdefault("shuffle", training)
+            kwargs.setdefault("device", self.device)
+            return TensorLoader(dataset, **kwargs)
+        return super().get_iterator(dataset, training=training)
+
+    def _amp_dtype(self):
+        if self.amp == "bf16" or (self.amp == "auto" and torch.device(self.device).type == "cuda"):
+            return torch.bfloat16
+        return None
+
+    def _autocast(self):
+        dtype = self._amp_dtype()
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+
+    def infer(self, x, **fit_params):
+        with self._autocast():
+            return super().infer(x, **fit_params)
+
+    def train_step_single(self, batch, **fit_params):
+        """One training step on the adversarial version of ``batch``.
+
+        The attack (if any) runs first, with the module in eval mode (see the
+        class docstring); then the module is put in train mode, the loss on the
+        adversarial batch is computed and back-propagated.
+
+        Parameters
+        ----------
+        batch : tuple
+            ``(X, y)`` from the iterator.
+        **fit_params
+            Passed to the module's ``forward``.
+
+        Returns
+        -------
+        step : dict
+            ``{"loss": loss, "y_pred": logits}``.
+        """
+        Xi, yi = unpack_data(batch)
+        Xi = to_tensor(Xi, device=self.device)
+        yi = to_tensor(yi, device=self.device)
+        if self.attack_ is not None:
+            with self._autocast():
+                if isinstance(self.attack_, Attack):
+                    Xi = self.attack_.perturb(self.module_, Xi, yi)
+                else:
+                    Xi = self.attack_(self.module_, Xi, yi)
+        self._set_training(True)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        loss.backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+        self.schedule_state_ = {"epoch0": len(self.history), "batch": 0, "per_epoch": 1}
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+        n = len(dataset_train) if dataset_train is not None else 0
+        self.schedule_state_.update(batch=0, per_epoch=max(1, -(-n // self.batch_size)))
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        super().on_batch_begin(net, batch=batch, training=training, **kwargs)
+        if not training:
+            return
+        st = self.schedule_state_
+        epochs_done = len(self.history) - 1 - st["epoch0"]
+        epoch_pos = epochs_done + st["batch"] / st["per_epoch"]
+        st["batch"] += 1
+        if self.lr_schedule not in (None, "constant"):
+            lr = self.lr * _schedule_factor(self.lr_schedule, epoch_pos / self.max_epochs)
+            for name in self._optimizers:
+                for group in getattr(self, name + "_").param_groups:
+                    group["lr"] = lr
+        if self.attack_warmup and self.attack_ is not None and hasattr(self.attack_, "epsilon"):
+            ramp = min(1.0, epoch_pos / self.attack_warmup)
+            self.attack_.epsilon = self.attack.epsilon * ramp
+
+
+def clone_split(split, random_state):
+    """A copy of a skorch ``ValidSplit`` seeded with ``random_state``."""
+    return ValidSplit(cv=split.cv, stratified=split.stratified, random_state=random_state)

@@ -1,0 +1,172 @@
+"""Robust accuracy and scikit-learn scorers built on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.pipeline import Pipeline
+
+from .._loader import _dataset_arrays
+from ..attacks._base import Attack, _as_tensors, check_bounds, check_in_bounds
+
+
+def _resolve(estimator, X):
+    """Split a (pipeline of) estimator(s) into the torch module, its device,
+    the transformed ``X`` and the fitted classifier (or None)."""
+    if isinstance(estimator, Pipeline):
+        if len(estimator.steps) > 1:
+            X = estimator[:-1].transform(X)
+        estimator = estimator[-1]
+    if isinstance(estimator, torch.nn.Module):
+        return estimator, X, None
+    if hasattr(estimator, "_check_fitted"):
+        estimator._check_fitted()
+    module = getattr(estimator, "module_", None)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(
+            "estimator must be a fitted robustfit/skorch classifier, a Pipeline "
+            f"ending in one, or a torch.nn.Module; got {type(estimator).__name__}"
+        )
+    return module, X, estimator
+
+
+def _encode(classifier, y):
+    classes = getattr(classifier, "classes_", None)
+    y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
+    if classes is None:
+        return y.astype(np.int64)
+    idx = np.searchsorted(classes, y)
+    idx = np.clip(idx, 0, len(classes) - 1)
+    if not np.all(classes[idx] == y):
+        unknown = np.setdiff1d(np.unique(y), classes)
+        raise ValueError(f"y has labels unseen in fit: {unknown[:5].tolist()}")
+    return idx.astype(np.int64)
+
+
+def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256):
+    """Fraction of samples classified correctly both clean and under attack.
+
+    Parameters
+    ----------
+    estimator : AdversarialClassifier, Pipeline or torch.nn.Module
+        A fitted classifier, a fitted :class:`~sklearn.pipeline.Pipeline`
+        whose last step is one (the attack then perturbs the input of that last
+        step), or a module returning logits.
+    X : array-like or torch.Tensor or Dataset
+        Inputs in the attack's box. A dataset holding arrays (as skorch passes
+        to callbacks) is accepted, with its labels already encoded.
+    y : array-like, default=None
+        Labels (the classifier's original labels; class indices for a bare
+        module). May be None only when ``X`` is a dataset with labels.
+    attack : robustfit.attacks.Attack or callable, default=None
+        The attack, called as ``attack(module, X, y)``. ``None`` takes the
+        estimator's :meth:`~robustfit.AdversarialClassifier.default_evaluation_attack`.
+    batch_size : int, default=256
+        Samples attacked at once.
+
+    Returns
+    -------
+    accuracy : float
+        Robust accuracy in [0, 1]. A sample counts as robust only if it is
+        classified correctly without the attack as well.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.metrics import robust_accuracy
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> X, y = torch.rand(8, 1, 2, 2), torch.randint(0, 2, (8,))
+    >>> 0.0 <= robust_accuracy(net, X, y, attack=PGD(epsilon=0.1, steps=3)) <= 1.0
+    True
+    """
+    module, X, clf = _resolve(estimator, X)
+    if y is None:
+        arrays = _dataset_arrays(X)
+        if arrays is None or arrays[1] is None:
+            raise ValueError("y is None: pass labels, or a dataset that holds them")
+        X, y_idx = arrays
+    else:
+        y_idx = _encode(clf, y) if clf is not None else y
+    if attack is None:
+        if clf is None or not hasattr(clf, "default_evaluation_attack"):
+            raise ValueError("attack is None and the estimator has no default attack; pass attack=...")
+        attack = clf.default_evaluation_attack()
+    x, y_t = _as_tensors(module, X, y_idx)
+    if isinstance(attack, Attack):
+        attack._validate()
+        check_in_bounds(x, check_bounds(attack.bounds))
+        run = attack.perturb
+    elif callable(attack):
+        run = attack
+    else:
+        raise TypeError(f"attack must be an Attack or a callable, got {attack!r}")
+    was_training = module.training
+    module.eval()
+    robust = torch.zeros((), dtype=torch.long, device=x.device)
+    try:
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size], y_t[start:start + batch_size]
+            with torch.no_grad():
+                clean_ok = module(xb).argmax(1) == yb
+            x_adv = run(module, xb, yb)
+            with torch.no_grad():
+                adv_ok = module(x_adv).argmax(1) == yb
+            robust += (clean_ok & adv_ok).sum()
+    finally:
+        module.train(was_training)
+    return robust.item() / max(len(x), 1)
+
+
+class RobustScorer:
+    """A scikit-learn scorer returning :func:`robust_accuracy`.
+
+    Made by :func:`make_robust_scorer`; called as ``scorer(estimator, X, y)``.
+
+    Parameters
+    ----------
+    attack : robustfit.attacks.Attack or None
+        The attack, or ``None`` for each estimator's default evaluation attack.
+    batch_size : int
+        Samples attacked at once.
+    """
+
+    def __init__(self, attack=None, batch_size=256):
+        self.attack = attack
+        self.batch_size = batch_size
+
+    def __call__(self, estimator, X, y, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("RobustScorer does not support sample_weight")
+        return robust_accuracy(estimator, X, y, attack=self.attack, batch_size=self.batch_size)
+
+    def __repr__(self):
+        return f"make_robust_scorer(attack={self.attack!r})"
+
+
+def make_robust_scorer(attack=None, batch_size=256):
+    """Make a scorer for :class:`~sklearn.model_selection.GridSearchCV`,
+    :func:`~sklearn.model_selection.cross_validate` and friends.
+
+    Parameters
+    ----------
+    attack : robustfit.attacks.Attack, default=None
+        The attack every candidate is scored under. Fix it (rather than
+        ``None``, which uses each candidate's own default) when comparing
+        candidates trained with different attacks, so that all face the same
+        threat model.
+    batch_size : int, default=256
+        Samples attacked at once.
+
+    Returns
+    -------
+    scorer : RobustScorer
+        A callable ``scorer(estimator, X, y) -> float``; higher is better.
+
+    Examples
+    --------
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.metrics import make_robust_scorer
+    >>> scorer = make_robust_scorer(PGD(epsilon=0.3, steps=20))
+    """
+    return RobustScorer(attack=attack, batch_size=batch_size)
