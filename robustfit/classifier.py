@@ -24,11 +24,12 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
+from skorch.callbacks import EpochScoring
 from skorch.dataset import ValidSplit, unpack_data
-from skorch.utils import is_dataset, to_tensor
+from skorch.utils import is_dataset, to_numpy, to_tensor
 
 from ._loader import TensorLoader, _dataset_arrays
-from .attacks import PGD
+from .attacks import AutoAttack
 from .attacks._base import Attack, check_bounds, check_in_bounds
 from .callbacks import Progress, RobustValidation
 from .models import default_module
@@ -267,7 +268,13 @@ class AdversarialClassifier(NeuralNetClassifier):
     # --------------------------------------------------------------- callbacks
     @property
     def _default_callbacks(self):
-        callbacks = [cb for cb in super()._default_callbacks]
+        # skorch's valid_acc compares predict() (original labels) with the
+        # dataset's y (encoded here): score on class indices instead
+        callbacks = [
+            (name, EpochScoring(_encoded_accuracy, name="valid_acc", lower_is_better=False))
+            if name == "valid_acc" else (name, cb)
+            for name, cb in super()._default_callbacks
+        ]
         if self.valid_attack is not None:
             callbacks.insert(-1, ("valid_robust_acc", RobustValidation(self.valid_attack)))
         if self.verbose:
@@ -509,18 +516,21 @@ class AdversarialClassifier(NeuralNetClassifier):
         y_pred : numpy.ndarray of shape (n,)
             Labels from ``classes_``.
         """
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)  # first: raises NotFittedError when unfitted
+        return self.classes_[proba.argmax(axis=1)]
 
     def default_evaluation_attack(self):
         """The attack :meth:`robust_score` uses when none is given.
 
-        PGD in the training attack's threat model (``epsilon``, ``norm``,
-        ``bounds``) with 50 steps (at least twice the training steps) and 5
-        random restarts: stronger than the training attack.
+        The AutoAttack-style ensemble (APGD-CE, then APGD-T over the top-9
+        target classes, 100 iterations each) in the training attack's threat
+        model (``epsilon``, ``norm``, ``bounds``): parameter-free and stronger
+        than PGD with a fixed step size.
 
         Returns
         -------
-        attack : robustfit.attacks.PGD
+        attack : robustfit.attacks.AutoAttack
+            The evaluation attack.
         """
         att = self.attack
         if att is None or not hasattr(att, "epsilon"):
@@ -528,13 +538,12 @@ class AdversarialClassifier(NeuralNetClassifier):
                 "this classifier has no training attack (attack=None), so there is "
                 "no threat model to evaluate in; pass attack=PGD(epsilon=...)"
             )
-        steps = max(50, 2 * int(getattr(att, "steps", 1)))
-        return PGD(
-            epsilon=att.epsilon, norm=getattr(att, "norm", "linf"), steps=steps,
-            restarts=5, bounds=getattr(att, "bounds", (0.0, 1.0)),
+        return AutoAttack(
+            epsilon=att.epsilon, norm=getattr(att, "norm", "linf"),
+            bounds=getattr(att, "bounds", (0.0, 1.0)),
         )
 
-    def robust_score(self, X, y, attack=None):
+    def robust_score(self, X, y, attack=None, check=True):
         """Robust accuracy on ``(X, y)``.
 
         Parameters
@@ -543,20 +552,46 @@ class AdversarialClassifier(NeuralNetClassifier):
             Inputs.
         y : array-like of shape (n,)
             True labels.
-        attack : robustfit.attacks.Attack, default=None
-            The attack; ``None`` uses :meth:`default_evaluation_attack`.
+        attack : robustfit.attacks.Attack or str, default=None
+            The attack, or a name such as ``"autoattack"`` (in the training
+            attack's threat model); ``None`` uses :meth:`default_evaluation_attack`.
+        check : bool, default=True
+            Also run :func:`~robustfit.metrics.check_gradient_masking` in the
+            attack's threat model, on at most 500 samples, with ``attack`` as
+            the white-box reference, and issue a
+            :class:`~robustfit.metrics.RobustnessWarning` for each failed check.
+            Skipped for attacks without ``epsilon`` (plain callables).
 
         Returns
         -------
         score : float
             Fraction of samples classified correctly both clean and under the
             attack.
+
+        Warns
+        -----
+        RobustnessWarning
+            When ``check=True`` and the evaluation shows a symptom of gradient
+            masking; the score is then probably an overestimate.
         """
-        from .metrics import robust_accuracy
+        from .attacks import resolve_attack
+        from .metrics import check_gradient_masking, robust_accuracy
 
         self._check_fitted()
         X = self._check_X(X)
-        return robust_accuracy(self, X, y, attack=attack, batch_size=max(self.batch_size, 256))
+        attack = resolve_attack(attack, estimator=self)  # names such as "autoattack"
+        if attack is None:
+            attack = self.default_evaluation_attack()
+        batch_size = max(self.batch_size, 256)
+        score = robust_accuracy(self, X, y, attack=attack, batch_size=batch_size)
+        if check and hasattr(attack, "epsilon") and attack.epsilon > 0:
+            report = check_gradient_masking(
+                self, X, y, attack.epsilon, norm=getattr(attack, "norm", "linf"),
+                bounds=getattr(attack, "bounds", (0.0, 1.0)), attack=attack,
+                max_samples=500, batch_size=batch_size,
+            )
+            report.warn(stacklevel=2)
+        return score
 
     # ------------------------------------------------------------ training
     def initialize_module(self):
@@ -569,7 +604,10 @@ class AdversarialClassifier(NeuralNetClassifier):
                 raise NotFittedError(
                     "module=None builds the network from the data; call fit first"
                 )
-            module = default_module(shape, n_classes)
+            # module__* parameters go to the constructor here: skorch would
+            # otherwise rebuild the instance as type(module)(**kwargs) and lose
+            # the shape-derived arguments
+            module, kwargs = default_module(shape, n_classes, **kwargs), {}
         elif not isinstance(module, torch.nn.Module):
             try:
                 sig = inspect.signature(module).parameters
@@ -673,6 +711,12 @@ class AdversarialClassifier(NeuralNetClassifier):
         if self.attack_warmup and self.attack_ is not None and hasattr(self.attack_, "epsilon"):
             ramp = min(1.0, epoch_pos / self.attack_warmup)
             self.attack_.epsilon = self.attack.epsilon * ramp
+
+
+def _encoded_accuracy(net, X, y):
+    """Accuracy on skorch's validation data, whose labels are class indices."""
+    y_pred = net.predict_proba(X).argmax(axis=1)
+    return float(np.mean(y_pred == to_numpy(y)))
 
 
 def clone_split(split, random_state):

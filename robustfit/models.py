@@ -45,19 +45,14 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def _conv_block(c_in, c_out):
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
-    )
-
-
 class SmallCNN(nn.Module):
-    """A two-block CNN for small grayscale images: 8x8 digits or 28x28 MNIST.
+    """A two-convolution CNN for small images: 8x8 digits or 28x28 MNIST.
 
-    Two 3x3 convolution blocks (ReLU, 2x2 max-pooling) followed by a hidden
-    fully connected layer. With the defaults it has about 0.4 M parameters on
-    28x28 inputs and trains at several thousand images per second on two CPU
-    cores.
+    Two 4x4 convolutions with stride 2 (each halves the resolution), ReLUs,
+    and a hidden fully connected layer: the MNIST network of Wong, Rice &
+    Kolter (2020), "Fast is better than free". Striding instead of pooling
+    keeps it cheap: about 0.6 M multiply-adds per 28x28 image with the
+    defaults, so adversarial training runs on a CPU.
 
     Parameters
     ----------
@@ -65,9 +60,9 @@ class SmallCNN(nn.Module):
         Number of output logits.
     in_channels : int, default=1
         Number of input channels.
-    width : int, default=32
-        Channels of the first block; the second has twice as many.
-    hidden : int, default=128
+    width : int, default=16
+        Channels of the first convolution; the second has twice as many.
+    hidden : int, default=100
         Width of the fully connected layer.
     input_size : int, default=28
         Height (= width) of the input images; must be divisible by 4.
@@ -80,12 +75,13 @@ class SmallCNN(nn.Module):
     torch.Size([2, 10])
     """
 
-    def __init__(self, n_classes=10, in_channels=1, width=32, hidden=128, input_size=28):
+    def __init__(self, n_classes=10, in_channels=1, width=16, hidden=100, input_size=28):
         super().__init__()
         if input_size % 4:
             raise ValueError(f"input_size must be divisible by 4, got {input_size}")
         self.features = nn.Sequential(
-            _conv_block(in_channels, width), _conv_block(width, 2 * width)
+            nn.Conv2d(in_channels, width, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.ReLU(),
         )
         flat = 2 * width * (input_size // 4) ** 2
         self.classifier = nn.Sequential(
@@ -106,7 +102,7 @@ def DigitsCNN(n_classes=10, in_channels=1, width=32, hidden=128):
     in_channels : int, default=1
         Number of input channels.
     width : int, default=32
-        Channels of the first convolution block.
+        Channels of the first convolution.
     hidden : int, default=128
         Width of the fully connected layer.
 
@@ -117,7 +113,7 @@ def DigitsCNN(n_classes=10, in_channels=1, width=32, hidden=128):
     return SmallCNN(n_classes, in_channels, width=width, hidden=hidden, input_size=8)
 
 
-def MnistCNN(n_classes=10, in_channels=1, width=32, hidden=128):
+def MnistCNN(n_classes=10, in_channels=1, width=16, hidden=100):
     """:class:`SmallCNN` sized for 28x28 MNIST images.
 
     Parameters
@@ -126,9 +122,9 @@ def MnistCNN(n_classes=10, in_channels=1, width=32, hidden=128):
         Number of output logits.
     in_channels : int, default=1
         Number of input channels.
-    width : int, default=32
-        Channels of the first convolution block.
-    hidden : int, default=128
+    width : int, default=16
+        Channels of the first convolution.
+    hidden : int, default=100
         Width of the fully connected layer.
 
     Returns
@@ -163,7 +159,7 @@ def ResNet18(n_classes=10, in_channels=3):
     return net
 
 
-def default_module(input_shape, n_classes):
+def default_module(input_shape, n_classes, **kwargs):
     """The network :class:`~robustfit.AdversarialClassifier` builds when
     ``module=None``.
 
@@ -173,6 +169,9 @@ def default_module(input_shape, n_classes):
         Shape of one sample: ``(d,)`` for tabular data, ``(C, H, W)`` for images.
     n_classes : int
         Number of classes.
+    **kwargs
+        Further constructor arguments of the chosen network (the classifier's
+        ``module__*`` parameters), e.g. ``width`` or ``hidden``.
 
     Returns
     -------
@@ -181,5 +180,6 @@ def default_module(input_shape, n_classes):
         otherwise an :class:`MLP` on the flattened input.
     """
     if len(input_shape) == 3 and input_shape[1] == input_shape[2] and input_shape[1] % 4 == 0:
-        return SmallCNN(n_classes, in_channels=input_shape[0], input_size=input_shape[1])
-    return MLP(int(torch.Size(input_shape).numel()), n_classes)
+        kwargs = {"in_channels": input_shape[0], "input_size": input_shape[1], **kwargs}
+        return SmallCNN(n_classes, **kwargs)
+    return MLP(int(torch.Size(input_shape).numel()), n_classes, **kwargs)

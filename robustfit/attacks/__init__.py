@@ -14,16 +14,25 @@ from ._base import (
     project_box,
     random_init,
 )
+from .apgd import APGD, apgd_checkpoints, dlr_loss
+from .autoattack import AutoAttack, resolve_attack
 from .pgd import FGSM, PGD
+from .square import Square
 
 __all__ = [
+    "APGD",
     "Attack",
+    "AutoAttack",
     "FGSM",
     "PGD",
+    "Square",
+    "apgd_checkpoints",
+    "dlr_loss",
     "normalize_gradient",
     "perturbation_norm",
     "project",
     "project_ball",
     "project_box",
     "random_init",
+    "resolve_attack",
 ]

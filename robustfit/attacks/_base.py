@@ -7,6 +7,7 @@ place, so that every attack keeps its iterate feasible in the same way.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -82,6 +83,23 @@ def random_init(x, epsilon, norm, bounds):
 def perturbation_norm(x_adv, x, norm):
     """Per-sample ``norm`` of ``x_adv - x`` as a 1-d tensor."""
     return _flat_norm(x_adv - x, norm).flatten()
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    """Put ``module`` in eval mode; restore every submodule's own mode on exit.
+
+    Restoring with ``module.train(was_training)`` would flip submodules that
+    the user had put in a different mode (a frozen BatchNorm inside a model in
+    train mode), so each submodule's flag is saved and put back.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def check_bounds(bounds):
@@ -203,13 +221,8 @@ class Attack(BaseEstimator):
         x_adv : torch.Tensor
             Detached adversarial inputs.
         """
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.enable_grad():
-                x_adv = self._perturb(module, x, y)
-        finally:
-            module.train(was_training)
+        with eval_mode(module), torch.enable_grad():
+            x_adv = self._perturb(module, x, y)
         return x_adv.detach()
 
     def _perturb(self, module, x, y):  # pragma: no cover - abstract

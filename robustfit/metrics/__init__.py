@@ -1,5 +1,17 @@
 """Robustness metrics and scikit-learn scorers."""
 
+from ._curves import RobustnessCurve, plot_robustness_curve, robustness_curve
 from ._robust import RobustScorer, make_robust_scorer, robust_accuracy
+from ._sanity import GradientMaskingReport, RobustnessWarning, check_gradient_masking
 
-__all__ = ["RobustScorer", "make_robust_scorer", "robust_accuracy"]
+__all__ = [
+    "GradientMaskingReport",
+    "RobustScorer",
+    "RobustnessCurve",
+    "RobustnessWarning",
+    "check_gradient_masking",
+    "make_robust_scorer",
+    "plot_robustness_curve",
+    "robust_accuracy",
+    "robustness_curve",
+]

@@ -7,7 +7,8 @@ import torch
 from sklearn.pipeline import Pipeline
 
 from .._loader import _dataset_arrays
-from ..attacks._base import Attack, _as_tensors, check_bounds, check_in_bounds
+from ..attacks._base import Attack, _as_tensors, check_bounds, check_in_bounds, eval_mode
+from ..attacks.autoattack import ATTACK_ALIASES, resolve_attack
 
 
 def _resolve(estimator, X):
@@ -43,7 +44,7 @@ def _encode(classifier, y):
     return idx.astype(np.int64)
 
 
-def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256):
+def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None):
     """Fraction of samples classified correctly both clean and under attack.
 
     Parameters
@@ -58,11 +59,19 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256):
     y : array-like, default=None
         Labels (the classifier's original labels; class indices for a bare
         module). May be None only when ``X`` is a dataset with labels.
-    attack : robustfit.attacks.Attack or callable, default=None
-        The attack, called as ``attack(module, X, y)``. ``None`` takes the
-        estimator's :meth:`~robustfit.AdversarialClassifier.default_evaluation_attack`.
+    attack : robustfit.attacks.Attack, callable or str, default=None
+        The attack, called as ``attack(module, X, y)``, or a name such as
+        ``"autoattack"`` (see :func:`~robustfit.attacks.resolve_attack`).
+        ``None`` takes the estimator's
+        :meth:`~robustfit.AdversarialClassifier.default_evaluation_attack`.
     batch_size : int, default=256
         Samples attacked at once.
+    epsilon : float, default=None
+        Budget of a named attack, or a new ``epsilon`` for a given Attack
+        (a clone is used). A name without ``epsilon`` takes the threat model
+        of the estimator's training attack.
+    norm : {"linf", "l2"}, default=None
+        Norm of a named attack, or a new ``norm`` for a given Attack.
 
     Returns
     -------
@@ -79,6 +88,8 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256):
     >>> X, y = torch.rand(8, 1, 2, 2), torch.randint(0, 2, (8,))
     >>> 0.0 <= robust_accuracy(net, X, y, attack=PGD(epsilon=0.1, steps=3)) <= 1.0
     True
+    >>> 0.0 <= robust_accuracy(net, X, y, attack="autoattack", epsilon=0.1) <= 1.0
+    True
     """
     module, X, clf = _resolve(estimator, X)
     if y is None:
@@ -88,6 +99,7 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256):
         X, y_idx = arrays
     else:
         y_idx = _encode(clf, y) if clf is not None else y
+    attack = resolve_attack(attack, epsilon=epsilon, norm=norm, estimator=clf)
     if attack is None:
         if clf is None or not hasattr(clf, "default_evaluation_attack"):
             raise ValueError("attack is None and the estimator has no default attack; pass attack=...")
@@ -101,10 +113,8 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256):
         run = attack
     else:
         raise TypeError(f"attack must be an Attack or a callable, got {attack!r}")
-    was_training = module.training
-    module.eval()
     robust = torch.zeros((), dtype=torch.long, device=x.device)
-    try:
+    with eval_mode(module):
         for start in range(0, len(x), batch_size):
             xb, yb = x[start:start + batch_size], y_t[start:start + batch_size]
             with torch.no_grad():
@@ -113,8 +123,6 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256):
             with torch.no_grad():
                 adv_ok = module(x_adv).argmax(1) == yb
             robust += (clean_ok & adv_ok).sum()
-    finally:
-        module.train(was_training)
     return robust.item() / max(len(x), 1)
 
 
@@ -125,38 +133,54 @@ class RobustScorer:
 
     Parameters
     ----------
-    attack : robustfit.attacks.Attack or None
-        The attack, or ``None`` for each estimator's default evaluation attack.
+    attack : robustfit.attacks.Attack, str or None
+        The attack or attack name, or ``None`` for each estimator's default
+        evaluation attack.
     batch_size : int
         Samples attacked at once.
+    epsilon, norm : float and str, or None
+        Threat model of a named attack (see :func:`robust_accuracy`).
     """
 
-    def __init__(self, attack=None, batch_size=256):
+    def __init__(self, attack=None, batch_size=256, epsilon=None, norm=None):
         self.attack = attack
         self.batch_size = batch_size
+        self.epsilon = epsilon
+        self.norm = norm
 
     def __call__(self, estimator, X, y, sample_weight=None):
         if sample_weight is not None:
             raise ValueError("RobustScorer does not support sample_weight")
-        return robust_accuracy(estimator, X, y, attack=self.attack, batch_size=self.batch_size)
+        return robust_accuracy(
+            estimator, X, y, attack=self.attack, batch_size=self.batch_size,
+            epsilon=self.epsilon, norm=self.norm,
+        )
 
     def __repr__(self):
-        return f"make_robust_scorer(attack={self.attack!r})"
+        extra = "".join(
+            f", {k}={v!r}" for k, v in (("epsilon", self.epsilon), ("norm", self.norm)) if v is not None
+        )
+        return f"make_robust_scorer(attack={self.attack!r}{extra})"
 
 
-def make_robust_scorer(attack=None, batch_size=256):
+def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
     """Make a scorer for :class:`~sklearn.model_selection.GridSearchCV`,
     :func:`~sklearn.model_selection.cross_validate` and friends.
 
     Parameters
     ----------
-    attack : robustfit.attacks.Attack, default=None
-        The attack every candidate is scored under. Fix it (rather than
-        ``None``, which uses each candidate's own default) when comparing
-        candidates trained with different attacks, so that all face the same
-        threat model.
+    attack : robustfit.attacks.Attack or str, default=None
+        The attack every candidate is scored under, or its name (e.g.
+        ``"autoattack"``). Fix it (rather than ``None``, which uses each
+        candidate's own default) when comparing candidates trained with
+        different attacks, so that all face the same threat model.
     batch_size : int, default=256
         Samples attacked at once.
+    epsilon : float, default=None
+        Budget of a named attack, or a new ``epsilon`` for a given Attack.
+        Set it for a name when the candidates' training budgets differ.
+    norm : {"linf", "l2"}, default=None
+        Norm of a named attack, or a new ``norm`` for a given Attack.
 
     Returns
     -------
@@ -168,5 +192,13 @@ def make_robust_scorer(attack=None, batch_size=256):
     >>> from robustfit.attacks import PGD
     >>> from robustfit.metrics import make_robust_scorer
     >>> scorer = make_robust_scorer(PGD(epsilon=0.3, steps=20))
+    >>> scorer = make_robust_scorer("autoattack", epsilon=0.3)
     """
-    return RobustScorer(attack=attack, batch_size=batch_size)
+    # Fail early on an unknown name or a misplaced epsilon/norm. A name without
+    # epsilon is resolved per candidate, in its training threat model.
+    if isinstance(attack, str) and epsilon is None:
+        if attack.lower() not in ATTACK_ALIASES:
+            raise ValueError(f"unknown attack name {attack!r}; choose among {ATTACK_ALIASES}")
+    else:
+        resolve_attack(attack, epsilon=epsilon, norm=norm)
+    return RobustScorer(attack=attack, batch_size=batch_size, epsilon=epsilon, norm=norm)

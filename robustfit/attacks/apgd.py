@@ -1,0 +1,360 @@
+"""Auto-PGD (Croce & Hein, "Reliable evaluation of adversarial robustness with
+an ensemble of diverse parameter-free attacks", ICML 2020).
+
+APGD is PGD without a step size to tune: it starts with a large step
+(``2 * epsilon``), adds momentum, and halves the step at checkpoints where the
+loss has stopped rising, restarting from the best point found so far. Besides
+the cross-entropy it can ascend the *difference of logits ratio* (DLR), a
+margin loss that is invariant to shifting and rescaling the logits, so that a
+model cannot hide behind saturated softmax outputs.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from ._base import (
+    Attack,
+    _check_positive_int,
+    normalize_gradient,
+    project,
+    random_init,
+)
+from .pgd import best_of_restarts
+
+LOSSES = ("ce", "dlr", "dlr-targeted")
+
+
+def margin(logits, y):
+    """Per-sample margin ``z_y - max_{i != y} z_i`` of a batch of logits.
+
+    Negative exactly where the sample is misclassified (ties aside).
+
+    Parameters
+    ----------
+    logits : torch.Tensor of shape (n, n_classes)
+        Class logits.
+    y : torch.Tensor of shape (n,)
+        True class indices.
+
+    Returns
+    -------
+    margin : torch.Tensor of shape (n,)
+        The margin of each sample.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from robustfit.attacks.apgd import margin
+    >>> margin(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([1]))
+    tensor([1.])
+    """
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return z_y - others.amax(dim=1)
+
+
+def dlr_loss(logits, y, target=None):
+    """Difference of logits ratio loss (Croce & Hein 2020), per sample.
+
+    With ``z`` the logits and ``z_pi1 >= z_pi2 >= ...`` their sorted values,
+    the untargeted loss is::
+
+        DLR(z, y) = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)
+
+    and the targeted one, for a target class ``t``::
+
+        DLR_t(z, y) = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)
+
+    Both are to be *maximized* by an attack; the untargeted one is positive
+    exactly on misclassified samples. Dividing by a difference of logits makes
+    them invariant to shifting and to positive rescaling of the logits.
+
+    With too few classes for the denominator (fewer than 3 untargeted, 4
+    targeted), the denominator falls back to ``z_pi1 - z_pi3`` when 3 classes
+    exist, and to 1 (the plain margin loss of Carlini & Wagner) for 2 classes.
+
+    Parameters
+    ----------
+    logits : torch.Tensor of shape (n, n_classes)
+        Class logits.
+    y : torch.Tensor of shape (n,)
+        True class indices.
+    target : torch.Tensor of shape (n,) or None, default=None
+        Target class indices for the targeted loss; ``None`` for the
+        untargeted one.
+
+    Returns
+    -------
+    loss : torch.Tensor of shape (n,)
+        The loss of each sample (differentiable).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from robustfit.attacks.apgd import dlr_loss
+    >>> z = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    >>> dlr_loss(z, torch.tensor([0]))            # -(1 - 3) / (3 - 1)
+    tensor([1.])
+    >>> dlr_loss(z, torch.tensor([0]), torch.tensor([2]))  # -(1 - 2) / (3 - 0.5)
+    tensor([0.4000])
+    """
+    n_classes = logits.shape[1]
+    z_sorted = logits.sort(dim=1, descending=True).values
+    if target is None:
+        numerator = margin(logits, y)
+        denominator = z_sorted[:, 0] - z_sorted[:, 2] if n_classes >= 3 else 1.0
+    else:
+        z_y = logits.gather(1, y[:, None]).squeeze(1)
+        z_t = logits.gather(1, target[:, None]).squeeze(1)
+        numerator = z_y - z_t
+        if n_classes >= 4:
+            denominator = z_sorted[:, 0] - 0.5 * (z_sorted[:, 2] + z_sorted[:, 3])
+        elif n_classes == 3:
+            denominator = z_sorted[:, 0] - z_sorted[:, 2]
+        else:
+            denominator = 1.0
+    return -numerator / (denominator + 1e-12)
+
+
+def apgd_checkpoints(n_iter):
+    """The iterations at which APGD may halve its step size.
+
+    ``w_j = ceil(p_j * n_iter)`` with ``p_0 = 0``, ``p_1 = 0.22`` and
+    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` while ``p_j <= 1``
+    (Croce & Hein 2020, section 3.2). The fractions are computed in exact
+    integer hundredths, so no rounding error moves a checkpoint.
+
+    Parameters
+    ----------
+    n_iter : int
+        Number of iterations of the attack.
+
+    Returns
+    -------
+    checkpoints : list of int
+        Increasing iteration indices, starting at 0 (duplicates, which occur
+        for small ``n_iter``, are dropped).
+
+    Examples
+    --------
+    >>> from robustfit.attacks.apgd import apgd_checkpoints
+    >>> apgd_checkpoints(100)
+    [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    """
+    _check_positive_int(n_iter, "n_iter")
+    p = [0, 22]  # in hundredths
+    while True:
+        nxt = p[-1] + max(p[-1] - p[-2] - 3, 6)
+        if nxt > 100:
+            break
+        p.append(nxt)
+    checkpoints = []
+    for pj in p:
+        w = -(-pj * n_iter // 100)  # ceil(pj / 100 * n_iter) in integers
+        if not checkpoints or w > checkpoints[-1]:
+            checkpoints.append(w)
+    return checkpoints
+
+
+class APGD(Attack):
+    """Auto-PGD: projected gradient ascent with an adaptive step size.
+
+    The attack of Croce & Hein, ICML 2020.
+    Starting from a random point of the ball, each iteration takes a step of
+    length ``eta`` along the steepest-ascent direction of the loss (the sign of
+    the gradient for l_inf, the normalized gradient for l_2), projects onto the
+    ball and the box, and mixes in momentum::
+
+        z       = P(x_k + eta * dir(grad f(x_k)))
+        x_{k+1} = P(x_k + alpha * (z - x_k) + (1 - alpha) * (x_k - x_{k-1}))
+
+    with ``alpha = momentum`` (plain step at the first iteration). The step
+    starts at ``2 * epsilon`` and is halved at a checkpoint of
+    :func:`apgd_checkpoints` when
+
+    1. fewer than ``rho`` of the iterations since the last checkpoint
+       increased the loss, or
+    2. the step was not halved at the last checkpoint and the best loss has
+       not improved since then;
+
+    after a halving, the iterate restarts from the best point found so far.
+    As in the authors' implementation, condition 2 is first tested at the
+    second checkpoint.
+
+    For each sample the attack returns a misclassified point if any iterate
+    was misclassified, and otherwise the point of highest loss. All iterates
+    lie inside the epsilon-ball and the input box.
+
+    Parameters
+    ----------
+    epsilon : float, default=0.3
+        Radius of the threat model's ball.
+    norm : {"linf", "l2"}, default="linf"
+        Norm of the threat model.
+    steps : int, default=100
+        Number of iterations per run (the paper's ``N_iter``).
+    loss : {"ce", "dlr", "dlr-targeted"}, default="ce"
+        Loss to ascend: cross-entropy (APGD-CE), the difference of logits
+        ratio (APGD-DLR, see :func:`dlr_loss`), or the targeted DLR (APGD-T),
+        run once for each of the ``n_target_classes`` highest-scoring classes
+        other than the top one.
+    restarts : int, default=1
+        Runs from independent random starts (per target class for APGD-T).
+        Later runs only attack points that earlier runs did not misclassify.
+    n_target_classes : int, default=9
+        For ``loss="dlr-targeted"``: number of target classes, capped at
+        ``n_classes - 1``. Ignored by the other losses.
+    rho : float, default=0.75
+        Threshold of condition 1 on the fraction of loss increases.
+    momentum : float, default=0.75
+        Weight ``alpha`` of the new step against the previous one.
+    bounds : tuple of float or None, default=(0.0, 1.0)
+        The input box ``(low, high)`` adversarial inputs are clipped to;
+        ``None`` for unbounded features.
+
+    See Also
+    --------
+    PGD : Fixed-step projected gradient descent.
+    AutoAttack : APGD-CE, APGD-T and optionally Square as one ensemble.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from robustfit.attacks import APGD
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> X, y = torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    >>> X_adv = APGD(epsilon=0.1, steps=10)(net, X, y)
+    >>> bool((X_adv - X).abs().max() <= 0.1 + 1e-6)
+    True
+    """
+
+    def __init__(
+        self,
+        epsilon=0.3,
+        norm="linf",
+        steps=100,
+        loss="ce",
+        restarts=1,
+        n_target_classes=9,
+        rho=0.75,
+        momentum=0.75,
+        bounds=(0.0, 1.0),
+    ):
+        self.epsilon = epsilon
+        self.norm = norm
+        self.steps = steps
+        self.loss = loss
+        self.restarts = restarts
+        self.n_target_classes = n_target_classes
+        self.rho = rho
+        self.momentum = momentum
+        self.bounds = bounds
+
+    def _validate(self):
+        super()._validate()
+        _check_positive_int(self.steps, "steps")
+        _check_positive_int(self.restarts, "restarts")
+        _check_positive_int(self.n_target_classes, "n_target_classes")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("rho", "momentum"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) \
+                    or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+    def _loss_fn(self, target):
+        if self.loss == "ce":
+            return lambda logits, y: F.cross_entropy(logits, y, reduction="none")
+        if self.loss == "dlr":
+            return dlr_loss
+        return lambda logits, y: dlr_loss(logits, y, target)
+
+    def _single_run(self, module, x, y, target_rank=None):
+        """One APGD run from a random start; ``target_rank`` picks the target
+        class of the targeted loss (1 = the second-highest clean logit)."""
+        eps, norm, bounds = float(self.epsilon), self.norm, self._bounds
+        target = None
+        if target_rank is not None:
+            with torch.no_grad():
+                target = module(x).argsort(dim=1, descending=True)[:, target_rank]
+        loss_fn = self._loss_fn(target)
+
+        def loss_and_grad(point):
+            point = point.detach().requires_grad_(True)
+            logits = module(point)
+            loss = loss_fn(logits, y)
+            (grad,) = torch.autograd.grad(loss.sum(), point)
+            return loss.detach().float(), grad.detach(), logits.detach()
+
+        n = x.shape[0]
+        shape = (n,) + (1,) * (x.dim() - 1)
+        x_adv = x + random_init(x, eps, norm, bounds)
+        loss, grad, logits = loss_and_grad(x_adv)
+        broken = logits.argmax(1) != y
+        x_broken = x_adv.clone()
+        x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
+
+        checkpoints = apgd_checkpoints(self.steps)
+        history = torch.empty((self.steps + 1, n), device=x.device)
+        history[0] = loss
+        step = torch.full(shape, 2.0 * eps, device=x.device, dtype=x.dtype)
+        reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
+        loss_best_last = loss_best.clone()
+        alpha = float(self.momentum)
+        j = 1
+        x_prev = x_adv
+        for i in range(self.steps):
+            with torch.no_grad():
+                z = x + project(x, x_adv - x + step * normalize_gradient(grad, norm),
+                                eps, norm, bounds)
+                if i > 0:
+                    mixed = x_adv + alpha * (z - x_adv) + (1 - alpha) * (x_adv - x_prev)
+                    z = x + project(x, mixed - x, eps, norm, bounds)
+                x_prev, x_adv = x_adv, z
+            loss, grad, logits = loss_and_grad(x_adv)
+            with torch.no_grad():
+                history[i + 1] = loss
+                now_broken = logits.argmax(1) != y
+                x_broken[now_broken] = x_adv[now_broken]
+                broken |= now_broken
+                improved = loss > loss_best
+                x_best[improved] = x_adv[improved]
+                grad_best[improved] = grad[improved]
+                loss_best = torch.where(improved, loss, loss_best)
+                if j < len(checkpoints) and i + 1 == checkpoints[j]:
+                    w0, w1 = checkpoints[j - 1], checkpoints[j]
+                    increases = (history[w0 + 1:w1 + 1] > history[w0:w1]).sum(0)
+                    cond1 = increases < self.rho * (w1 - w0)
+                    cond2 = ~reduced_last & (loss_best <= loss_best_last)
+                    halve = cond1 | cond2
+                    step[halve] /= 2.0
+                    x_adv[halve] = x_best[halve]
+                    grad[halve] = grad_best[halve]
+                    reduced_last = halve
+                    loss_best_last = loss_best.clone()
+                    j += 1
+        return torch.where(broken.view(shape), x_broken, x_best)
+
+    def _perturb(self, module, x, y):
+        if self.epsilon == 0:
+            return x.clone()
+        if self.loss != "dlr-targeted":
+            return best_of_restarts(module, x, y, self._single_run, self.restarts)
+        with torch.no_grad():
+            n_classes = module(x[:1]).shape[1]
+        ranks = [
+            rank
+            for rank in range(1, min(self.n_target_classes, n_classes - 1) + 1)
+            for _ in range(self.restarts)
+        ]
+        pending = iter(ranks)
+
+        def run(module, xs, ys):
+            return self._single_run(module, xs, ys, target_rank=next(pending))
+
+        return best_of_restarts(module, x, y, run, len(ranks))

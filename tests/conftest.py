@@ -1,0 +1,88 @@
+"""Shared fixtures: small digits splits, quickly trained models, MNIST location.
+
+Everything here is sized for a fast suite on two CPU cores: a few hundred 8x8
+digits, a handful of epochs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robustfit import AdversarialClassifier
+from robustfit.attacks import PGD
+from robustfit.datasets import load_digits_images
+
+MNIST_FILE = "t10k-images-idx3-ubyte"
+
+
+def _has_mnist_test_split(root):
+    for folder in (root, root / "MNIST" / "raw", root / "raw"):
+        for name in (MNIST_FILE, MNIST_FILE + ".gz"):
+            if (folder / name).is_file():
+                return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """Folder holding the real MNIST test split.
+
+    ``$ROBUSTFIT_MNIST_DIR`` if set, else ``<repo>/../shared/datasets/mnist``.
+    Missing data skips the test, unless ``ROBUSTFIT_REQUIRE_DATA=1``, in which
+    case the test fails (for CI machines that must have the data).
+    """
+    override = os.environ.get("ROBUSTFIT_MNIST_DIR")
+    if override:
+        root = Path(override)
+    else:
+        root = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "mnist"
+    if not _has_mnist_test_split(root):
+        msg = f"MNIST test split ({MNIST_FILE}[.gz]) not found under {root}"
+        if os.environ.get("ROBUSTFIT_REQUIRE_DATA") == "1":
+            pytest.fail(msg + " and ROBUSTFIT_REQUIRE_DATA=1")
+        pytest.skip(msg + "; set ROBUSTFIT_MNIST_DIR to run this test")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """All 1797 digits images, shuffled once with a fixed seed."""
+    X, y = load_digits_images()
+    perm = np.random.RandomState(0).permutation(len(X))
+    return X[perm], y[perm]
+
+
+@pytest.fixture(scope="session")
+def digits_small(digits):
+    """600 training and 300 test digits images (disjoint)."""
+    X, y = digits
+    return X[:600], y[:600], X[1500:1800], y[1500:1800]
+
+
+@pytest.fixture(scope="module")
+def std_clf(digits_small):
+    """A standard (non-adversarial) digits classifier, trained in about a second."""
+    Xtr, ytr, _, _ = digits_small
+    return AdversarialClassifier(
+        max_epochs=10, lr=1e-2, random_state=0, train_split=None
+    ).fit(Xtr, ytr)
+
+
+@pytest.fixture(scope="module")
+def std_module(std_clf):
+    """The torch module of :func:`std_clf`, in eval mode (tests must not change it)."""
+    return std_clf.module_.eval()
+
+
+@pytest.fixture(scope="module")
+def pgd_clf(digits_small):
+    """A quickly PGD-trained digits classifier with a validation split."""
+    Xtr, ytr, _, _ = digits_small
+    return AdversarialClassifier(
+        attack=PGD(epsilon=0.1, steps=2), max_epochs=8, lr=1e-2, random_state=0
+    ).fit(Xtr, ytr)
+
