@@ -36,8 +36,7 @@ def make(method, args):
     }[method]
     return AdversarialClassifier(
         MnistCNN, module__width=args.width, module__hidden=args.hidden, attack=attack,
-        max_epochs=args.epochs, lr=args.lr, lr_schedule=args.schedule,
-        attack_warmup=args.warmup if attack is not None else 0,
+        max_epochs=args.epochs, lr=args.lr, lr_schedule=args.schedule, attack_warmup=args.warmup,
         batch_size=args.batch_size, device=args.device, random_state=args.seed,
         verbose=args.verbose,
     )
@@ -48,9 +47,10 @@ def main():
     p.add_argument("--methods", default="standard,fgsm,pgd")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--steps", type=int, default=7, help="PGD training steps")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--schedule", default="onecycle")
-    p.add_argument("--warmup", type=float, default=0.0, help="attack epsilon warm-up, epochs")
+    p.add_argument("--warmup", default="auto", type=lambda v: v if v == "auto" else float(v),
+                   help="attack epsilon warm-up in epochs, or 'auto' (the default)")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--hidden", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=128)

