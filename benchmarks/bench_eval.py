@@ -27,7 +27,7 @@ def main():
     p = parser(__doc__)
     p.add_argument("--model", default=str(Path(__file__).parent / "results" / "mnist_pgd.pkl"))
     p.add_argument("--n-eval", type=int, default=2000)
-    p.add_argument("--targets", type=int, default=9, help="APGD-T target classes")
+    p.add_argument("--targets", type=int, default=3, help="APGD-T target classes (the ensemble default)")
     args = p.parse_args()
     with open(args.model, "rb") as f:
         clf = pickle.load(f)

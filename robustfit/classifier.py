@@ -526,7 +526,7 @@ class AdversarialClassifier(NeuralNetClassifier):
     def default_evaluation_attack(self):
         """The attack :meth:`robust_score` uses when none is given.
 
-        The AutoAttack-style ensemble (APGD-CE, then APGD-T over the top-9
+        The AutoAttack-style ensemble (APGD-CE, then APGD-T over the top-3
         target classes, 100 iterations each) in the training attack's threat
         model (``epsilon``, ``norm``, ``bounds``): parameter-free and stronger
         than PGD with a fixed step size.
