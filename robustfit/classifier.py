@@ -32,6 +32,7 @@ from ._loader import TensorLoader, _dataset_arrays
 from .attacks import AutoAttack
 from .attacks._base import Attack, check_bounds, check_in_bounds
 from .callbacks import Progress, RobustValidation
+from .metrics._robust import encode_labels
 from .models import default_module
 
 _SCHEDULES = (None, "constant", "cosine", "onecycle")
@@ -355,12 +356,7 @@ class AdversarialClassifier(NeuralNetClassifier):
                     "needs at least 2"
                 )
             self.classes_inferred_ = classes
-        classes = self.classes_
-        idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
-        if not np.all(classes[idx] == y):
-            unknown = np.setdiff1d(np.unique(y), classes)
-            raise ValueError(f"y has labels not among classes_: {unknown[:5].tolist()}")
-        return idx.astype(np.int64)
+        return encode_labels(self.classes_, y)
 
     def _prepare_fit(self, X, y, reset):
         """Validate parameters and data; encode labels; record input shape."""
@@ -370,7 +366,7 @@ class AdversarialClassifier(NeuralNetClassifier):
             sample = arrays[0][0] if arrays is not None else X[0][0]
             shape = tuple(sample.shape)
             if reset and y is None:
-                self.check_data_from_dataset_(X)
+                self._infer_classes_from_dataset(X)
         else:
             X = self._check_X(X, self._bounds())
             y = self._check_y(X, y, reset)
@@ -392,7 +388,7 @@ class AdversarialClassifier(NeuralNetClassifier):
                 self.attack_params_ = params
         return X, y
 
-    def check_data_from_dataset_(self, X):
+    def _infer_classes_from_dataset(self, X):
         """Infer ``classes_`` from a Dataset passed without ``y``."""
         super().check_data(X, None)
 
@@ -425,7 +421,7 @@ class AdversarialClassifier(NeuralNetClassifier):
     def get_split_datasets(self, X, y=None, **fit_params):
         if isinstance(self.train_split, ValidSplit) and self.train_split.random_state is None \
                 and self.random_state is not None and not isinstance(self.train_split.cv, numbers.Integral):
-            split = clone_split(self.train_split, self.random_state)
+            split = _clone_split(self.train_split, self.random_state)
             dataset = self.get_dataset(X, y)
             return split(dataset, y, **fit_params)
         return super().get_split_datasets(X, y, **fit_params)
@@ -724,6 +720,6 @@ def _encoded_accuracy(net, X, y):
     return float(np.mean(y_pred == to_numpy(y)))
 
 
-def clone_split(split, random_state):
+def _clone_split(split, random_state):
     """A copy of a skorch ``ValidSplit`` seeded with ``random_state``."""
     return ValidSplit(cv=split.cv, stratified=split.stratified, random_state=random_state)

@@ -31,17 +31,24 @@ def _resolve(estimator, X):
     return module, X, estimator
 
 
+def encode_labels(classes, y):
+    """Map labels to their indices in the sorted array ``classes``.
+
+    Raises ``ValueError`` naming the labels that are not among ``classes``.
+    """
+    idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+    if not np.all(classes[idx] == y):
+        unknown = np.setdiff1d(np.unique(y), classes)
+        raise ValueError(f"y has labels not among classes_: {unknown[:5].tolist()} (unseen in fit)")
+    return idx.astype(np.int64)
+
+
 def _encode(classifier, y):
     classes = getattr(classifier, "classes_", None)
     y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
     if classes is None:
         return y.astype(np.int64)
-    idx = np.searchsorted(classes, y)
-    idx = np.clip(idx, 0, len(classes) - 1)
-    if not np.all(classes[idx] == y):
-        unknown = np.setdiff1d(np.unique(y), classes)
-        raise ValueError(f"y has labels unseen in fit: {unknown[:5].tolist()}")
-    return idx.astype(np.int64)
+    return encode_labels(classes, y)
 
 
 def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None):
