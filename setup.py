@@ -23,6 +23,7 @@ setup(
         "skorch>=1.0",
         "numpy>=1.22",
         "joblib>=1.2",
+        "pot>=0.9",
         "tqdm>=4.60",
         "matplotlib>=3.5",
     ],

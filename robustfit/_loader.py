@@ -94,3 +94,73 @@ class TensorLoader:
             else:
                 idx = perm[start:start + b]
                 yield self.X[idx], (None if self.y is None else self.y[idx])
+
+
+class MixedLoader:
+    """Training batches that mix real samples with proxy (synthetic) ones.
+
+    One pass is one pass over the real data. Each batch holds
+    ``batch_size - n_proxy`` real samples and ``n_proxy = round(batch_size *
+    proxy_ratio)`` proxy samples, drawn without replacement from a fresh
+    permutation of the proxy pool every pass (cycling through it again when
+    the pool is smaller than a pass needs). The last, smaller real batch gets
+    proxy samples in the same ratio.
+
+    Parameters
+    ----------
+    dataset : skorch.dataset.Dataset or torch.utils.data.Dataset
+        The real training data.
+    X_proxy, y_proxy : torch.Tensor
+        The proxy pool; labels are class indices.
+    proxy_ratio : float
+        Fraction of every batch drawn from the pool, in ``[0, 1)``.
+    batch_size : int, default=128
+        Samples per batch, real and proxy together.
+    shuffle : bool, default=True
+        Shuffle the real data every pass.
+    device : str or torch.device, default="cpu"
+        Where batches are assembled.
+    **kwargs
+        Passed to the :class:`TensorLoader` over the real data.
+    """
+
+    def __init__(self, dataset, X_proxy, y_proxy, proxy_ratio, batch_size=128, shuffle=True,
+                 device="cpu", **kwargs):
+        self.proxy_ratio = float(proxy_ratio)
+        n_proxy = int(round(batch_size * self.proxy_ratio))
+        if self.proxy_ratio > 0:
+            n_proxy = min(max(n_proxy, 1), batch_size - 1)
+        self.n_proxy = n_proxy
+        self.real = TensorLoader(dataset, batch_size=batch_size - n_proxy, shuffle=shuffle,
+                                 device=device, **kwargs)
+        device = torch.device(device)
+        self.X_proxy = torch.as_tensor(X_proxy).to(device)
+        self.y_proxy = torch.as_tensor(y_proxy).to(device)
+
+    def __len__(self):
+        return len(self.real)
+
+    def __iter__(self):
+        n_pool = len(self.X_proxy)
+        perm = None
+        pos = 0
+        for Xr, yr in self.real:
+            if self.n_proxy == 0 or n_pool == 0:
+                yield Xr, yr
+                continue
+            k = self.n_proxy if len(Xr) == self.real.batch_size else max(
+                1, int(round(len(Xr) * self.proxy_ratio / (1 - self.proxy_ratio))))
+            idx = []
+            while k > 0:
+                if perm is None or pos >= n_pool:
+                    perm, pos = torch.randperm(n_pool, device=self.X_proxy.device), 0
+                take = perm[pos:pos + k]
+                idx.append(take)
+                pos += len(take)
+                k -= len(take)
+            idx = torch.cat(idx) if len(idx) > 1 else idx[0]
+            Xp = self.X_proxy.index_select(0, idx).to(dtype=Xr.dtype)
+            yp = self.y_proxy.index_select(0, idx).to(dtype=yr.dtype)
+            if Xr.device != Xp.device:
+                Xp, yp = Xp.to(Xr.device), yp.to(Xr.device)
+            yield torch.cat([Xr, Xp]), torch.cat([yr, yp])

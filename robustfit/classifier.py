@@ -28,15 +28,16 @@ from skorch.callbacks import EpochScoring
 from skorch.dataset import ValidSplit, unpack_data
 from skorch.utils import is_dataset, to_numpy, to_tensor
 
-from ._loader import TensorLoader, _dataset_arrays
+from ._loader import MixedLoader, TensorLoader, _dataset_arrays
 from .attacks import AutoAttack
 from .attacks._base import Attack, check_bounds, check_in_bounds
 from .callbacks import Progress, RobustValidation
+from .losses import AdversarialCE, Objective
 from .metrics._robust import encode_labels
 from .models import default_module
 
 _SCHEDULES = (None, "constant", "cosine", "onecycle")
-_NESTED = ("attack", "valid_attack")
+_NESTED = ("attack", "valid_attack", "objective", "proxy_data")
 
 
 def resolve_device(device):
@@ -96,6 +97,33 @@ class AdversarialClassifier(NeuralNetClassifier):
         The training attack, e.g. ``PGD(epsilon=0.3, steps=7)``. Its parameters
         are reachable as ``attack__epsilon`` etc. for grid searches. A fitted
         copy is kept as ``attack_``.
+    objective : robustfit.losses.Objective or None, default=None
+        How the batch's logits become the loss: ``None`` is
+        :class:`~robustfit.losses.AdversarialCE` (the criterion on the
+        adversarial batch); :class:`~robustfit.losses.TRADES` and
+        :class:`~robustfit.losses.PrimalDual` (DALE, with
+        ``attack=Langevin(...)``) also use the clean batch. Grid-searchable as
+        ``objective__beta`` etc.; the fitted copy, with its state, is
+        ``objective_``.
+    proxy_data : ProxyDistribution, (X, y) pair, Dataset or None, default=None
+        Extra training data from a proxy distribution (Sehwag et al. 2022).
+        A :mod:`robustfit.proxy` estimator (anything with ``fit(X, y)`` and
+        ``sample(n, random_state)``) is cloned and fitted inside ``fit`` on the
+        training part of the data only (after ``train_split``), so neither the
+        validation split nor a cross-validation fold ever reaches it; then
+        ``proxy_samples`` samples are drawn. An ``(X, y)`` pair or a torch
+        ``Dataset`` of ``(x, y)`` items is used as given (labels as in ``y``).
+        Parameters are grid-searchable as ``proxy_data__*``.
+    proxy_ratio : float, default=0.5
+        Fraction of every training batch taken from the proxy data, in
+        ``[0, 1)``. An epoch stays one pass over the real training data.
+    proxy_samples : int or None, default=None
+        Samples drawn from a ProxyDistribution per ``fit``. ``None`` draws as
+        many as one epoch uses, so no proxy sample repeats within an epoch.
+    proxy_memory : str, joblib.Memory or None, default=None
+        Cache for fitting a ProxyDistribution and sampling from it (a
+        directory or a :class:`joblib.Memory`), keyed on the proxy's
+        parameters, the training data, ``proxy_samples`` and the seed.
     criterion : torch loss class, default=torch.nn.CrossEntropyLoss
         Loss on the module's logits.
     optimizer : torch optimizer class, default=torch.optim.Adam
@@ -160,8 +188,14 @@ class AdversarialClassifier(NeuralNetClassifier):
     input_shape_ : tuple of int
         Shape of one input sample.
     history : skorch.history.History
-        Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur`` and,
-        with ``valid_attack``, ``valid_robust_acc``; per-batch losses.
+        Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``; with
+        ``valid_attack``, ``valid_robust_acc``; with ``objective=PrimalDual(...)``,
+        ``dual_nu`` and ``clean_loss``; per-batch losses.
+    objective_ : robustfit.losses.Objective
+        The objective used in training, with its state.
+    proxy_ : ProxyDistribution or None
+        The proxy distribution fitted on the training data, when
+        ``proxy_data`` is one.
 
     Examples
     --------
@@ -180,6 +214,11 @@ class AdversarialClassifier(NeuralNetClassifier):
         module=None,
         *,
         attack=None,
+        objective=None,
+        proxy_data=None,
+        proxy_ratio=0.5,
+        proxy_samples=None,
+        proxy_memory=None,
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
         lr=3e-3,
@@ -212,6 +251,11 @@ class AdversarialClassifier(NeuralNetClassifier):
             **kwargs,
         )
         self.attack = attack
+        self.objective = objective
+        self.proxy_data = proxy_data
+        self.proxy_ratio = proxy_ratio
+        self.proxy_samples = proxy_samples
+        self.proxy_memory = proxy_memory
         self.lr_schedule = lr_schedule
         self.attack_warmup = attack_warmup
         self.valid_attack = valid_attack
@@ -297,7 +341,7 @@ class AdversarialClassifier(NeuralNetClassifier):
         w = self.attack_warmup
         if w != "auto" and (not isinstance(w, numbers.Real) or isinstance(w, bool) or w < 0):
             raise ValueError(f"attack_warmup must be 'auto' or a number >= 0, got {w!r}")
-        for name in _NESTED:
+        for name in ("attack", "valid_attack"):
             att = getattr(self, name)
             if att is None:
                 continue
@@ -305,6 +349,21 @@ class AdversarialClassifier(NeuralNetClassifier):
                 att._validate()
             elif not callable(att):
                 raise ValueError(f"{name} must be an Attack, a callable or None, got {att!r}")
+        obj = self.objective
+        if obj is not None:
+            if not isinstance(obj, Objective):
+                raise ValueError(
+                    "objective must be None or a robustfit.losses.Objective such as "
+                    f"TRADES(beta=6.0), got {obj!r}"
+                )
+            obj.validate()
+        r = self.proxy_ratio
+        if not isinstance(r, numbers.Real) or isinstance(r, bool) or not 0 <= r < 1:
+            raise ValueError(f"proxy_ratio must be a number in [0, 1), got {r!r}")
+        n = self.proxy_samples
+        if n is not None and (not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1):
+            raise ValueError(f"proxy_samples must be None or an integer >= 1, got {n!r}")
+        _proxy_kind(self.proxy_data)
 
     def _bounds(self, attack=None):
         attack = self.attack if attack is None else attack
@@ -377,16 +436,30 @@ class AdversarialClassifier(NeuralNetClassifier):
             )
         self.input_shape_ = shape
         self.n_features_in_ = int(np.prod(shape))
-        if self.attack is None:
-            self.attack_ = None
-        else:
-            params = self.attack.get_params() if hasattr(self.attack, "get_params") else None
-            if getattr(self, "attack_", None) is None or params is None \
-                    or type(self.attack_) is not type(self.attack) \
-                    or getattr(self, "attack_params_", None) != params:
-                self.attack_ = clone(self.attack) if params is not None else self.attack
-                self.attack_params_ = params
+        self._fitted_copy("attack", reset)
+        self._fitted_copy("objective", reset)
+        if self.objective_ is None:
+            self.objective_ = AdversarialCE()
+        if reset:
+            self.objective_.reset()
+            self.proxy_refit_ = True
         return X, y
+
+    def _fitted_copy(self, name, reset):
+        """Keep ``<name>_`` a clone of parameter ``name``; re-clone it when the
+        parameter changed or ``reset`` is true (a fresh ``fit``), so that learned
+        state (a generator, a dual variable) carries over ``partial_fit`` only."""
+        value = getattr(self, name)
+        attr = name + "_"
+        if value is None:
+            setattr(self, attr, None)
+            return
+        params = value.get_params() if hasattr(value, "get_params") else None
+        current = getattr(self, attr, None)
+        if reset or current is None or params is None or type(current) is not type(value) \
+                or getattr(self, name + "_params_", None) != params:
+            setattr(self, attr, clone(value) if params is not None else value)
+            setattr(self, name + "_params_", params)
 
     def _infer_classes_from_dataset(self, X):
         """Infer ``classes_`` from a Dataset passed without ``y``."""
@@ -423,8 +496,72 @@ class AdversarialClassifier(NeuralNetClassifier):
                 and self.random_state is not None and not isinstance(self.train_split.cv, numbers.Integral):
             split = _clone_split(self.train_split, self.random_state)
             dataset = self.get_dataset(X, y)
-            return split(dataset, y, **fit_params)
-        return super().get_split_datasets(X, y, **fit_params)
+            train, valid = split(dataset, y, **fit_params)
+        else:
+            train, valid = super().get_split_datasets(X, y, **fit_params)
+        # The proxy sees the training part only: never the validation split, and
+        # (since fit only gets the training fold) never a cross-validation fold.
+        self._prepare_proxy(train)
+        return train, valid
+
+    # ------------------------------------------------------------ proxy data
+    def _prepare_proxy(self, dataset_train):
+        """Build ``proxy_X_``/``proxy_y_`` (class indices) from ``proxy_data``."""
+        kind = _proxy_kind(self.proxy_data)
+        if kind is None or self.proxy_ratio == 0:
+            self.proxy_ = None
+            self.proxy_X_ = self.proxy_y_ = None
+            return
+        if not getattr(self, "proxy_refit_", True) and getattr(self, "proxy_X_", None) is not None:
+            return  # partial_fit: keep the pool of the first call
+        self.proxy_refit_ = False
+        bounds = self._bounds()
+        if kind == "distribution":
+            arrays = _dataset_arrays(dataset_train)
+            if arrays is None or arrays[1] is None:
+                raise ValueError(
+                    "proxy_data as a ProxyDistribution needs array training data (X, y), "
+                    "not a Dataset of another kind"
+                )
+            X_tr = to_numpy(arrays[0]) if torch.is_tensor(arrays[0]) else np.asarray(arrays[0])
+            y_tr = self.classes_[to_numpy(arrays[1]) if torch.is_tensor(arrays[1]) else arrays[1]]
+            n = self.proxy_samples or self._proxy_per_epoch(len(X_tr))
+            seed = None if self.random_state is None else check_random_state(self.random_state).randint(2**31)
+            fit_sample = _fit_and_sample
+            if self.proxy_memory is not None:
+                from joblib import Memory
+                memory = self.proxy_memory
+                memory = Memory(memory, verbose=0) if isinstance(memory, str) else memory
+                fit_sample = memory.cache(_fit_and_sample)
+            self.proxy_, Xp, yp = fit_sample(self.proxy_data, X_tr, y_tr, int(n), seed)
+        else:
+            self.proxy_ = None
+            if kind == "dataset":
+                Xp, yp = _materialize(self.proxy_data)
+            else:
+                Xp, yp = self.proxy_data
+        Xp = self._check_X(Xp, bounds)
+        if is_dataset(Xp) or tuple(Xp.shape[1:]) != self.input_shape_:
+            raise ValueError(
+                f"proxy samples have shape {tuple(Xp.shape[1:])}, but the training data "
+                f"has {self.input_shape_}"
+            )
+        yp = np.asarray(to_numpy(yp) if torch.is_tensor(yp) else yp)
+        if len(yp) != len(Xp):
+            raise ValueError(f"proxy X and y have different lengths: {len(Xp)} and {len(yp)}")
+        try:
+            yp = encode_labels(self.classes_, yp)
+        except ValueError as exc:
+            raise ValueError(f"proxy labels: {exc}") from None
+        self.proxy_X_ = torch.as_tensor(Xp, dtype=torch.float32)
+        self.proxy_y_ = torch.as_tensor(yp, dtype=torch.long)
+
+    def _proxy_per_epoch(self, n_real):
+        """Proxy samples one epoch consumes when ``n_real`` real samples are used."""
+        b = self.batch_size if self.batch_size > 0 else n_real
+        n_proxy = min(max(int(round(b * self.proxy_ratio)), 1), b - 1) if b > 1 else 1
+        n_batches = -(-n_real // max(b - n_proxy, 1))
+        return n_batches * n_proxy
 
     # ---------------------------------------------------------- fit / predict
     def fit(self, X, y=None, **fit_params):
@@ -626,6 +763,14 @@ class AdversarialClassifier(NeuralNetClassifier):
 
     def get_iterator(self, dataset, training=False):
         iterator = self.iterator_train if training else self.iterator_valid
+        if training and getattr(self, "proxy_X_", None) is not None:
+            kwargs = self.get_params_for("iterator_train")
+            kwargs.setdefault("batch_size", self.batch_size)
+            if kwargs["batch_size"] == -1:
+                kwargs["batch_size"] = len(dataset)
+            kwargs.setdefault("shuffle", True)
+            kwargs.setdefault("device", self.device)
+            return MixedLoader(dataset, self.proxy_X_, self.proxy_y_, self.proxy_ratio, **kwargs)
         if iterator is TensorLoader:
             prefix = "iterator_train" if training else "iterator_valid"
             kwargs = self.get_params_for(prefix)
@@ -674,15 +819,26 @@ class AdversarialClassifier(NeuralNetClassifier):
         Xi, yi = unpack_data(batch)
         Xi = to_tensor(Xi, device=self.device)
         yi = to_tensor(yi, device=self.device)
-        if self.attack_ is not None:
+        attack = self.attack_
+        X_adv = Xi
+        if attack is not None:
             with self._autocast():
-                if isinstance(self.attack_, Attack):
-                    Xi = self.attack_.perturb(self.module_, Xi, yi)
+                if isinstance(attack, Attack):
+                    X_adv = attack.train_perturb(self.module_, Xi, yi)
                 else:
-                    Xi = self.attack_(self.module_, Xi, yi)
+                    X_adv = attack(self.module_, Xi, yi)
         self._set_training(True)
-        y_pred = self.infer(Xi, **fit_params)
-        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        objective = self.objective_
+        y_pred = self.infer(X_adv, **fit_params)
+        logits_clean = None
+        if objective.needs_clean:
+            logits_clean = y_pred if X_adv is Xi else self.infer(Xi, **fit_params)
+        loss = objective.loss(self, y_pred, yi, logits_clean)
+        if isinstance(attack, Attack):
+            with self._autocast():
+                extra = attack.regularizer(self.module_, Xi, X_adv, yi, y_pred)
+            if extra is not None:
+                loss = loss + extra
         loss.backward()
         return {"loss": loss, "y_pred": y_pred}
 
@@ -694,6 +850,13 @@ class AdversarialClassifier(NeuralNetClassifier):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
         n = len(dataset_train) if dataset_train is not None else 0
         self.schedule_state_.update(batch=0, per_epoch=max(1, -(-n // self.batch_size)))
+
+    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+        objective = getattr(self, "objective_", None)
+        if objective is not None:
+            for key, value in objective.on_epoch_end().items():
+                self.history.record(key, value)
 
     def on_batch_begin(self, net, batch=None, training=False, **kwargs):
         super().on_batch_begin(net, batch=batch, training=training, **kwargs)
@@ -723,3 +886,41 @@ def _encoded_accuracy(net, X, y):
 def _clone_split(split, random_state):
     """A copy of a skorch ``ValidSplit`` seeded with ``random_state``."""
     return ValidSplit(cv=split.cv, stratified=split.stratified, random_state=random_state)
+
+
+def _proxy_kind(proxy):
+    """Classify ``proxy_data``: None, "distribution", "dataset" or "arrays"."""
+    if proxy is None:
+        return None
+    if hasattr(proxy, "fit") and hasattr(proxy, "sample"):
+        return "distribution"
+    if isinstance(proxy, torch.utils.data.Dataset):
+        return "dataset"
+    if isinstance(proxy, (tuple, list)) and len(proxy) == 2:
+        return "arrays"
+    raise ValueError(
+        "proxy_data must be None, a ProxyDistribution (with fit and sample), an (X, y) "
+        f"pair or a torch Dataset, got {type(proxy).__name__}"
+    )
+
+
+def _fit_and_sample(proxy, X, y, n, seed):
+    """Clone and fit ``proxy`` on (X, y), then draw ``n`` samples (cacheable)."""
+    proxy = clone(proxy)
+    proxy.fit(X, y)
+    Xp, yp = proxy.sample(n, random_state=seed)
+    return proxy, Xp, yp
+
+
+def _materialize(dataset):
+    """Stack a Dataset of ``(x, y)`` items into two arrays."""
+    xs, ys = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise ValueError("a proxy Dataset must yield (x, y) pairs")
+        xs.append(torch.as_tensor(item[0], dtype=torch.float32))
+        ys.append(int(item[1]))
+    if not xs:
+        raise ValueError("the proxy Dataset is empty")
+    return torch.stack(xs).numpy(), np.asarray(ys)

@@ -47,8 +47,15 @@ def _documented_names():
 
 def _public_names():
     names = {"robustfit.classifier.resolve_device"}
-    for package in ("robustfit", "robustfit.attacks", "robustfit.metrics"):
-        mod = importlib.import_module(package)
+    packages = ("robustfit", "robustfit.attacks", "robustfit.metrics", "robustfit.losses",
+                "robustfit.proxy")
+    for package in packages:
+        try:
+            mod = importlib.import_module(package)
+        except ModuleNotFoundError as exc:
+            if exc.name != package:
+                raise
+            continue  # a module still to be written
         names |= {f"{package}.{n}" for n in mod.__all__ if not n.startswith("__")}
     for module in ("robustfit.datasets", "robustfit.models", "robustfit.callbacks"):
         mod = importlib.import_module(module)

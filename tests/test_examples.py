@@ -43,7 +43,10 @@ NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    # Notebooks read ROBUSTFIT_QUICK=1 and shrink their data and epochs, so the suite stays fast;
+    # the kernel inherits this environment.
+    monkeypatch.setenv("ROBUSTFIT_QUICK", "1")
     if importlib.util.find_spec("ipykernel") is None:
         pytest.skip("ipykernel is not installed (pip install -e '.[test]'), so no kernel can run")
     nbformat = pytest.importorskip("nbformat")

@@ -228,6 +228,57 @@ class Attack(BaseEstimator):
     def _perturb(self, module, x, y):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # ------------------------------------------------------- training hooks
+    # AdversarialClassifier calls these two instead of ``perturb`` alone, so an
+    # attack with learned state (GeneratorSynth's generator) can update it and
+    # add a term to the classifier's loss. Plain attacks keep the defaults.
+    def train_perturb(self, module, x, y):
+        """Adversarial examples for one training batch.
+
+        :class:`~robustfit.AdversarialClassifier` calls this for every
+        training batch. The default is :meth:`perturb`; attacks that learn
+        (such as a perturbation generator) update their own state here first.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The network being trained.
+        x : torch.Tensor
+            Clean batch on the module's device.
+        y : torch.Tensor
+            Class indices.
+
+        Returns
+        -------
+        x_adv : torch.Tensor
+            Detached adversarial batch.
+        """
+        return self.perturb(module, x, y)
+
+    def regularizer(self, module, x, x_adv, y, logits_adv):
+        """An extra term for the classifier's training loss, or ``None``.
+
+        Called in train mode right after the forward pass on ``x_adv``; the
+        returned scalar is added to the objective's loss. The default adds
+        nothing.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The network being trained (in train mode).
+        x, x_adv : torch.Tensor
+            The clean batch and the batch from :meth:`train_perturb`.
+        y : torch.Tensor
+            Class indices.
+        logits_adv : torch.Tensor
+            The module's logits on ``x_adv`` (with the graph).
+
+        Returns
+        -------
+        term : torch.Tensor or None
+        """
+        return None
+
     @property
     def _bounds(self):
         return check_bounds(self.bounds)

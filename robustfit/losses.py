@@ -1,0 +1,298 @@
+"""Training objectives: how a batch's clean and adversarial logits become a loss.
+
+An objective is a small parameter object, like an attack, passed as
+``AdversarialClassifier(objective=...)``; its parameters are grid-searchable as
+``objective__beta`` and so on. The classifier keeps a fitted copy as
+``objective_`` that carries any state (the dual variable of
+:class:`PrimalDual`) across batches and epochs.
+
+* :class:`AdversarialCE` - the loss on the adversarial batch only (Madry et
+  al. 2018), the default.
+* :class:`TRADES` - clean loss plus ``beta`` times the KL divergence from the
+  clean to the adversarial prediction (Zhang et al. 2019).
+* :class:`PrimalDual` - robust loss plus ``nu`` times the clean loss, with the
+  dual variable ``nu`` updated by projected ascent on the constraint
+  ``clean loss <= margin`` (Robey et al. 2021, DALE).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator
+
+__all__ = ["AdversarialCE", "Objective", "PrimalDual", "TRADES", "kl_divergence"]
+
+
+def kl_divergence(logits_clean, logits_adv):
+    """Mean KL divergence ``KL(p_clean || p_adv)`` between two batches of logits.
+
+    The clean distribution is the reference, as in TRADES (Zhang et al. 2019);
+    gradients flow through both arguments.
+
+    Parameters
+    ----------
+    logits_clean, logits_adv : torch.Tensor of shape (n, n_classes)
+        Logits of the clean and of the adversarial inputs.
+
+    Returns
+    -------
+    kl : torch.Tensor
+        Scalar, averaged over the batch (``reduction="batchmean"``).
+    """
+    log_p_clean = F.log_softmax(logits_clean.float(), dim=1)
+    log_p_adv = F.log_softmax(logits_adv.float(), dim=1)
+    return F.kl_div(log_p_adv, log_p_clean, reduction="batchmean", log_target=True)
+
+
+def _check_real(value, name, minimum=0.0):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) \
+            or not np.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+
+
+class Objective(BaseEstimator):
+    """Base class of training objectives.
+
+    Subclasses implement :meth:`loss`. An objective that needs the logits of
+    the clean batch sets ``needs_clean = True``; the classifier then runs a
+    second forward pass, in train mode, on the clean inputs.
+
+    The hooks :meth:`reset`, :meth:`on_epoch_end` keep and report state;
+    :meth:`validate` checks the parameters.
+    """
+
+    #: Whether :meth:`loss` needs the clean batch's logits.
+    needs_clean = False
+
+    def validate(self):
+        """Check the parameters; raise ``ValueError`` for a bad one."""
+
+    def reset(self):
+        """Forget any state; called when ``fit`` starts afresh."""
+
+    def loss(self, net, logits_adv, y, logits_clean=None):
+        """The training loss of one batch.
+
+        Parameters
+        ----------
+        net : robustfit.AdversarialClassifier
+            The classifier being trained; its ``criterion_`` is the per-batch
+            loss (cross-entropy by default).
+        logits_adv : torch.Tensor of shape (n, n_classes)
+            Logits of the adversarial batch, in train mode.
+        y : torch.Tensor of shape (n,)
+            Class indices.
+        logits_clean : torch.Tensor of shape (n, n_classes) or None
+            Logits of the clean batch when :attr:`needs_clean` is true.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            Scalar to back-propagate.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def on_epoch_end(self):
+        """Values to record in the classifier's history after an epoch.
+
+        Returns
+        -------
+        values : dict
+            Column name to float; empty by default.
+        """
+        return {}
+
+
+class AdversarialCE(Objective):
+    """The classifier's criterion on the adversarial batch (Madry et al. 2018).
+
+    The default objective: ``criterion(f(x_adv), y)``. With ``attack=None``
+    it is standard training.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.losses import AdversarialCE
+    >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.1), objective=AdversarialCE())
+    """
+
+    def loss(self, net, logits_adv, y, logits_clean=None):
+        """``criterion(logits_adv, y)``; see :meth:`Objective.loss`."""
+        return net.get_loss(logits_adv, y, training=True)
+
+
+class TRADES(Objective):
+    """TRADES (Zhang et al. 2019): clean loss plus a robustness regularizer.
+
+    .. math::
+
+        \\ell = \\mathrm{CE}(f(x), y) + \\beta\\,
+        \\mathrm{KL}\\big(p(x) \\,\\|\\, p(x_{adv})\\big)
+
+    ``beta`` trades clean accuracy (small) for robustness (large); Zhang et
+    al. use 6 on CIFAR-10 and MNIST. ``beta=0`` is standard training on the
+    clean batch. Zhang et al. generate ``x_adv`` by maximizing the KL term;
+    robustfit uses whatever ``attack`` the classifier has, for example
+    ``PGD(..., loss="kl")``.
+
+    Parameters
+    ----------
+    beta : float, default=6.0
+        Weight of the KL term, ``>= 0``.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.losses import TRADES
+    >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.3), objective=TRADES(beta=6.0))
+    >>> clf.set_params(objective__beta=1.0).objective.beta
+    1.0
+    """
+
+    needs_clean = True
+
+    def __init__(self, beta=6.0):
+        self.beta = beta
+
+    def validate(self):
+        """Check that ``beta`` is a number ``>= 0``."""
+        _check_real(self.beta, "beta")
+
+    def loss(self, net, logits_adv, y, logits_clean=None):
+        """Clean criterion plus ``beta`` times the KL term; see :meth:`Objective.loss`."""
+        clean = net.get_loss(logits_clean, y, training=True)
+        if self.beta == 0:
+            return clean
+        return clean + self.beta * kl_divergence(logits_clean, logits_adv)
+
+
+class PrimalDual(Objective):
+    """Primal-dual training with a constraint on the clean loss (DALE).
+
+    Robey et al. (2021) pose adversarial training as the constrained problem
+
+    .. math::
+
+        \\min_\\theta\\ \\mathbb{E}\\big[\\ell_{rob}(\\theta)\\big]
+        \\quad\\text{s.t.}\\quad \\mathbb{E}\\big[\\ell(f_\\theta(x), y)\\big] \\le \\rho
+
+    and solve its Lagrangian dual: every batch takes a descent step on
+    ``robust_loss + nu * clean_loss`` in the parameters, and the dual variable
+    follows projected ascent,
+    ``nu <- max(0, nu + dual_lr * (clean_loss - margin))``. ``nu`` grows while
+    clean accuracy is worse than the margin allows, and shrinks to zero once
+    the constraint holds, so the robust loss then has the gradient to itself.
+
+    Parameters
+    ----------
+    margin : float, default=0.1
+        The constraint level ``rho`` on the mean clean loss.
+    dual_lr : float, default=1.0
+        Step size of the dual ascent.
+    robust_loss : {"ce", "kl"}, default="ce"
+        ``"ce"``: cross-entropy on the adversarial batch. ``"kl"``: the
+        TRADES-style ``KL(p(x) || p(x_adv))``, which the authors' code uses.
+    update : {"batch", "epoch"}, default="batch"
+        Update ``nu`` after every batch (with that batch's clean loss) or once
+        per epoch (with the epoch's mean clean loss).
+    nu_init : float, default=0.0
+        The dual variable at the start of ``fit``.
+
+    Attributes
+    ----------
+    nu_ : float
+        The current dual variable (also recorded as ``dual_nu`` in the
+        classifier's history each epoch, next to ``clean_loss``).
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import Langevin
+    >>> from robustfit.losses import PrimalDual
+    >>> dale = AdversarialClassifier(
+    ...     attack=Langevin(epsilon=0.3, steps=7, temperature=1e-4),
+    ...     objective=PrimalDual(margin=0.1, dual_lr=1.0))
+    """
+
+    needs_clean = True
+    _robust_losses = ("ce", "kl")
+    _updates = ("batch", "epoch")
+
+    def __init__(self, margin=0.1, dual_lr=1.0, robust_loss="ce", update="batch", nu_init=0.0):
+        self.margin = margin
+        self.dual_lr = dual_lr
+        self.robust_loss = robust_loss
+        self.update = update
+        self.nu_init = nu_init
+
+    def validate(self):
+        """Check the parameters."""
+        _check_real(self.margin, "margin")
+        _check_real(self.dual_lr, "dual_lr")
+        _check_real(self.nu_init, "nu_init")
+        if self.robust_loss not in self._robust_losses:
+            raise ValueError(
+                f"robust_loss must be one of {self._robust_losses}, got {self.robust_loss!r}"
+            )
+        if self.update not in self._updates:
+            raise ValueError(f"update must be one of {self._updates}, got {self.update!r}")
+
+    def reset(self):
+        """Set ``nu`` to ``nu_init`` and clear the epoch's running sums."""
+        self.nu_t_ = None
+        self._clear_epoch()
+
+    def _clear_epoch(self):
+        self.epoch_loss_ = None
+        self.epoch_batches_ = 0
+
+    @property
+    def nu_(self):
+        """The dual variable as a float."""
+        nu = getattr(self, "nu_t_", None)
+        return float(self.nu_init) if nu is None else float(nu)
+
+    def loss(self, net, logits_adv, y, logits_clean=None):
+        """``robust_loss + nu * clean_loss``, then the dual step; see :meth:`Objective.loss`."""
+        clean = net.get_loss(logits_clean, y, training=True)
+        if self.robust_loss == "ce":
+            robust = net.get_loss(logits_adv, y, training=True)
+        else:
+            robust = kl_divergence(logits_clean, logits_adv)
+        # nu stays a tensor on the device: no host sync per batch
+        if getattr(self, "nu_t_", None) is None:
+            self.nu_t_ = torch.tensor(float(self.nu_init), device=clean.device)
+        nu = self.nu_t_
+        loss = robust + nu * clean
+        slack = clean.detach().float() - self.margin
+        if self.update == "batch":
+            self.nu_t_ = (nu + self.dual_lr * slack).clamp_min(0.0)
+        acc = clean.detach().float()
+        self.epoch_loss_ = acc if getattr(self, "epoch_loss_", None) is None else self.epoch_loss_ + acc
+        self.epoch_batches_ = getattr(self, "epoch_batches_", 0) + 1
+        return loss
+
+    def on_epoch_end(self):
+        """Apply the per-epoch dual step (``update="epoch"``); report ``nu``.
+
+        Returns
+        -------
+        values : dict
+            ``{"dual_nu": nu, "clean_loss": mean clean training loss}``.
+        """
+        values = {"dual_nu": self.nu_}
+        if getattr(self, "epoch_batches_", 0):
+            mean = self.epoch_loss_ / self.epoch_batches_
+            values["clean_loss"] = float(mean)
+            if self.update == "epoch":
+                nu = self.nu_t_ if self.nu_t_ is not None else torch.tensor(float(self.nu_init))
+                self.nu_t_ = (nu + self.dual_lr * (mean - self.margin)).clamp_min(0.0)
+                values["dual_nu"] = self.nu_
+        self._clear_epoch()
+        return values
