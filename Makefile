@@ -21,7 +21,7 @@ $(VENV)/.installed-core: setup.py pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: setup.py pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP_INSTALL) -e ".[test,docs]"
+	$(PIP_INSTALL) -e ".[test,docs,diffusion]"
 	touch $@ $(VENV)/.installed-core
 
 venv: $(VENV)/.installed-dev

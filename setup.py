@@ -30,6 +30,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ruff>=0.4"],
         "docs": ["sphinx>=7", "numpydoc>=1.6"],
+        "diffusion": ["diffusers>=0.30"],
     },
     license="BSD-3-Clause",
     classifiers=[
