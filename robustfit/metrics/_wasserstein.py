@@ -1,0 +1,372 @@
+"""Conditional Wasserstein distance between two labelled data sets.
+
+Sehwag et al. ("Robust Learning Meets Generative Models: Can Proxy
+Distributions Improve Adversarial Robustness?", ICLR 2022, Theorem 1) bound
+the change of a classifier's average robustness between a real distribution
+``D`` and a proxy ``D~`` by the *conditional* Wasserstein distance::
+
+    cwd_d(D, D~) = E_{y ~ D} [ W_1(D | y, D~ | y) ]
+
+with the threat model's norm ``d`` as the ground cost. This module estimates
+it from samples: per class, the 1-Wasserstein distance between the two
+empirical distributions (optimal transport with POT), averaged with the class
+frequencies of the *first* (real) set.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial.distance import cdist
+from sklearn.utils import check_random_state
+
+#: Ground costs and the scipy ``cdist`` metric computing each.
+METRICS = {"l2": "euclidean", "linf": "chebyshev", "l1": "cityblock"}
+METHODS = ("auto", "exact", "sinkhorn", "sliced")
+
+
+@dataclass
+class WassersteinResult:
+    """The result of :func:`conditional_wasserstein_distance`.
+
+    Attributes
+    ----------
+    distance : float
+        The estimate of ``cwd = sum_y w_y W_1(P_y, Q_y)``.
+    per_class : dict
+        ``{label: W_1 estimate}`` for every class of the first set.
+    class_weights : dict
+        ``{label: w_y}``, the class frequencies of the first set (they sum to 1).
+    ci : tuple of float or None
+        ``(low, high)`` bootstrap interval of ``distance`` (see the Notes of
+        :func:`conditional_wasserstein_distance` for what it covers), or
+        ``None`` when ``n_bootstrap=0``.
+    metric : str
+        The ground cost, ``"l2"``, ``"linf"`` or ``"l1"``.
+    method : str
+        The method used (``"auto"`` resolved to ``"exact"`` or ``"sinkhorn"``;
+        with ``"auto"`` classes may differ, then this reads ``"auto"`` and
+        ``per_class_method`` tells).
+    n_samples : dict
+        ``{label: (n1, n2)}``, the samples per class that entered the estimate
+        (after ``max_samples_per_class``).
+    per_class_method : dict
+        ``{label: method}`` actually used for each class.
+    bootstrap : numpy.ndarray or None
+        The ``n_bootstrap`` bootstrap replicates of ``distance``.
+    confidence : float
+        Level of ``ci``.
+    """
+
+    distance: float
+    per_class: dict
+    class_weights: dict
+    ci: tuple | None
+    metric: str
+    method: str
+    n_samples: dict
+    per_class_method: dict = field(default_factory=dict)
+    bootstrap: np.ndarray | None = None
+    confidence: float = 0.95
+
+    def __float__(self):
+        return float(self.distance)
+
+    def __repr__(self):
+        ci = "" if self.ci is None else f", ci=({self.ci[0]:.4g}, {self.ci[1]:.4g})"
+        return (
+            f"WassersteinResult(distance={self.distance:.4g}{ci}, metric={self.metric!r}, "
+            f"method={self.method!r}, classes={len(self.per_class)})"
+        )
+
+
+def _flatten(X, name):
+    X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X)
+    if X.ndim < 2:
+        raise ValueError(f"{name} must have shape (n, ...) with at least 2 dimensions, got {X.shape}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
+    X = X.reshape(X.shape[0], -1).astype(np.float64, copy=False)
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+def _labels(y, n, name):
+    y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"{name} must be 1-d with one label per sample ({n}), got shape {y.shape}")
+    return y
+
+
+def cost_matrix(A, B, metric="l2"):
+    """Pairwise ground costs ``||a_i - b_j||`` between the rows of two arrays.
+
+    Parameters
+    ----------
+    A : numpy.ndarray of shape (n, d)
+    B : numpy.ndarray of shape (m, d)
+    metric : {"l2", "linf", "l1"}, default="l2"
+        The norm.
+
+    Returns
+    -------
+    M : numpy.ndarray of shape (n, m)
+        Costs in float64.
+    """
+    return cdist(A, B, METRICS[metric])
+
+
+def _ot_value(a, b, M, method, reg, num_iter):
+    """Transport cost of ``a -> b`` under costs ``M``: exact (network simplex)
+    or the cost ``<P, M>`` of the entropic plan (an upper bound of the exact
+    value, since that plan is feasible)."""
+    import ot
+
+    if method == "exact":
+        value = ot.emd2(a, b, M, numItermax=num_iter)
+    else:
+        scale = float(M.max()) or 1.0
+        value = ot.sinkhorn2(a, b, M / scale, reg, numItermax=num_iter, stopThr=1e-7) * scale
+    return float(value)
+
+
+def _interval(estimate, replicates, confidence, ci_method="normal"):
+    """Bootstrap interval: ``estimate +- z * sd`` or the replicates' quantiles."""
+    from scipy.stats import norm
+
+    alpha = (1 - confidence) / 2
+    if ci_method == "percentile":
+        return float(np.quantile(replicates, alpha)), float(np.quantile(replicates, 1 - alpha))
+    half = float(norm.ppf(1 - alpha) * np.std(replicates, ddof=1)) if len(replicates) > 1 else 0.0
+    return estimate - half, estimate + half
+
+
+def _sliced(A, B, a, b, n_projections, seed):
+    import ot
+
+    return float(ot.sliced_wasserstein_distance(A, B, a, b, n_projections=n_projections, p=1, seed=seed))
+
+
+def _check_params(metric, method, max_samples_per_class, n_bootstrap, confidence, ci_method, reg,
+                  n_projections, exact_max_pairs):
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {tuple(METRICS)}, got {metric!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "sliced" and metric != "l2":
+        raise ValueError(
+            f"method='sliced' is defined for the l2 ground cost only, got metric={metric!r}: "
+            "projections onto lines preserve l2 distances in expectation, not l_inf or l_1 ones. "
+            "Use method='exact' or 'sinkhorn' (with max_samples_per_class for large sets)."
+        )
+    if max_samples_per_class is not None and (
+        not isinstance(max_samples_per_class, numbers.Integral) or max_samples_per_class < 1
+    ):
+        raise ValueError(f"max_samples_per_class must be None or an integer >= 1, got {max_samples_per_class!r}")
+    if not isinstance(n_bootstrap, numbers.Integral) or isinstance(n_bootstrap, bool) or n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}")
+    if not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if ci_method not in ("normal", "percentile"):
+        raise ValueError(f"ci_method must be 'normal' or 'percentile', got {ci_method!r}")
+    if not isinstance(reg, numbers.Real) or not reg > 0:
+        raise ValueError(f"reg must be a number > 0, got {reg!r}")
+    if not isinstance(n_projections, numbers.Integral) or n_projections < 1:
+        raise ValueError(f"n_projections must be an integer >= 1, got {n_projections!r}")
+    if not isinstance(exact_max_pairs, numbers.Integral) or exact_max_pairs < 1:
+        raise ValueError(f"exact_max_pairs must be an integer >= 1, got {exact_max_pairs!r}")
+
+
+def conditional_wasserstein_distance(
+    X1,
+    y1,
+    X2,
+    y2,
+    metric="l2",
+    method="auto",
+    max_samples_per_class=None,
+    n_bootstrap=0,
+    random_state=None,
+    *,
+    confidence=0.95,
+    ci_method="normal",
+    reg=0.01,
+    n_projections=500,
+    exact_max_pairs=16_000_000,
+    num_iter=1_000_000,
+):
+    """Conditional 1-Wasserstein distance ``E_y[W_1(P_y, Q_y)]`` between two labelled sets.
+
+    For every class ``y`` of the first set, the optimal-transport distance
+    between the class's samples of ``X1`` and of ``X2`` (uniform weights,
+    ground cost the ``metric`` norm of the difference, in input space), then
+    the average over classes weighted by the class frequencies of the
+    **first** set: the theorem of Sehwag et al. (2022) takes the expectation
+    over the real distribution's labels, so pass the real data first.
+
+    Parameters
+    ----------
+    X1 : array-like of shape (n1, ...)
+        The first (real) samples; images are flattened.
+    y1 : array-like of shape (n1,)
+        Their labels. Their frequencies weight the classes.
+    X2 : array-like of shape (n2, ...)
+        The second (proxy) samples, with the same per-sample shape.
+    y2 : array-like of shape (n2,)
+        Their labels. Every class of ``y1`` must occur; classes only in ``y2``
+        get weight 0 and are ignored.
+    metric : {"l2", "linf", "l1"}, default="l2"
+        The ground cost. For the robustness-transfer bound it must be the
+        threat model's norm.
+    method : {"auto", "exact", "sinkhorn", "sliced"}, default="auto"
+        - ``"exact"``: network-simplex optimal transport (:func:`ot.emd2`) on
+          the full cost matrix; memory ``8 * n1_y * n2_y`` bytes per class.
+        - ``"sinkhorn"``: the transport cost ``<P, M>`` of the entropic plan
+          (:func:`ot.sinkhorn2`, regularization ``reg`` relative to the
+          largest cost). The plan is feasible, so this is an **upper bound**
+          of the exact value (measured: +0.3% to +2% on MNIST, see
+          :doc:`/transfer`); it is rarely faster than ``"exact"`` on a CPU at
+          these sizes.
+        - ``"sliced"``: the sliced Wasserstein distance (mean of 1-d
+          distances along ``n_projections`` random directions), l2 only. It is
+          a **lower bound** of W_1 and shrinks roughly like
+          ``1 / sqrt(dimension)``: on MNIST it is about 1% of the exact
+          value. Useful to compare proxies with each other, not as the
+          bound.
+        - ``"auto"``: ``"exact"`` for every class whose ``n1_y * n2_y`` is at
+          most ``exact_max_pairs``, ``"sinkhorn"`` beyond that.
+    max_samples_per_class : int or None, default=None
+        Subsample every class of each set to at most this many samples
+        (without replacement) before the transport. Empirical W_1 is biased
+        upward at small sample sizes, so compare estimates made with the same
+        sizes.
+    n_bootstrap : int, default=0
+        If > 0, the number of bootstrap replicates for ``ci``: both sets are
+        resampled with replacement within each class (class weights fixed),
+        which for the transport methods only reweights the points, so the cost
+        matrices are computed once.
+    random_state : int, RandomState or None, default=None
+        Seeds subsampling, the bootstrap and the sliced projections.
+    confidence : float, default=0.95
+        Level of the bootstrap interval.
+    ci_method : {"normal", "percentile"}, default="normal"
+        ``"normal"``: ``distance +- z * sd`` with ``sd`` the standard deviation
+        of the replicates; ``"percentile"``: the replicates' quantiles (see
+        Notes for why these sit above the estimate).
+    reg : float, default=0.01
+        Entropic regularization of ``"sinkhorn"``, relative to the largest
+        cost of the class.
+    n_projections : int, default=500
+        Random directions of ``"sliced"``.
+    exact_max_pairs : int, default=16_000_000
+        Largest ``n1_y * n2_y`` that ``"auto"`` solves exactly (a 4,000 x
+        4,000 cost matrix, 128 MB).
+    num_iter : int, default=1_000_000
+        Iteration cap of the solvers.
+
+    Returns
+    -------
+    result : WassersteinResult
+        ``result.distance`` the estimate, ``result.per_class``,
+        ``result.class_weights``, ``result.ci``, ``result.n_samples``.
+
+    Notes
+    -----
+    **What the interval means.** It describes the sampling variability of the
+    estimate at the given sample sizes, not an interval around the population
+    value. Empirical W_1 overestimates the population W_1 (by convexity,
+    ``E W(P_n, Q_m) >= W(P, Q)``), and in high dimension by a lot: its bias
+    decays like ``n ** (-1 / dimension)``. Measured: two Gaussians in 20
+    dimensions shifted by 0.5 per coordinate (population W_1 = 2.24), 300
+    samples each: estimate 4.70 on average, standard deviation 0.038 over 40
+    draws, bootstrap standard deviation 0.049. Two disjoint halves of the
+    MNIST test split give 6.27 (l2) although they come from the same
+    distribution. Resampling with replacement duplicates points, so the
+    percentile replicates sit above the estimate (MNIST halves: 6.41 to 6.51
+    around 6.27); the bootstrap's own bias estimate (0.18 in the Gaussian
+    case) is far below the true bias (2.46), so no bias correction is offered.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from robustfit.metrics import conditional_wasserstein_distance
+    >>> X1 = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    >>> y1 = np.array([0, 0, 1])
+    >>> res = conditional_wasserstein_distance(X1, y1, X1 + [0.0, 2.0], y1)
+    >>> round(res.distance, 6), res.per_class
+    (2.0, {0: 2.0, 1: 2.0})
+    """
+    _check_params(metric, method, max_samples_per_class, n_bootstrap, confidence, ci_method, reg,
+                  n_projections, exact_max_pairs)
+    X1, X2 = _flatten(X1, "X1"), _flatten(X2, "X2")
+    y1, y2 = _labels(y1, len(X1), "y1"), _labels(y2, len(X2), "y2")
+    if X1.shape[1] != X2.shape[1]:
+        raise ValueError(f"X1 and X2 have different numbers of features: {X1.shape[1]} and {X2.shape[1]}")
+    if len(X1) == 0:
+        raise ValueError("X1 is empty")
+    classes, counts = np.unique(y1, return_counts=True)
+    missing = np.setdiff1d(classes, np.unique(y2))
+    if len(missing):
+        raise ValueError(
+            f"classes {missing[:5].tolist()} of y1 have no samples in y2: their conditional "
+            "distance is undefined"
+        )
+    rng = check_random_state(random_state)
+    weights = counts / counts.sum()
+
+    per_class, n_samples, used, reps = {}, {}, {}, []
+    for c, w in zip(classes, weights):
+        A, B = X1[y1 == c], X2[y2 == c]
+        if max_samples_per_class is not None:
+            if len(A) > max_samples_per_class:
+                A = A[rng.choice(len(A), max_samples_per_class, replace=False)]
+            if len(B) > max_samples_per_class:
+                B = B[rng.choice(len(B), max_samples_per_class, replace=False)]
+        n1, n2 = len(A), len(B)
+        key = c.item() if hasattr(c, "item") else c
+        n_samples[key] = (n1, n2)
+        m = method
+        if m == "auto":
+            m = "exact" if n1 * n2 <= exact_max_pairs else "sinkhorn"
+        used[key] = m
+        a, b = np.full(n1, 1.0 / n1), np.full(n2, 1.0 / n2)
+        if m == "sliced":
+            seed = int(rng.randint(2**31))
+            per_class[key] = _sliced(A, B, a, b, n_projections, seed)
+            boot = [
+                _sliced(A, B, rng.multinomial(n1, a) / n1, rng.multinomial(n2, b) / n2, n_projections, seed)
+                for _ in range(n_bootstrap)
+            ]
+        else:
+            M = cost_matrix(A, B, metric)
+            per_class[key] = _ot_value(a, b, M, m, reg, num_iter)
+            boot = []
+            for _ in range(n_bootstrap):
+                # A bootstrap resample is a multinomial reweighting of the points;
+                # zero-weight points drop out of the transport.
+                wa, wb = rng.multinomial(n1, a) / n1, rng.multinomial(n2, b) / n2
+                ia, ib = wa > 0, wb > 0
+                boot.append(_ot_value(wa[ia], wb[ib], M[np.ix_(ia, ib)], m, reg, num_iter))
+        reps.append(w * np.asarray(boot, dtype=float))
+
+    distance = float(sum(w * per_class[k] for k, w in zip(per_class, weights)))
+    bootstrap = ci = None
+    if n_bootstrap:
+        bootstrap = np.sum(reps, axis=0)
+        ci = _interval(distance, bootstrap, confidence, ci_method)
+    methods = set(used.values())
+    return WassersteinResult(
+        distance=distance,
+        per_class=per_class,
+        class_weights={k: float(w) for k, w in zip(per_class, weights)},
+        ci=ci,
+        metric=metric,
+        method=methods.pop() if len(methods) == 1 else method,
+        n_samples=n_samples,
+        per_class_method=used,
+        bootstrap=bootstrap,
+        confidence=float(confidence),
+    )
