@@ -1,0 +1,228 @@
+"""Conditional Wasserstein distance, average robustness, the transfer bound of
+Sehwag et al. (2022), ARC, and their scorers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+
+from robustfit import AdversarialClassifier
+from robustfit.attacks import PGD
+from robustfit.metrics import (
+    TransferBound,
+    arc_score,
+    average_robustness,
+    conditional_wasserstein_distance,
+    make_arc_scorer,
+    make_wasserstein_scorer,
+    robustness_transfer_bound,
+)
+
+# ----------------------------------------------------------------- cwd
+
+
+@pytest.mark.parametrize("metric, expected", [("l2", 5.0), ("linf", 4.0), ("l1", 7.0)])
+def test_cwd_of_a_translation_is_the_shift_norm(metric, expected):
+    # W_1(P, P + s) = ||s|| in any norm: the translation is an optimal coupling
+    rng = np.random.RandomState(0)
+    X = rng.rand(30, 2)
+    y = np.arange(30) % 3
+    res = conditional_wasserstein_distance(X, y, X + [3.0, 4.0], y, metric=metric, method="exact")
+    assert res.distance == pytest.approx(expected)
+    assert all(v == pytest.approx(expected) for v in res.per_class.values())
+
+
+def test_cwd_weights_classes_by_the_first_set():
+    X1 = np.array([[0.0], [0.0], [0.0], [10.0]])
+    y1 = np.array([0, 0, 0, 1])
+    # the second set has other class counts: only the first set's weights count
+    X2 = np.array([[1.0], [13.0], [13.0], [13.0]])
+    y2 = np.array([0, 1, 1, 1])
+    res = conditional_wasserstein_distance(X1, y1, X2, y2, metric="l2", method="exact")
+    assert res.class_weights == {0: 0.75, 1: 0.25}
+    assert res.per_class == {0: pytest.approx(1.0), 1: pytest.approx(3.0)}
+    assert res.distance == pytest.approx(0.75 * 1 + 0.25 * 3)
+    assert res.n_samples == {0: (3, 1), 1: (1, 3)}
+    # classes only in the second set are ignored; classes missing there are an error
+    extra = conditional_wasserstein_distance(X1, y1, np.vstack([X2, [[99.0]]]), np.r_[y2, 7])
+    assert extra.distance == pytest.approx(res.distance)
+    with pytest.raises(ValueError, match=r"classes \[1\] of y1 have no samples"):
+        conditional_wasserstein_distance(X1, y1, X2[:1], y2[:1])
+
+
+def test_cwd_is_zero_for_identical_sets_in_any_order(digits):
+    X, y = digits
+    perm = np.random.RandomState(1).permutation(500)
+    for metric in ("l2", "linf"):
+        res = conditional_wasserstein_distance(X[:500], y[:500], X[:500][perm], y[:500][perm], metric=metric)
+        assert res.distance == pytest.approx(0.0, abs=1e-9)
+
+
+def test_cwd_approximations_against_exact(digits):
+    X, y = digits
+    A, ya, B, yb = X[:400], y[:400], X[400:800], y[400:800]
+    exact = conditional_wasserstein_distance(A, ya, B, yb, method="exact").distance
+    sink = conditional_wasserstein_distance(A, ya, B, yb, method="sinkhorn").distance
+    sliced = conditional_wasserstein_distance(A, ya, B, yb, method="sliced", random_state=0).distance
+    # the entropic plan is feasible: an upper bound, close at reg=0.01
+    assert exact <= sink <= 1.05 * exact
+    # sliced W_1 never exceeds W_1 (projections are 1-Lipschitz), and is far below in 64 dimensions
+    assert 0 < sliced < 0.5 * exact
+    with pytest.raises(ValueError, match="metric='linf'"):
+        conditional_wasserstein_distance(A, ya, B, yb, metric="linf", method="sliced")
+    auto = conditional_wasserstein_distance(A, ya, B, yb, exact_max_pairs=1)
+    assert set(auto.per_class_method.values()) == {"sinkhorn"}
+
+
+def test_cwd_bootstrap_interval_and_subsampling(digits):
+    X, y = digits
+    res = conditional_wasserstein_distance(
+        X[:300], y[:300], X[300:600], y[300:600], n_bootstrap=30, random_state=0
+    )
+    low, high = res.ci
+    assert low < res.distance < high
+    assert res.bootstrap.shape == (30,)
+    pct = conditional_wasserstein_distance(
+        X[:300], y[:300], X[300:600], y[300:600], n_bootstrap=30, random_state=0, ci_method="percentile"
+    )
+    # duplicates in resamples make empirical W larger: percentile replicates sit above
+    assert pct.ci[0] > res.ci[0]
+    sub = conditional_wasserstein_distance(X[:600], y[:600], X[600:], y[600:], max_samples_per_class=10,
+                                           random_state=0)
+    assert all(n1 <= 10 and n2 <= 10 for n1, n2 in sub.n_samples.values())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"metric": "l3"}, "metric must be"), ({"method": "fast"}, "method must be"),
+    ({"n_bootstrap": -1}, "n_bootstrap"), ({"max_samples_per_class": 0}, "max_samples_per_class"),
+])
+def test_cwd_rejects_bad_arguments(kwargs, match):
+    X = np.zeros((4, 2))
+    with pytest.raises(ValueError, match=match):
+        conditional_wasserstein_distance(X, [0, 0, 1, 1], X, [0, 0, 1, 1], **kwargs)
+
+
+# ----------------------------------------------------- average robustness
+
+
+def _linear_net(w, b):
+    """Two logits (f, -f) with f = w.x + b: the boundary is the hyperplane f = 0."""
+    net = torch.nn.Linear(len(w), 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor(np.stack([w, -w]), dtype=torch.float32))
+        net.bias.copy_(torch.tensor([b, -b], dtype=torch.float32))
+    return net
+
+
+@pytest.mark.parametrize("norm, dual", [("l2", 2), ("linf", 1)])
+def test_average_robustness_matches_the_linear_boundary_distance(norm, dual):
+    rng = np.random.RandomState(0)
+    w, b = rng.randn(10), 0.3
+    X = rng.randn(200, 10).astype(np.float32)
+    f = X @ w + b
+    y = (f < 0).astype(np.int64)          # correct labels
+    y[:20] = 1 - y[:20]                    # 20 misclassified points
+    net = _linear_net(w, b)
+    res = average_robustness(net, X, y, norm=norm, bounds=None)
+    analytic = np.abs(f) / np.linalg.norm(w, ord=dual)
+    analytic[:20] = 0.0
+    assert res.found.all()
+    assert np.all(res.distances[:20] == 0) and res.misclassified == pytest.approx(0.1)
+    # upper bounds of the distance, within 2% of it
+    assert np.all(res.distances >= analytic * (1 - 1e-4))
+    np.testing.assert_allclose(res.distances, analytic, rtol=0.02, atol=1e-4)
+    assert res.mean == pytest.approx(analytic.mean(), rel=0.02)
+    assert res.ci[0] < res.mean < res.ci[1]
+
+
+# ------------------------------------------------------------ the theorem
+
+
+@pytest.fixture(scope="module")
+def pgd_digits(digits):
+    X, y = digits
+    clf = AdversarialClassifier(
+        attack=PGD(epsilon=0.1, steps=5), max_epochs=10, lr=1e-2, random_state=0, train_split=None
+    ).fit(X[:800], y[:800])
+    return clf, X[800:1100], y[800:1100], X[1100:1400], y[1100:1400]
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_transfer_bound_holds_for_a_pgd_trained_model(pgd_digits, norm):
+    clf, X, y, X_other, y_other = pgd_digits
+    noisy = np.clip(X + np.random.RandomState(0).normal(0, 0.1, X.shape), 0, 1).astype(np.float32)
+    for Xp, yp in ((noisy, y), (X_other, y_other)):
+        res = robustness_transfer_bound(clf, X, y, Xp, yp, norm=norm, n_bootstrap=10, random_state=0,
+                                        search_steps=8, steps=10)
+        assert res.rob_real.mean > 0 and res.rob_proxy.mean > 0
+        assert res.holds_within_ci
+        assert res.gap <= res.cwd.distance
+        assert res.slack == pytest.approx(res.cwd.distance - res.gap)
+
+
+def test_transfer_bound_estimator(pgd_digits):
+    clf, X, y, X_other, y_other = pgd_digits
+    tb = TransferBound(estimator=clf, norm="linf", robustness_params={"search_steps": 6, "steps": 10})
+    with pytest.raises(NotFittedError):
+        tb.distance((X, y))
+    tb.fit(X[:150], y[:150])
+    assert tb.distance((X[:150], y[:150])).distance == pytest.approx(0.0, abs=1e-9)
+    res = tb.bound((X_other[:150], y_other[:150]))
+    assert res.holds and res.rob_real is tb.rob_real_
+    assert tb.score(X_other, y_other) == pytest.approx(-tb.distance((X_other, y_other)).distance)
+    with pytest.raises(ValueError, match="norm must be"):
+        TransferBound(norm="l3").fit(X, y)
+
+
+# ------------------------------------------------------------------- ARC
+
+
+def test_arc_orders_close_and_far_proxies(digits):
+    X, _ = digits
+    kw = {"epsilons": [0.0, 0.05, 0.1], "max_epochs": 4, "random_state": 0, "module_params": {"width": 8}}
+    same = arc_score(X[:300], X[300:600], **kw)
+    far = arc_score(X[:300], 1.0 - X[300:600], **kw)
+    assert same.n_train + same.n_test == 600
+    assert same.clean_accuracy[0] < 0.7          # two halves of the same data: about chance
+    assert far.accuracy.min() > 0.9              # inverted digits: separable even under attack
+    assert same.score < 0.65 < 0.9 < far.score
+    with pytest.raises(ValueError, match="epsilons"):
+        arc_score(X[:20], X[20:40], epsilons=[-0.1])
+
+
+# ----------------------------------------------------------- grid search
+
+
+class NoisyCopies(BaseEstimator):
+    """A minimal ProxyDistribution: training samples plus Gaussian noise."""
+
+    def __init__(self, noise=0.1):
+        self.noise = noise
+
+    def fit(self, X, y):
+        self.X_, self.y_ = np.asarray(X), np.asarray(y)
+        return self
+
+    def sample(self, n, random_state=None):
+        rng = np.random.RandomState(random_state)
+        idx = rng.randint(len(self.X_), size=n)
+        X = self.X_[idx] + rng.normal(0, self.noise, self.X_[idx].shape)
+        return np.clip(X, 0, 1).astype(np.float32), self.y_[idx]
+
+
+def test_scorers_select_the_closer_proxy_in_grid_search(digits):
+    X, y = digits
+    X, y = X[:400], y[:400]
+    grid = {"noise": [0.5, 0.05]}
+    gs = GridSearchCV(NoisyCopies(), grid, scoring=make_wasserstein_scorer("l2"), cv=2).fit(X, y)
+    assert gs.best_params_ == {"noise": 0.05}
+    assert np.all(gs.cv_results_["mean_test_score"] < 0)
+    arc = make_arc_scorer(epsilons=[0.0, 0.05], max_epochs=3, module_params={"width": 8})
+    gs = GridSearchCV(NoisyCopies(), grid, scoring=arc, cv=2).fit(X, y)
+    assert gs.best_params_ == {"noise": 0.05}
+    with pytest.raises(ValueError, match="metric"):
+        make_wasserstein_scorer("cosine")
