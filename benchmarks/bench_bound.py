@@ -1,0 +1,165 @@
+"""The robustness-transfer bound and ARC on MNIST (Sehwag et al., ICLR 2022).
+
+For each proxy (samples saved by bench_proxy.py in
+benchmarks/results/proxy_samples_{gmm,diffusion}.npz, or fitted here when they
+are missing) against the held-out real MNIST images (last 2,000 of the split):
+
+- the conditional Wasserstein distance (l_2 and l_inf ground costs, exact OT)
+  and its floor, the cwd between two disjoint sets of real images of the same
+  size;
+- ARC: the normalized area under a PGD-trained real-vs-synthetic
+  discriminator's robust accuracy over epsilon in {0, 0.025, 0.05, 0.1} (l_inf);
+- for a PGD-trained MNIST model (benchmarks/results/mnist_pgd.pkl from
+  bench_mnist.py, or trained here): average l_inf robustness Rob on real and
+  on proxy samples, their gap and the cwd bound;
+- the time of each.
+
+Run: python benchmarks/bench_bound.py --data ../shared/datasets/mnist
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import mnist_split, parser
+
+from robustfit.metrics import arc_score, conditional_wasserstein_distance, robustness_transfer_bound
+
+ARC_EPS = [0.0, 0.025, 0.05, 0.1]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load_samples(name):
+    path = RESULTS / f"proxy_samples_{name}.npz"
+    if not path.exists():
+        return None
+    data = np.load(path)
+    keys = list(data.keys())
+    X = data["X"] if "X" in data else data[keys[0]]
+    y = data["y"] if "y" in data else data[keys[1]]
+    return np.asarray(X, dtype=np.float32).reshape(-1, 1, 28, 28), np.asarray(y)
+
+
+def fit_gmm(X, y, n, seed):
+    """GaussianMixtureProxy from robustfit.proxy when it exists; else per-class
+    sklearn GaussianMixture (10 diagonal components) in the pixel space."""
+    try:
+        from robustfit.proxy import GaussianMixtureProxy
+
+        proxy = GaussianMixtureProxy(random_state=seed).fit(X, y)
+        return proxy.sample(n, random_state=seed), "robustfit.proxy.GaussianMixtureProxy()"
+    except ImportError:
+        from sklearn.mixture import GaussianMixture
+
+        rng = np.random.RandomState(seed)
+        classes, counts = np.unique(y, return_counts=True)
+        per = rng.multinomial(n, counts / counts.sum())
+        xs, ys = [], []
+        for c, k in zip(classes, per):
+            gm = GaussianMixture(10, covariance_type="diag", random_state=seed).fit(X[y == c].reshape(-1, 784))
+            xs.append(gm.sample(k)[0])
+            ys.append(np.full(k, c))
+        Xs = np.clip(np.concatenate(xs), 0, 1).astype(np.float32).reshape(-1, 1, 28, 28)
+        return (Xs, np.concatenate(ys)), "bench-local per-class GaussianMixture(10, diag)"
+
+
+def pgd_model(X_train, y_train, epochs):
+    path = RESULTS / "mnist_pgd.pkl"
+    if path.exists():
+        with open(path, "rb") as f:
+            return pickle.load(f), str(path)
+    from robustfit import AdversarialClassifier
+    from robustfit.attacks import PGD
+    from robustfit.models import MnistCNN
+
+    clf = AdversarialClassifier(module=MnistCNN, attack=PGD(epsilon=0.3, steps=7), max_epochs=epochs,
+                                random_state=0, device="cpu").fit(X_train, y_train)
+    return clf, f"trained here: PGD-7 eps 0.3, {epochs} epochs on the 8,000 training images"
+
+
+def main():
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--n-rob", type=int, default=500, help="images per side for Rob and its bound")
+    p.add_argument("--arc-epochs", type=int, default=5)
+    p.add_argument("--model-epochs", type=int, default=10, help="epochs if mnist_pgd.pkl is missing")
+    p.add_argument("--quick", action="store_true", help="smaller sizes for a smoke run")
+    args = p.parse_args()
+    (X_tr, y_tr), (X_ev, y_ev) = mnist_split(args.data)
+    if args.quick:
+        X_ev, y_ev, args.n_rob, args.model_epochs = X_ev[:600], y_ev[:600], 100, 2
+    n = len(X_ev)
+    proxies, notes = {}, {}
+    # floor: real images from the training part, as many as the held-out set
+    proxies["real (floor)"] = (X_tr[:n], y_tr[:n])
+    notes["real (floor)"] = f"first {n} training images"
+    for name in ("gmm", "diffusion"):
+        s = load_samples(name)
+        if s is not None:
+            proxies[name] = (s[0][:n], s[1][:n])
+            notes[name] = f"benchmarks/results/proxy_samples_{name}.npz"
+        elif name == "gmm":
+            t = time.perf_counter()
+            proxies[name], notes[name] = fit_gmm(X_tr, y_tr, n, 0)
+            notes[name] += f" (fitted here in {time.perf_counter() - t:.1f} s)"
+        else:
+            notes[name] = "missing: no proxy_samples_diffusion.npz (run bench_proxy.py)"
+    print("real: last", n, "images of the MNIST split; proxies:")
+    for k, v in notes.items():
+        print(f"  {k:14s} {v}")
+
+    rows = {}
+    print("\nconditional Wasserstein distance to the held-out real images (exact OT)")
+    print(f"{'proxy':14s} {'cwd l2':>9s} {'time':>6s} {'cwd linf':>9s} {'time':>6s}")
+    for name, (Xp, yp) in proxies.items():
+        r = rows.setdefault(name, {"source": notes[name]})
+        out = []
+        for metric in ("l2", "linf"):
+            t = time.perf_counter()
+            res = conditional_wasserstein_distance(X_ev, y_ev, Xp, yp, metric=metric, n_bootstrap=20,
+                                                   random_state=0)
+            dt = time.perf_counter() - t
+            r[f"cwd_{metric}"], r[f"cwd_{metric}_ci"], r[f"cwd_{metric}_s"] = res.distance, res.ci, dt
+            out += [f"{res.distance:9.4f}", f"{dt:5.1f}s"]
+        print(f"{name:14s} " + " ".join(out))
+
+    print(f"\nARC (l_inf, eps {ARC_EPS}, discriminator = default small CNN, "
+          f"{args.arc_epochs} epochs PGD-7, APGD-CE on a 25% held-out split)")
+    for name, (Xp, _) in proxies.items():
+        t = time.perf_counter()
+        res = arc_score(X_ev, Xp, epsilons=ARC_EPS, max_epochs=args.arc_epochs, random_state=0)
+        dt = time.perf_counter() - t
+        rows[name].update(arc=res.score, arc_curve=res.accuracy.tolist(), arc_s=dt)
+        print(f"{name:14s} ARC {res.score:.4f}  curve {np.round(res.accuracy, 4).tolist()}  {dt:.1f}s")
+
+    clf, model_note = pgd_model(X_tr, y_tr, args.model_epochs)
+    print(f"\nRob_linf of the PGD model ({model_note}); {args.n_rob} images per side; "
+          "bound = cwd_linf between the same images")
+    rng = np.random.RandomState(0)
+    ir = rng.choice(n, args.n_rob, replace=False)
+    for name, (Xp, yp) in proxies.items():
+        ip = rng.choice(len(Xp), args.n_rob, replace=False)
+        t = time.perf_counter()
+        res = robustness_transfer_bound(clf, X_ev[ir], y_ev[ir], Xp[ip], yp[ip], norm="linf", n_bootstrap=20,
+                                        random_state=0)
+        dt = time.perf_counter() - t
+        rows[name].update(rob_real=res.rob_real.mean, rob_proxy=res.rob_proxy.mean, gap=res.gap,
+                          gap_ci=res.gap_ci, bound=res.cwd.distance, bound_ci=res.cwd.ci, holds=res.holds,
+                          holds_within_ci=res.holds_within_ci, bound_s=dt)
+        print(f"{name:14s} Rob real {res.rob_real.mean:.4f}  Rob proxy {res.rob_proxy.mean:.4f}  "
+              f"gap {res.gap:.4f}  cwd {res.cwd.distance:.4f}  holds {res.holds}  {dt:.1f}s")
+
+    ref = RESULTS / "bench_proxy.json"
+    if ref.exists():
+        rows["bench_proxy.json"] = json.loads(ref.read_text())
+        print("\nrobust accuracy from bench_proxy.json:", rows["bench_proxy.json"])
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "bench_bound.json").write_text(json.dumps(rows, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
