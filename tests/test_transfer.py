@@ -148,14 +148,26 @@ def pgd_digits(digits):
     clf = AdversarialClassifier(
         attack=PGD(epsilon=0.1, steps=5), max_epochs=10, lr=1e-2, random_state=0, train_split=None
     ).fit(X[:800], y[:800])
-    return clf, X[800:1100], y[800:1100], X[1100:1400], y[1100:1400]
+    return clf, X[800:1100], y[800:1100], X[1100:1400], y[1100:1400], X[:800], y[:800]
+
+
+def digits_train(pgd_digits):
+    return pgd_digits[5], pgd_digits[6]
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_transfer_bound_holds_for_a_pgd_trained_model(pgd_digits, norm):
-    clf, X, y, X_other, y_other = pgd_digits
+    clf, X, y, X_other, y_other = pgd_digits[:5]
     noisy = np.clip(X + np.random.RandomState(0).normal(0, 0.1, X.shape), 0, 1).astype(np.float32)
-    for Xp, yp in ((noisy, y), (X_other, y_other)):
+    proxies = [(noisy, y), (X_other, y_other)]
+    try:
+        from robustfit.proxy import GaussianMixtureProxy
+    except ImportError:  # pragma: no cover - the proxy module comes with its own issue
+        GaussianMixtureProxy = None
+    if GaussianMixtureProxy is not None:
+        gmm = GaussianMixtureProxy(mixture_components=2, pca_components=16, random_state=0)
+        proxies.append(gmm.fit(*digits_train(pgd_digits)).sample(300, random_state=0))
+    for Xp, yp in proxies:
         res = robustness_transfer_bound(clf, X, y, Xp, yp, norm=norm, n_bootstrap=10, random_state=0,
                                         search_steps=8, steps=10)
         assert res.rob_real.mean > 0 and res.rob_proxy.mean > 0
@@ -165,7 +177,7 @@ def test_transfer_bound_holds_for_a_pgd_trained_model(pgd_digits, norm):
 
 
 def test_transfer_bound_estimator(pgd_digits):
-    clf, X, y, X_other, y_other = pgd_digits
+    clf, X, y, X_other, y_other = pgd_digits[:5]
     tb = TransferBound(estimator=clf, norm="linf", robustness_params={"search_steps": 6, "steps": 10})
     with pytest.raises(NotFittedError):
         tb.distance((X, y))
