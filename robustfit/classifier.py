@@ -819,7 +819,10 @@ class AdversarialClassifier(NeuralNetClassifier):
         Xi, yi = unpack_data(batch)
         Xi = to_tensor(Xi, device=self.device)
         yi = to_tensor(yi, device=self.device)
-        attack = self.attack_
+        objective = self.objective_
+        # an objective that ignores the adversarial batch (TRADES with beta=0)
+        # skips the attack: the step is then exactly a clean training step
+        attack = self.attack_ if objective.needs_adv else None
         X_adv = Xi
         if attack is not None:
             with self._autocast():
@@ -828,7 +831,6 @@ class AdversarialClassifier(NeuralNetClassifier):
                 else:
                     X_adv = attack(self.module_, Xi, yi)
         self._set_training(True)
-        objective = self.objective_
         y_pred = self.infer(X_adv, **fit_params)
         logits_clean = None
         if objective.needs_clean:

@@ -377,7 +377,7 @@ def test_get_set_params_and_clone():
     pgd = PGD(epsilon=0.2, norm="l2", steps=7, restarts=2, bounds=None)
     assert pgd.get_params() == {
         "epsilon": 0.2, "norm": "l2", "steps": 7, "step_size": None,
-        "random_start": True, "restarts": 2, "bounds": None,
+        "random_start": True, "restarts": 2, "bounds": None, "loss": "ce",
     }
     assert pgd.set_params(epsilon=0.4, steps=3) is pgd
     assert (pgd.epsilon, pgd.steps) == (0.4, 3)

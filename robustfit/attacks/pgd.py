@@ -16,22 +16,66 @@ from ._base import (
 )
 
 
-def _ascent_steps(module, x, y, delta, *, steps, step_size, epsilon, norm, bounds):
-    """Run ``steps`` projected ascent steps on the cross-entropy from ``delta``.
+def _ce_potential(logits, y):
+    """Summed cross-entropy: the quantity PGD ascends (per-sample gradients do
+    not depend on the batch size)."""
+    return F.cross_entropy(logits, y, reduction="sum")
 
-    The iterate is projected onto the ball and the box after every step, and the
-    forward pass sees ``x + delta`` unclamped, so every coordinate gets a
-    gradient (clamping only inside the forward pass would zero the gradient of
-    every coordinate pushed outside the box).
+
+def _kl_potential(module, x):
+    """Summed ``KL(p(x) || p(x + delta))`` against the clean prediction, fixed
+    once (the inner maximization of TRADES, Zhang et al. 2019)."""
+    with torch.no_grad():
+        log_p_clean = F.log_softmax(module(x).float(), dim=1)
+
+    def potential(logits, y):
+        log_p_adv = F.log_softmax(logits.float(), dim=1)
+        return F.kl_div(log_p_adv, log_p_clean, reduction="sum", log_target=True)
+
+    return potential
+
+
+def _ascent_steps(module, x, y, delta, *, steps, step_size, epsilon, norm, bounds,
+                  potential=_ce_potential, grad_noise=None, step_noise=None):
+    """Run ``steps`` projected (noisy) ascent steps on ``potential`` from ``delta``.
+
+    One step, for the steepest-ascent direction ``dir`` of the norm (``sign``
+    for l_inf, the l_2-normalized vector for l_2)::
+
+        g     = grad potential(module(x + delta), y)      (+ grad_noise(g))
+        delta = delta + step_size * dir(g)                (+ step_noise(delta))
+        delta = project(delta)                            # ball, then box
+
+    With both noise functions ``None`` this is PGD. The iterate is projected
+    onto the ball and the box after every step, and the forward pass sees
+    ``x + delta`` unclamped, so every coordinate gets a gradient (clamping only
+    inside the forward pass would zero the gradient of every coordinate pushed
+    outside the box).
+
+    Parameters
+    ----------
+    potential : callable
+        ``potential(logits, y) -> scalar``, summed over the batch.
+    grad_noise, step_noise : callable or None
+        ``f(t) -> tensor shaped like t``: noise added to the gradient before
+        the direction is taken (Laplace-in-the-sign sampler), or to the
+        iterate after the step (Gaussian Langevin sampler).
     """
     for _ in range(steps):
         delta.requires_grad_(True)
-        loss = F.cross_entropy(module(x + delta), y, reduction="sum")
+        loss = potential(module(x + delta), y)
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
+            if grad_noise is not None:
+                grad = grad + grad_noise(grad)
             delta = delta + step_size * normalize_gradient(grad, norm)
+            if step_noise is not None:
+                delta = delta + step_noise(delta)
             delta = project(x, delta, epsilon, norm, bounds)
     return delta.detach()
+
+
+_PGD_LOSSES = ("ce", "kl")
 
 
 class PGD(Attack):
@@ -63,10 +107,18 @@ class PGD(Attack):
     bounds : tuple of float or None, default=(0.0, 1.0)
         The input box ``(low, high)`` that adversarial inputs are clipped to;
         ``None`` for unbounded features.
+    loss : {"ce", "kl"}, default="ce"
+        The loss each step ascends. ``"ce"``: cross-entropy with the true
+        label (Madry et al.). ``"kl"``: ``KL(p(X) || p(X_adv))`` from the
+        clean prediction, the inner maximization of TRADES (Zhang et al.
+        2019), which ignores ``y``; pair it with
+        :class:`~robustfit.losses.TRADES`. Restarts still keep, per point, a
+        misclassified example or else the one of highest cross-entropy.
 
     See Also
     --------
     FGSM : the one-step attack, for fast adversarial training.
+    Langevin : PGD with noise, a sampler of perturbations (DALE).
 
     Examples
     --------
@@ -88,6 +140,7 @@ class PGD(Attack):
         random_start=True,
         restarts=1,
         bounds=(0.0, 1.0),
+        loss="ce",
     ):
         self.epsilon = epsilon
         self.norm = norm
@@ -96,6 +149,7 @@ class PGD(Attack):
         self.random_start = random_start
         self.restarts = restarts
         self.bounds = bounds
+        self.loss = loss
 
     def _validate(self):
         super()._validate()
@@ -103,6 +157,8 @@ class PGD(Attack):
         _check_positive_int(self.restarts, "restarts")
         if self.step_size is not None:
             _check_nonnegative(self.step_size, "step_size")
+        if self.loss not in _PGD_LOSSES:
+            raise ValueError(f"loss must be one of {_PGD_LOSSES}, got {self.loss!r}")
 
     @property
     def step_size_(self):
@@ -117,10 +173,11 @@ class PGD(Attack):
             delta = random_init(x, self.epsilon, self.norm, bounds)
         else:
             delta = torch.zeros_like(x)
+        potential = _kl_potential(module, x) if self.loss == "kl" else _ce_potential
         delta = _ascent_steps(
             module, x, y, delta,
             steps=self.steps, step_size=self.step_size_,
-            epsilon=self.epsilon, norm=self.norm, bounds=bounds,
+            epsilon=self.epsilon, norm=self.norm, bounds=bounds, potential=potential,
         )
         return x + delta
 
