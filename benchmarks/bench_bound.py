@@ -29,21 +29,26 @@ import numpy as np
 from _common import mnist_split, parser
 
 from robustfit.datasets import load_mnist
-from robustfit.metrics import arc_score, conditional_wasserstein_distance, robustness_transfer_bound
+from robustfit.metrics import (
+    arc_score,
+    average_robustness,
+    conditional_wasserstein_distance,
+    robust_accuracy,
+    robustness_transfer_bound,
+)
 
 ARC_EPS = [0.0, 0.025, 0.05, 0.1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def load_samples(name):
-    path = RESULTS / f"proxy_samples_{name}.npz"
+def load_samples(name, folder):
+    path = Path(folder) / f"proxy_samples_{name}.npz"
     if not path.exists():
         return None
-    data = np.load(path)
-    keys = list(data.keys())
-    X = data["X"] if "X" in data else data[keys[0]]
-    y = data["y"] if "y" in data else data[keys[1]]
-    return np.asarray(X, dtype=np.float32).reshape(-1, 1, 28, 28), np.asarray(y)
+    with np.load(path, allow_pickle=False) as data:
+        X, y = data["image"], data["label"]   # bench_proxy.py's format: uint8 images
+    X = X.astype(np.float32) / 255 if X.dtype == np.uint8 else X.astype(np.float32)
+    return X.reshape(-1, 1, 28, 28), np.asarray(y)
 
 
 def fit_gmm(X, y, n, seed):
@@ -69,8 +74,9 @@ def fit_gmm(X, y, n, seed):
         return (Xs, np.concatenate(ys)), "bench-local per-class GaussianMixture(10, diag)"
 
 
-def pgd_model(X_train, y_train, epochs):
-    for path in (RESULTS / "mnist_pgd.pkl", RESULTS / f"bench_bound_pgd{epochs}.pkl"):
+def pgd_model(X_train, y_train, epochs, model=None):
+    paths = [Path(model)] if model else [RESULTS / "mnist_pgd.pkl", RESULTS / f"bench_bound_pgd{epochs}.pkl"]
+    for path in paths:
         if path.exists():
             with open(path, "rb") as f:
                 return pickle.load(f), str(path)
@@ -122,6 +128,8 @@ def main():
     p.add_argument("--arc-epochs", type=int, default=5)
     p.add_argument("--model-epochs", type=int, default=10, help="epochs if mnist_pgd.pkl is missing")
     p.add_argument("--quick", action="store_true", help="smaller sizes for a smoke run")
+    p.add_argument("--samples", default=str(RESULTS), help="folder of bench_proxy.py's samples and json")
+    p.add_argument("--model", default=None, help="pickled PGD model (default: results/mnist_pgd.pkl)")
     p.add_argument("--only-methods", action="store_true", help="only the table of cwd methods vs exact")
     args = p.parse_args()
     (X_tr, y_tr), (X_ev, y_ev) = mnist_split(args.data)
@@ -138,10 +146,10 @@ def main():
     proxies["real, other wr."] = (X_tr[:n], y_tr[:n])
     notes["real, other wr."] = f"training images 0-{n} (other writers: NIST SD-3)"
     for name in ("gmm", "diffusion"):
-        s = load_samples(name)
+        s = load_samples(name, args.samples)
         if s is not None:
             proxies[name] = (s[0][:n], s[1][:n])
-            notes[name] = f"benchmarks/results/proxy_samples_{name}.npz"
+            notes[name] = str(Path(args.samples) / f"proxy_samples_{name}.npz")
         elif name == "gmm":
             t = time.perf_counter()
             proxies[name], notes[name] = fit_gmm(X_tr, y_tr, n, 0)
@@ -179,11 +187,22 @@ def main():
         rows[name].update(arc=res.score, arc_curve=res.accuracy.tolist(), arc_s=dt)
         print(f"{name:16s} ARC {res.score:.4f}  curve {np.round(res.accuracy, 4).tolist()}  {dt:.1f}s")
 
-    clf, model_note = pgd_model(X_tr, y_tr, args.model_epochs)
+    clf, model_note = pgd_model(X_tr, y_tr, args.model_epochs, args.model)
     print(f"\nRob_linf of the PGD model ({model_note}); {args.n_rob} images per side; "
           "bound = cwd_linf between the same images")
     rng = np.random.RandomState(0)
     ir = rng.choice(n, args.n_rob, replace=False)
+    # sanity check of the minimum-norm search: the fraction of distances above 0.3 must
+    # not exceed the robust accuracy under the strongest evaluation at 0.3
+    t = time.perf_counter()
+    rob = average_robustness(clf, X_ev[ir], y_ev[ir], "linf")
+    t_rob = time.perf_counter() - t
+    t = time.perf_counter()
+    aa = robust_accuracy(clf, X_ev[ir], y_ev[ir], attack="autoattack", epsilon=0.3, norm="linf")
+    t_aa = time.perf_counter() - t
+    rows["min_norm_check"] = {"frac_dist_gt_0.3": float(np.mean(rob.distances > 0.3)), "autoattack_0.3": aa}
+    print(f"check: fraction of min-norm distances > 0.3 = {np.mean(rob.distances > 0.3):.4f} ({t_rob:.1f}s); "
+          f"AutoAttack-style ensemble robust accuracy at 0.3 = {aa:.4f} ({t_aa:.1f}s)")
     for name, (Xp, yp) in proxies.items():
         ip = rng.choice(len(Xp), args.n_rob, replace=False)
         t = time.perf_counter()
@@ -198,7 +217,7 @@ def main():
 
     print()
     rows["methods"] = methods_table(*load_mnist(args.data, split="test"), X_ev, y_ev, proxies["gmm"])
-    ref = RESULTS / "bench_proxy.json"
+    ref = Path(args.samples) / "bench_proxy.json"
     if ref.exists():
         rows["bench_proxy.json"] = json.loads(ref.read_text())
         print("\nrobust accuracy from bench_proxy.json:", rows["bench_proxy.json"])
