@@ -10,7 +10,11 @@ same network, epochs and attack steps:
   the mixing runs take (they draw half of each batch from the proxy, so one
   pass over the real data takes twice as many batches);
 * ``gmm``: real + GaussianMixtureProxy samples (``proxy_ratio`` 0.5);
-* ``diffusion``: real + DiffusionProxy samples (``proxy_ratio`` 0.5).
+* ``diffusion``: real + DiffusionProxy samples (``proxy_ratio`` 0.5);
+  with ``--guidance 2`` the run (and its samples' file) is named ``diffusion-w2``;
+* ``gmm+filter``, ``diffusion+filter``: the same samples pseudo-labelled by a
+  standard CNN trained on the 1,000 real images, keeping the most confident
+  ``--keep-fraction`` of each class (Wang et al. 2023).
 
 Each generator is fitted on the 1,000 real images only. The script prints clean
 accuracy, robust accuracy under ``robust_score`` (robustfit's strongest
@@ -42,7 +46,7 @@ from _common import mnist_split, parser
 from robustfit import AdversarialClassifier
 from robustfit.attacks import PGD
 from robustfit.models import MnistCNN
-from robustfit.proxy import DiffusionProxy, GaussianMixtureProxy
+from robustfit.proxy import ArrayProxy, DiffusionProxy, GaussianMixtureProxy, PseudoLabeledProxy
 
 EPS = 0.3
 RESULTS = Path(__file__).parent / "results"
@@ -60,9 +64,14 @@ def make_generator(name, args):
     )
 
 
+def sample_name(name, args):
+    """File and run name: ``diffusion``, or ``diffusion-w2`` with guidance 2."""
+    return name if name != "diffusion" or args.guidance == 1 else f"{name}-w{args.guidance:g}"
+
+
 def generate(name, args, X, y):
     """Fit the generator on (X, y), draw ``args.n_proxy`` samples, save them."""
-    path = RESULTS / f"proxy_samples_{name}.npz"
+    path = RESULTS / f"proxy_samples_{sample_name(name, args)}.npz"
     if args.reuse and path.is_file():
         with np.load(path, allow_pickle=False) as f:
             Xs = f["image"].astype(np.float32) / 255.0
@@ -97,6 +106,16 @@ def quality(judge, Xs, ys, Xte, yte, seed):
         metric="l2", method="exact", random_state=seed)
     out["cwd_l2"] = float(res.distance)
     return out
+
+
+def filtered(args, Xs, Xtr, ytr):
+    """Pseudo-label samples with a teacher trained on the real images; keep
+    the ``args.keep_fraction`` most confident per class (Wang et al. 2023)."""
+    teacher = AdversarialClassifier(MnistCNN, max_epochs=20, train_split=None,
+                                    device=args.device, random_state=args.seed)
+    proxy = PseudoLabeledProxy(ArrayProxy(Xs), teacher, keep_fraction=args.keep_fraction)
+    proxy.fit(Xtr, ytr)
+    return proxy.select(Xs)
 
 
 def train_eval(name, args, Xtr, ytr, Xte, yte, proxy=None, epochs=None):
@@ -134,6 +153,8 @@ def main():
     p.add_argument("--diff-lr", type=float, default=2e-3)
     p.add_argument("--sampling-steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--keep-fraction", type=float, default=0.5,
+                   help="fraction kept per class by the '+filter' runs")
     p.add_argument("--n-eval", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse", action="store_true", help="load saved samples if present")
@@ -150,7 +171,7 @@ def main():
     generators = {}
     judge = None
     for name in ("gmm", "diffusion"):
-        if name not in runs:
+        if not any(r.split("+")[0] == name for r in runs):
             continue
         if judge is None:
             judge = AdversarialClassifier(MnistCNN, max_epochs=5, train_split=None,
@@ -161,7 +182,16 @@ def main():
         Xs, ys, info = generate(name, args, Xtr, ytr)
         info.update(quality(judge, Xs, ys, Xte, yte, args.seed))
         generators[name] = (Xs, ys, info)
-        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in info.items()), flush=True)
+        print(f"{sample_name(name, args)}: " + ", ".join(f"{k}={v:.4g}" for k, v in info.items()),
+              flush=True)
+        if name + "+filter" in runs:
+            t0 = time.perf_counter()
+            Xf, yf = filtered(args, Xs, Xtr, ytr)
+            info = dict(generators[name][2], filter_s=time.perf_counter() - t0, n_kept=len(Xf))
+            info.update(quality(judge, Xf, yf, Xte, yte, args.seed))
+            generators[name + "+filter"] = (Xf, yf, info)
+            print(f"{sample_name(name, args)}+filter: "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in info.items()), flush=True)
     if judge is not None:
         ref = quality(judge, X8k[args.n_real:args.n_real + len(Xte)],
                       y8k[args.n_real:args.n_real + len(Xte)], Xte, yte, args.seed)
@@ -174,6 +204,10 @@ def main():
             Xs, ys, _ = generators[name]
             row = train_eval(name, args, Xtr, ytr, Xte, yte, proxy=(Xs, ys))
             row.update(generators[name][2])
+            base = name.split("+")[0]
+            row["run"] = sample_name(base, args) + name[len(base):]
+            if base == "diffusion":
+                row["guidance"] = args.guidance
         else:
             epochs = 2 * args.epochs if name == "real2x" else args.epochs
             row = train_eval(name, args, Xtr, ytr, Xte, yte, epochs=epochs)
@@ -190,8 +224,13 @@ def main():
               f"{r.get('fit_s', float('nan')):10.1f}{r.get('sample_s', float('nan')):13.1f}"
               f"{r.get('judge_acc', float('nan')):10.4f}{r.get('cwd_l2', float('nan')):8.3f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"args": vars(args), "threads": torch.get_num_threads(), "rows": rows}
-    (RESULTS / "bench_proxy.json").write_text(json.dumps(out, indent=2))
+    path = RESULTS / "bench_proxy.json"
+    old = json.loads(path.read_text()) if path.is_file() else {"rows": [], "commands": []}
+    merged = {r["run"]: r for r in old["rows"]}  # a rerun replaces its own rows only
+    merged.update({r["run"]: r for r in rows})
+    out = {"args": vars(args), "threads": torch.get_num_threads(),
+           "commands": old.get("commands", []) + [vars(args)], "rows": list(merged.values())}
+    path.write_text(json.dumps(out, indent=2))
     print(f"saved {RESULTS / 'bench_proxy.json'}")
 
 

@@ -45,7 +45,8 @@ class DiffusionProxy(ProxyDistribution):
     :class:`diffusers.UNet2DModel` with a class embedding learns to predict the
     noise added by a :class:`diffusers.DDPMScheduler`; sampling runs a
     deterministic :class:`diffusers.DDIMScheduler` (Song et al. 2021) with
-    ``sampling_steps`` steps from an exponential moving average of the weights.
+    ``sampling_steps`` steps ("trailing" spacing, so the chain starts from pure
+    noise) from an exponential moving average of the weights.
     With ``label_dropout > 0`` the label is replaced by a "null" class on that
     fraction of training samples, which enables classifier-free guidance
     (Ho & Salimans 2022) at sampling time: ``guidance_scale = w`` combines the
@@ -319,7 +320,10 @@ class DiffusionProxy(ProxyDistribution):
         self._validate()
         labels_all = np.repeat(np.arange(len(counts)), counts)
         device = next(self.unet_.parameters()).device
-        ddim = diffusers.DDIMScheduler.from_config(self.scheduler_.config)
+        # trailing spacing starts the few-step chain at the last training step
+        # (pure noise), not 1000/steps earlier (Lin et al. 2024)
+        ddim = diffusers.DDIMScheduler.from_config(self.scheduler_.config,
+                                                   timestep_spacing="trailing")
         ddim.set_timesteps(self.sampling_steps)
         C = self.input_shape_[0]
         H, W = self.input_shape_[1] + self.pad_[3], self.input_shape_[2] + self.pad_[1]
