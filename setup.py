@@ -24,6 +24,7 @@ setup(
         "numpy>=1.22",
         "joblib>=1.2",
         "pot>=0.9",
+        "geomloss>=0.3",
         "tqdm>=4.60",
         "matplotlib>=3.5",
     ],

@@ -19,16 +19,19 @@ from .autoattack import AutoAttack, resolve_attack
 from .langevin import Langevin
 from .pgd import FGSM, PGD
 from .square import Square
+from .synth import GeneratorSynth, default_generator
 
 __all__ = [
     "APGD",
     "Attack",
     "AutoAttack",
     "FGSM",
+    "GeneratorSynth",
     "Langevin",
     "PGD",
     "Square",
     "apgd_checkpoints",
+    "default_generator",
     "dlr_loss",
     "normalize_gradient",
     "perturbation_norm",

@@ -1,0 +1,558 @@
+"""Generator-synthesized perturbations (Baytas & Deb, "Robustness-via-Synthesis").
+
+A small generator network maps random vectors (and, optionally, the image) to
+perturbations bounded to the epsilon-ball. Training alternates per batch:
+
+1. the generator takes one step that *maximizes* the optimal-transport
+   distance between the classifier's representations of the clean and the
+   synthesized batch (optionally plus the classifier's loss);
+2. the classifier takes one step on the cross-entropy of the synthesized batch
+   plus ``ot_weight`` times that OT distance.
+
+No gradient of the classifier with respect to its input is computed per
+sample, as PGD does; the generator needs one backward pass through the
+classifier per batch, and the perturbations come from a forward pass of the
+generator.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._base import (
+    Attack,
+    _as_tensors,
+    _check_nonnegative,
+    _check_positive_int,
+    _module_device,
+    check_in_bounds,
+    eval_mode,
+    project,
+    project_ball,
+    random_init,
+)
+
+
+class _ImageGenerator(nn.Module):
+    """Noise (and optionally the image) to raw perturbations of shape (C, H, W).
+
+    A linear layer to a ``(4 * width, ceil(H/4), ceil(W/4))`` map, then two
+    stride-2 transposed convolutions (the first followed by BatchNorm and a
+    leaky ReLU, as in the authors' generator) up to ``C`` channels, cropped to
+    ``(H, W)``. With ``conditional=True`` the image, average-pooled to each
+    resolution, is concatenated to the input of both transposed convolutions.
+    The last layer is a transposed convolution rather than a convolution
+    because small convolutions are slow to back-propagate on a CPU (measured:
+    a 3x3 convolution from 4 channels to 1 on 128 28x28 maps took 7.9 ms
+    forward and backward, a 4x4 stride-2 transposed convolution 2.7 ms).
+    """
+
+    def __init__(self, input_shape, latent_dim, conditional=False, width=4):
+        super().__init__()
+        c, h, w = input_shape
+        self.shape = (c, h, w)
+        self.h0, self.w0 = -(-h // 4), -(-w // 4)
+        self.c0 = 4 * width
+        self.conditional = conditional
+        extra = c if conditional else 0
+        self.fc = nn.Linear(latent_dim, self.c0 * self.h0 * self.w0)
+        self.up1 = nn.Sequential(
+            nn.ConvTranspose2d(self.c0 + extra, 2 * width, 4, stride=2, padding=1),
+            nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
+        )
+        self.up2 = nn.ConvTranspose2d(2 * width + extra, c, 4, stride=2, padding=1)
+
+    def _with_image(self, t, x):
+        if not self.conditional:
+            return t
+        return torch.cat([t, F.adaptive_avg_pool2d(x, t.shape[-2:])], dim=1)
+
+    def forward(self, z, x=None):
+        c, h, w = self.shape
+        t = self.fc(z).view(-1, self.c0, self.h0, self.w0)
+        t = self.up1(self._with_image(t, x))
+        return self.up2(self._with_image(t, x))[:, :, :h, :w]
+
+
+class _VectorGenerator(nn.Module):
+    """Noise (and optionally the input) to raw perturbations of shape (d,)."""
+
+    def __init__(self, input_shape, latent_dim, conditional=False, hidden=128):
+        super().__init__()
+        self.shape = tuple(input_shape)
+        d = int(np.prod(input_shape))
+        self.conditional = conditional
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim + (d if conditional else 0), hidden),
+            nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, d),
+        )
+
+    def forward(self, z, x=None):
+        if self.conditional:
+            z = torch.cat([z, x.flatten(1)], dim=1)
+        return self.net(z).view(-1, *self.shape)
+
+
+def default_generator(input_shape, latent_dim, conditional=False):
+    """The generator :class:`GeneratorSynth` builds when ``generator=None``.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Shape of one input sample: ``(C, H, W)`` for images, anything else is
+        treated as a flat feature vector.
+    latent_dim : int
+        Dimension of the random vectors.
+    conditional : bool, default=False
+        Whether the generator also receives the clean input.
+
+    Returns
+    -------
+    generator : torch.nn.Module
+        ``forward(z)`` (or ``forward(z, x)`` when conditional) returning raw,
+        unbounded perturbations of shape ``(n, *input_shape)``: transposed
+        convolutions for images, an MLP otherwise.
+    """
+    if len(input_shape) == 3:
+        return _ImageGenerator(input_shape, latent_dim, conditional)
+    return _VectorGenerator(input_shape, latent_dim, conditional)
+
+
+class GeneratorSynth(Attack):
+    """Perturbations synthesized by a generator network (Robustness-via-Synthesis).
+
+    Baytas & Deb (Neurocomputing 2023, arXiv 2108.09713) replace the inner
+    maximization of adversarial training by a generator ``G`` that maps random
+    vectors ``z ~ N(0, I)`` to perturbations. Inside
+    :class:`~robustfit.AdversarialClassifier`, every training batch runs
+
+    1. a **generator step**: ascent on
+       ``OT(phi(x), phi(x_adv)) + generator_ce_weight * CE(f(x_adv), y)``
+       in the generator's parameters, the classifier fixed (eval mode);
+    2. a **classifier step** on ``CE(f(x_adv), y) + ot_weight * OT(phi(x), phi(x_adv))``,
+       with ``x_adv`` freshly sampled from the updated generator,
+
+    where ``phi`` is the output of ``feature_layer`` (the logits by default) and
+    ``OT`` is the debiased entropic Sinkhorn divergence
+    :func:`robustfit.losses.sinkhorn_distance` between the two batches of
+    representations. The synthesized sample is
+
+    .. math::
+
+        x_{adv} = \\Pi_{box}\\Big(x + \\Pi_{B_\\epsilon}\\big(u + \\delta\\big)\\Big),
+        \\qquad \\delta = \\epsilon \\tanh G(z) \\;\\; (l_\\infty),
+        \\quad \\delta = \\Pi_{B_\\epsilon}(G(z)) \\;\\; (l_2),
+
+    with ``u`` uniform in the ball (``random_start=True``, as in the authors'
+    code) or zero, so every sample lies in the epsilon-ball and the input box.
+
+    Used on its own, ``attack(module, X, y)`` samples from the current generator;
+    :meth:`fit_generator` first trains it against a fixed module.
+
+    Parameters
+    ----------
+    epsilon : float, default=0.3
+        Radius of the threat model's ball.
+    norm : {"linf", "l2"}, default="linf"
+        Norm of the threat model.
+    latent_dim : int, default=64
+        Dimension of the random vectors ``z``.
+    generator : torch.nn.Module, callable or None, default=None
+        The generator. ``None`` builds :func:`default_generator` from the input
+        shape (transposed convolutions for images, an MLP for tabular data). A
+        module is deep-copied at first use (the argument itself is never
+        trained); a callable is called as ``generator(input_shape, latent_dim)``
+        and must return a module. Its ``forward(z)`` -- ``forward(z, x)`` with
+        ``conditional=True`` -- returns raw perturbations shaped like ``x``;
+        :class:`GeneratorSynth` bounds them.
+    generator_lr : float, default=1e-3
+        Learning rate of the generator's Adam optimizer.
+    ot_weight : float, default=1.0
+        Weight of the OT term in the classifier's loss (the authors use 1).
+        ``0`` trains on the synthesized samples with cross-entropy only.
+    ot_blur : float, default=0.1
+        Entropic blur of the Sinkhorn divergence, in the units of the
+        representations (the entropic regularization is ``ot_blur ** 2``).
+    feature_layer : str or None, default=None
+        Name of the classifier's submodule (as in ``module.named_modules()``,
+        e.g. ``"classifier.2"`` for the ReLU after the hidden layer of
+        :class:`~robustfit.models.SmallCNN`) whose output is the
+        representation; ``None`` uses the logits. The output is read through a
+        forward hook, so no extra forward pass is spent on it.
+    conditional : bool, default=False
+        Feed the clean input to the generator along with ``z``, so the
+        perturbation can depend on the image.
+    label_smoothing : float, default=0.0
+        Label smoothing of the cross-entropy on synthesized samples, in
+        ``[0, 1)`` (torch's convention). It is applied by adding
+        ``s * (CE(f(x_adv), uniform) - CE(f(x_adv), y))`` to the classifier's
+        loss, which turns the default cross-entropy criterion into the smoothed
+        one. The authors' code uses a strong smoothing (0.5 of the mass on the
+        other classes, ``0.556`` in torch's convention).
+    generator_ce_weight : float, default=0.0
+        Weight of the classifier's cross-entropy in the generator's objective;
+        ``0`` maximizes the OT distance only, as the authors' code does.
+    generator_every : int, default=1
+        Take a generator step on every ``generator_every``-th training batch
+        only (the authors: every batch). Larger values trade the generator's
+        adaptation for speed: the generator step costs about as much as the
+        classifier step.
+    random_start : bool, default=True
+        Add uniform noise from the ball before the generated perturbation (as
+        the authors' code does), then project onto the ball.
+    bounds : tuple of float or None, default=(0.0, 1.0)
+        The input box that synthesized inputs are clipped to; ``None`` for
+        unbounded features.
+
+    Attributes
+    ----------
+    generator_ : torch.nn.Module
+        The generator being trained, created at first use on the module's
+        device (pickled with the attack; :func:`sklearn.base.clone` gives an
+        attack without it).
+    generator_optimizer_ : torch.optim.Adam
+        Its optimizer, with its state.
+    input_shape_ : tuple of int
+        The input shape the generator was built for.
+    n_generator_steps_ : int
+        Generator updates taken so far.
+    n_train_batches_ : int
+        Training batches seen through :meth:`train_perturb`.
+
+    See Also
+    --------
+    robustfit.losses.sinkhorn_distance : the OT term.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from robustfit.attacks import GeneratorSynth
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> X, y = torch.rand(32, 1, 4, 4), torch.randint(0, 3, (32,))
+    >>> attack = GeneratorSynth(epsilon=0.1).fit_generator(net, X, y, epochs=2)
+    >>> X_adv = attack(net, X, y)
+    >>> bool((X_adv - X).abs().max() <= 0.1 + 1e-6)
+    True
+    """
+
+    def __init__(
+        self,
+        epsilon=0.3,
+        norm="linf",
+        latent_dim=64,
+        generator=None,
+        generator_lr=1e-3,
+        ot_weight=1.0,
+        ot_blur=0.1,
+        feature_layer=None,
+        conditional=False,
+        label_smoothing=0.0,
+        generator_ce_weight=0.0,
+        generator_every=1,
+        random_start=True,
+        bounds=(0.0, 1.0),
+    ):
+        self.epsilon = epsilon
+        self.norm = norm
+        self.latent_dim = latent_dim
+        self.generator = generator
+        self.generator_lr = generator_lr
+        self.ot_weight = ot_weight
+        self.ot_blur = ot_blur
+        self.feature_layer = feature_layer
+        self.conditional = conditional
+        self.label_smoothing = label_smoothing
+        self.generator_ce_weight = generator_ce_weight
+        self.generator_every = generator_every
+        self.random_start = random_start
+        self.bounds = bounds
+
+    # ------------------------------------------------------------ validation
+    def _validate(self):
+        super()._validate()
+        _check_positive_int(self.latent_dim, "latent_dim")
+        _check_nonnegative(self.generator_lr, "generator_lr")
+        if self.generator_lr == 0:
+            raise ValueError(f"generator_lr must be > 0, got {self.generator_lr!r}")
+        _check_nonnegative(self.ot_weight, "ot_weight")
+        _check_nonnegative(self.ot_blur, "ot_blur")
+        if self.ot_blur == 0:
+            raise ValueError(f"ot_blur must be > 0, got {self.ot_blur!r}")
+        _check_nonnegative(self.generator_ce_weight, "generator_ce_weight")
+        _check_positive_int(self.generator_every, "generator_every")
+        s = self.label_smoothing
+        if not isinstance(s, numbers.Real) or isinstance(s, bool) or not 0 <= s < 1:
+            raise ValueError(f"label_smoothing must be a number in [0, 1), got {s!r}")
+        if self.feature_layer is not None and not isinstance(self.feature_layer, str):
+            raise ValueError(
+                f"feature_layer must be None or a submodule name (str), got {self.feature_layer!r}"
+            )
+        for name in ("conditional", "random_start"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        g = self.generator
+        if g is not None and not isinstance(g, nn.Module) and not callable(g):
+            raise ValueError(
+                "generator must be None, a torch.nn.Module or a callable "
+                f"(input_shape, latent_dim) -> Module, got {g!r}"
+            )
+
+    # ------------------------------------------------------------- generator
+    def _ensure_generator(self, x):
+        """Build (or move) the generator for inputs shaped like ``x``."""
+        shape = tuple(x.shape[1:])
+        gen = getattr(self, "generator_", None)
+        if gen is None or getattr(self, "input_shape_", None) != shape:
+            if self.generator is None:
+                gen = default_generator(shape, self.latent_dim, self.conditional)
+            elif isinstance(self.generator, nn.Module):
+                gen = copy.deepcopy(self.generator)
+            else:
+                gen = self.generator(shape, self.latent_dim)
+                if not isinstance(gen, nn.Module):
+                    raise ValueError(
+                        f"generator(input_shape, latent_dim) must return a torch.nn.Module, got {gen!r}"
+                    )
+            self.generator_ = gen.to(x.device)
+            self.generator_optimizer_ = torch.optim.Adam(self.generator_.parameters(), lr=self.generator_lr)
+            self.input_shape_ = shape
+            self.n_generator_steps_ = 0
+        elif _module_device(gen) != x.device:
+            self.generator_ = gen.to(x.device)
+            for state in self.generator_optimizer_.state.values():
+                for k, v in state.items():
+                    if torch.is_tensor(v) and v.dim() > 0:
+                        state[k] = v.to(x.device)
+        for group in self.generator_optimizer_.param_groups:  # set_params after fit
+            group["lr"] = self.generator_lr
+        return self.generator_
+
+    def _synthesize(self, x):
+        """Sample ``x_adv`` from the generator, with the graph to its parameters."""
+        gen = self.generator_
+        z = torch.randn(x.shape[0], self.latent_dim, device=x.device, dtype=x.dtype)
+        raw = gen(z, x) if self.conditional else gen(z)
+        if tuple(raw.shape) != tuple(x.shape):
+            raise ValueError(
+                f"the generator returned perturbations of shape {tuple(raw.shape)} for inputs "
+                f"of shape {tuple(x.shape)}"
+            )
+        eps, bounds = float(self.epsilon), self._bounds
+        if self.norm == "linf":
+            delta = eps * torch.tanh(raw)
+        else:
+            delta = project_ball(raw, eps, "l2")
+        if self.random_start:
+            delta = random_init(x, eps, self.norm, None) + delta
+        return x + project(x, delta, eps, self.norm, bounds)
+
+    def _features(self, module, x):
+        """``(features, logits)`` of ``module`` on ``x``, in one forward pass."""
+        if self.feature_layer is None:
+            logits = module(x)
+            return logits, logits
+        store = {}
+        handle = self._layer(module).register_forward_hook(lambda m, i, o: store.__setitem__("f", o))
+        try:
+            logits = module(x)
+        finally:
+            handle.remove()
+        return store["f"], logits
+
+    def _layer(self, module):
+        try:
+            return module.get_submodule(self.feature_layer)
+        except AttributeError:
+            names = [n for n, _ in module.named_modules() if n]
+            raise ValueError(
+                f"feature_layer={self.feature_layer!r} is not a submodule of "
+                f"{type(module).__name__}; its submodules are {names[:20]}"
+            ) from None
+
+    def _ot(self, a, b):
+        from ..losses import sinkhorn_distance
+
+        return sinkhorn_distance(a.flatten(1), b.flatten(1), blur=self.ot_blur)
+
+    def _generator_step(self, module, x, y):
+        """One ascent step of the generator against a fixed ``module``."""
+        gen = self._ensure_generator(x)
+        gen.train()
+        params = [p for p in gen.parameters() if p.requires_grad]
+        with eval_mode(module), torch.enable_grad():
+            with torch.no_grad():
+                f_clean, _ = self._features(module, x)
+            x_adv = self._synthesize(x)
+            f_adv, logits_adv = self._features(module, x_adv)
+            objective = self._ot(f_clean, f_adv)
+            if self.generator_ce_weight:
+                objective = objective + self.generator_ce_weight * F.cross_entropy(logits_adv.float(), y)
+            grads = torch.autograd.grad(-objective, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        self.generator_optimizer_.step()
+        self.n_generator_steps_ += 1
+        return objective.detach()
+
+    # ------------------------------------------------------- training hooks
+    def train_perturb(self, module, x, y):
+        """One generator step, then a fresh synthesized batch for the classifier.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The classifier being trained (left unchanged here).
+        x : torch.Tensor
+            Clean batch on the module's device.
+        y : torch.Tensor
+            Class indices.
+
+        Returns
+        -------
+        x_adv : torch.Tensor
+            Detached synthesized batch from the updated generator.
+        """
+        if float(self.epsilon) == 0:  # epsilon warm-up: nothing to synthesize yet
+            return x.clone()
+        self.n_train_batches_ = getattr(self, "n_train_batches_", 0) + 1
+        if (self.n_train_batches_ - 1) % self.generator_every == 0 \
+                or getattr(self, "generator_", None) is None:
+            self._generator_step(module, x, y)
+        with torch.no_grad():
+            x_adv = self._synthesize(x)
+        if self.feature_layer is not None and self.ot_weight:
+            self._capture_next(module)
+        return x_adv.detach()
+
+    def _capture_next(self, module):
+        """Record ``feature_layer``'s output in the classifier's next forward pass
+        (its pass on the synthesized batch), so :meth:`regularizer` needs no
+        extra pass for it."""
+        self._release()
+        store = self._captured = {}
+
+        def hook(mod, inputs, output):
+            store["f"] = output
+            self._release()
+
+        self._hook_handle = self._layer(module).register_forward_hook(hook)
+
+    def _release(self):
+        handle = self.__dict__.pop("_hook_handle", None)
+        if handle is not None:
+            handle.remove()
+
+    def regularizer(self, module, x, x_adv, y, logits_adv):
+        """``ot_weight * OT(phi(x), phi(x_adv))`` plus the label-smoothing term.
+
+        Called by :class:`~robustfit.AdversarialClassifier` in train mode right
+        after its forward pass on ``x_adv``. The representation of ``x_adv`` is
+        ``logits_adv`` or the output of ``feature_layer`` recorded during that
+        pass; the clean batch costs one forward pass.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The classifier, in train mode.
+        x, x_adv : torch.Tensor
+            Clean and synthesized batches.
+        y : torch.Tensor
+            Class indices.
+        logits_adv : torch.Tensor
+            The classifier's logits on ``x_adv``, with the graph.
+
+        Returns
+        -------
+        term : torch.Tensor or None
+            Scalar added to the classifier's loss; ``None`` when there is
+            nothing to add.
+        """
+        captured = self.__dict__.pop("_captured", {})
+        self._release()
+        term = None
+        if self.ot_weight and x_adv is not x:
+            if self.feature_layer is None:
+                f_adv = logits_adv
+            else:
+                f_adv = captured.get("f")
+                if f_adv is None or f_adv.shape[0] != x_adv.shape[0]:
+                    f_adv, _ = self._features(module, x_adv)
+            f_clean, _ = self._features(module, x)
+            term = self.ot_weight * self._ot(f_clean, f_adv)
+        if self.label_smoothing:
+            logp = F.log_softmax(logits_adv.float(), dim=1)
+            # (1 - s) CE(y) + s CE(uniform) = CE(y) + s (CE(uniform) - CE(y))
+            smooth = self.label_smoothing * (-logp.mean(dim=1).mean() - F.nll_loss(logp, y))
+            term = smooth if term is None else term + smooth
+        return term
+
+    # ------------------------------------------------------------ evaluation
+    def _perturb(self, module, x, y):
+        if float(self.epsilon) == 0:
+            return x.clone()
+        gen = self._ensure_generator(x)
+        was_training = gen.training
+        gen.eval()
+        try:
+            with torch.no_grad():
+                return self._synthesize(x)
+        finally:
+            gen.train(was_training)
+
+    def fit_generator(self, module, X, y, epochs=1, batch_size=128, random_state=None):
+        """Train the generator against a fixed ``module``.
+
+        Runs ``epochs`` passes of generator steps (the ascent of
+        :meth:`train_perturb`) over shuffled batches of ``(X, y)``; the module's
+        parameters and mode are left unchanged. A generator that already exists
+        is trained further.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The classifier to attack.
+        X : torch.Tensor or numpy.ndarray
+            Clean inputs inside ``bounds``.
+        y : torch.Tensor or numpy.ndarray
+            Integer class indices.
+        epochs : int, default=1
+            Passes over the data.
+        batch_size : int, default=128
+            Samples per generator step.
+        random_state : int or None, default=None
+            Seeds the shuffling and the noise (the global torch generator is
+            restored afterwards).
+
+        Returns
+        -------
+        self : GeneratorSynth
+        """
+        self._validate()
+        _check_positive_int(epochs, "epochs")
+        _check_positive_int(batch_size, "batch_size")
+        x, y = _as_tensors(module, X, y)
+        check_in_bounds(x, self._bounds)
+        with torch.random.fork_rng(devices=[]):
+            if random_state is not None:
+                torch.manual_seed(int(random_state))
+            for _ in range(epochs):
+                order = torch.randperm(x.shape[0], device=x.device)
+                for start in range(0, x.shape[0], batch_size):
+                    idx = order[start:start + batch_size]
+                    if idx.numel() < 2:  # BatchNorm needs two samples
+                        continue
+                    self._generator_step(module, x[idx], y[idx])
+        return self
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_captured", None)
+        state.pop("_hook_handle", None)
+        return state
