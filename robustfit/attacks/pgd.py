@@ -35,6 +35,20 @@ def _kl_potential(module, x):
     return potential
 
 
+def _start(x, epsilon, norm, bounds, random_start):
+    """The first iterate: uniform in the ball (then fit to the box), or zero."""
+    if random_start:
+        return random_init(x, epsilon, norm, bounds)
+    return torch.zeros_like(x)
+
+
+def _multistep_size(step_size, epsilon, steps):
+    """``step_size``, or the default ``2.5 * epsilon / steps`` of Madry et al."""
+    if step_size is not None:
+        return float(step_size)
+    return 2.5 * float(epsilon) / steps
+
+
 def _ascent_steps(module, x, y, delta, *, steps, step_size, epsilon, norm, bounds,
                   potential=_ce_potential, grad_noise=None, step_noise=None):
     """Run ``steps`` projected (noisy) ascent steps on ``potential`` from ``delta``.
@@ -163,16 +177,11 @@ class PGD(Attack):
     @property
     def step_size_(self):
         """The step length in use: ``step_size``, or its default."""
-        if self.step_size is not None:
-            return float(self.step_size)
-        return 2.5 * float(self.epsilon) / self.steps
+        return _multistep_size(self.step_size, self.epsilon, self.steps)
 
     def _single_run(self, module, x, y):
         bounds = self._bounds
-        if self.random_start:
-            delta = random_init(x, self.epsilon, self.norm, bounds)
-        else:
-            delta = torch.zeros_like(x)
+        delta = _start(x, self.epsilon, self.norm, bounds, self.random_start)
         potential = _kl_potential(module, x) if self.loss == "kl" else _ce_potential
         delta = _ascent_steps(
             module, x, y, delta,
@@ -282,10 +291,7 @@ class FGSM(Attack):
         if self.epsilon == 0:
             return x.clone()
         bounds = self._bounds
-        if self.random_start:
-            delta = random_init(x, self.epsilon, self.norm, bounds)
-        else:
-            delta = torch.zeros_like(x)
+        delta = _start(x, self.epsilon, self.norm, bounds, self.random_start)
         delta = _ascent_steps(
             module, x, y, delta, steps=1, step_size=self.step_size_,
             epsilon=self.epsilon, norm=self.norm, bounds=bounds,
