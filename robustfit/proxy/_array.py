@@ -208,7 +208,7 @@ class ArrayProxy(ProxyDistribution):
 
         Returns
         -------
-        X : numpy.ndarray of shape (n, *input_shape_), float32
+        X : numpy.ndarray of shape ``(n, *input_shape_)``, float32
         """
         from sklearn.utils import check_random_state
 

@@ -162,7 +162,7 @@ class ProxyDistribution(BaseEstimator):
 
         Returns
         -------
-        X : numpy.ndarray of shape (n, *input_shape_), float32
+        X : numpy.ndarray of shape ``(n, *input_shape_)``, float32
             Samples inside ``bounds``, in random order.
         y : numpy.ndarray of shape (n,)
             Their labels, from ``classes_``.
@@ -191,7 +191,7 @@ class ProxyDistribution(BaseEstimator):
 
         Returns
         -------
-        X : numpy.ndarray of shape (n, *input_shape_), float32
+        X : numpy.ndarray of shape ``(n, *input_shape_)``, float32
         """
         return self.sample(n, random_state=random_state)[0]
 
