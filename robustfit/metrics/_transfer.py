@@ -15,6 +15,7 @@ of its means under the two class-conditionals by their W_1 distance.
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -74,7 +75,51 @@ class AverageRobustness:
         return float(self.mean)
 
 
-def _bisection_attack(module, x, y, *, norm, bounds, steps, search_steps, eps_init, eps_max):
+def _uniform_start(x, eps, norm, bounds):
+    """A random point of the per-sample ``norm`` ball of radius ``eps`` (shaped like x), in the box."""
+    if norm == "linf":
+        delta = (torch.rand_like(x) * 2 - 1) * eps
+    else:
+        direction = torch.randn_like(x)
+        direction = direction / _flat_norm(direction, "l2").clamp_min(1e-12)
+        radius = torch.rand(x.shape[0], device=x.device) ** (1.0 / x[0].numel())
+        delta = direction * radius.view_as(eps) * eps
+    return project(x, delta, eps, norm, bounds)
+
+
+def _margin_pgd(module, x, y, eps, delta, steps, norm, bounds, target=None):
+    """PGD descent on the logit margin inside per-sample balls of radius ``eps``.
+
+    Returns, per sample, the smallest norm of an iterate the module
+    misclassifies (``inf`` if none) and that iterate.
+    """
+    cand = torch.full((x.shape[0],), float("inf"), device=x.device)
+    cand_x = x.clone()
+    for i in range(steps + 1):
+        delta.requires_grad_(i < steps)
+        logits = module(x + delta)
+        m = margin(logits, y)
+        # the descended loss: the margin, or z_y - z_t towards a target class t
+        loss = m if target is None else logits.gather(1, y[:, None]).squeeze(1) - logits.gather(
+            1, target[:, None]).squeeze(1)
+        with torch.no_grad():
+            nrm = _flat_norm(delta, norm).flatten()
+            better = (m < 0) & (nrm < cand)
+            cand = torch.where(better, nrm, cand)
+            cand_x[better] = (x + delta)[better]
+        if i == steps:
+            break
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        # cosine-decayed step from eps / 4 to eps / 100: large moves first, then a
+        # fine search near the boundary (as in FMN, Pintor et al. 2021)
+        step = eps * (0.01 + 0.24 * (1 + math.cos(math.pi * i / steps)) / 2)
+        with torch.no_grad():
+            delta = project(x, delta - step * normalize_gradient(grad, norm), eps, norm, bounds)
+    return cand, cand_x
+
+
+def _bisection_attack(module, x, y, *, norm, bounds, steps, restarts, n_targets, search_steps, eps_init,
+                      eps_max):
     """Smallest verified adversarial perturbation per sample, by bisection.
 
     Each round runs ``steps`` projected steps of descent on the logit margin
@@ -91,7 +136,11 @@ def _bisection_attack(module, x, y, *, norm, bounds, steps, search_steps, eps_in
     lo = torch.zeros(n, device=x.device)
     eps = torch.full((n,), float(eps_init), device=x.device)
     with torch.no_grad():
-        clean_wrong = module(x).argmax(1) != y
+        logits = module(x)
+        clean_wrong = logits.argmax(1) != y
+        # target classes of the targeted runs: the runners-up of the clean logits
+        n_targets = min(n_targets, logits.shape[1] - 1)
+        targets = logits.scatter(1, y[:, None], float("-inf")).topk(n_targets, dim=1).indices
     best[clean_wrong] = 0.0
     active = ~clean_wrong
     for _ in range(search_steps):
@@ -99,28 +148,15 @@ def _bisection_attack(module, x, y, *, norm, bounds, steps, search_steps, eps_in
         if idx.numel() == 0:
             break
         xi, yi, ei = x[idx], y[idx], eps[idx].view(-1, *shape[1:])
-        delta = torch.zeros_like(xi)
-        step = 2.5 * ei / steps
-        cand = torch.full((len(idx),), float("inf"), device=x.device)
-        cand_x = xi.clone()
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            logits = module(xi + delta)
-            m = margin(logits, yi)
-            (grad,) = torch.autograd.grad(m.sum(), delta)
-            with torch.no_grad():
-                wrong = m < 0
-                nrm = _flat_norm(delta, norm).flatten()
-                better = wrong & (nrm < cand)
-                cand = torch.where(better, nrm, cand)
-                cand_x[better] = (xi + delta)[better]
-                delta = project(xi, delta - step * normalize_gradient(grad, norm), ei, norm, bounds)
+        cand, cand_x = _margin_pgd(module, xi, yi, ei, torch.zeros_like(xi), steps, norm, bounds)
+        runs = [(_uniform_start, None)] * (restarts - 1) + [(None, t) for t in targets[idx].T]
+        for start, target in runs:
+            delta0 = torch.zeros_like(xi) if start is None else start(xi, ei, norm, bounds)
+            c2, x2 = _margin_pgd(module, xi, yi, ei, delta0, steps, norm, bounds, target)
+            better = c2 < cand
+            cand = torch.where(better, c2, cand)
+            cand_x[better] = x2[better]
         with torch.no_grad():
-            m = margin(module(xi + delta), yi)
-            nrm = _flat_norm(delta, norm).flatten()
-            better = (m < 0) & (nrm < cand)
-            cand = torch.where(better, nrm, cand)
-            cand_x[better] = (xi + delta)[better]
             improved = cand < best[idx]
             best[idx[improved]] = cand[improved]
             best_x[idx[improved]] = cand_x[improved]
@@ -157,6 +193,8 @@ def average_robustness(
     norm="linf",
     *,
     steps=20,
+    restarts=1,
+    n_targets=3,
     search_steps=12,
     eps_init=None,
     bounds=(0.0, 1.0),
@@ -186,6 +224,14 @@ def average_robustness(
         The threat model's norm.
     steps : int, default=20
         PGD steps per bisection round (step ``2.5 * eps / steps``).
+    restarts : int, default=1
+        PGD runs per round: one from the clean point, ``restarts - 1`` more
+        from uniform random points of the ball; the smallest success counts.
+    n_targets : int, default=3
+        Targeted runs per round, descending ``z_y - z_t`` towards each of the
+        ``n_targets`` classes with the highest clean logits after ``y`` (as
+        APGD-T does); stronger on adversarially trained models, at
+        ``1 + n_targets`` times the cost (with ``restarts=1``).
     search_steps : int, default=12
         Bisection rounds. Each finished round at least halves the bracket.
     eps_init : float or None, default=None
@@ -231,7 +277,9 @@ def average_robustness(
     [0.5, 2.0]
     """
     _check_norm(norm)
-    for value, name in ((steps, "steps"), (search_steps, "search_steps"), (batch_size, "batch_size")):
+    if not isinstance(n_targets, numbers.Integral) or n_targets < 0:
+        raise ValueError(f"n_targets must be an integer >= 0, got {n_targets!r}")
+    for value, name in ((steps, "steps"), (restarts, "restarts"), (search_steps, "search_steps"), (batch_size, "batch_size")):
         if not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     bounds = check_bounds(bounds)
@@ -253,7 +301,7 @@ def average_robustness(
         for s in range(0, len(x), batch_size):
             out.append(_bisection_attack(
                 module, x[s:s + batch_size], y_t[s:s + batch_size], norm=norm, bounds=bounds, steps=steps,
-                search_steps=search_steps, eps_init=eps_init, eps_max=eps_max,
+                restarts=restarts, n_targets=n_targets, search_steps=search_steps, eps_init=eps_init, eps_max=eps_max,
             ))
     d = torch.cat(out).cpu().numpy().astype(np.float64) if out else np.zeros(0)
     found = np.isfinite(d)
