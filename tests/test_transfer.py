@@ -137,6 +137,9 @@ def test_average_robustness_matches_the_linear_boundary_distance(norm, dual):
     np.testing.assert_allclose(res.distances, analytic, rtol=0.02, atol=1e-4)
     assert res.mean == pytest.approx(analytic.mean(), rel=0.02)
     assert res.ci[0] < res.mean < res.ci[1]
+    # random restarts instead of targeted runs find the same distances
+    alt = average_robustness(net, X[:50], y[:50], norm=norm, bounds=None, restarts=2, n_targets=0)
+    np.testing.assert_allclose(alt.distances, analytic[:50], rtol=0.02, atol=1e-4)
 
 
 # ------------------------------------------------------------ the theorem

@@ -34,6 +34,7 @@ from ..attacks._base import (
     eval_mode,
     normalize_gradient,
     project,
+    random_init,
 )
 from ..attacks.apgd import margin
 from ._robust import _encode, _resolve
@@ -77,14 +78,8 @@ class AverageRobustness:
 
 def _uniform_start(x, eps, norm, bounds):
     """A random point of the per-sample ``norm`` ball of radius ``eps`` (shaped like x), in the box."""
-    if norm == "linf":
-        delta = (torch.rand_like(x) * 2 - 1) * eps
-    else:
-        direction = torch.randn_like(x)
-        direction = direction / _flat_norm(direction, "l2").clamp_min(1e-12)
-        radius = torch.rand(x.shape[0], device=x.device) ** (1.0 / x[0].numel())
-        delta = direction * radius.view_as(eps) * eps
-    return project(x, delta, eps, norm, bounds)
+    unit = random_init(torch.zeros_like(x), 1.0, norm, None)  # uniform in the unit ball
+    return project(x, unit * eps, eps, norm, bounds)
 
 
 def _margin_pgd(module, x, y, eps, delta, steps, norm, bounds, target=None):
