@@ -29,6 +29,7 @@ from skorch.dataset import ValidSplit, unpack_data
 from skorch.utils import is_dataset, to_numpy, to_tensor
 
 from ._loader import MixedLoader, TensorLoader, _dataset_arrays
+from ._utils import torch_seeded
 from .attacks import AutoAttack
 from .attacks._base import Attack, check_bounds, check_in_bounds
 from .callbacks import Progress, RobustValidation
@@ -485,10 +486,7 @@ class AdversarialClassifier(NeuralNetClassifier):
             return
         rs = self.random_state
         seed = rs if isinstance(rs, numbers.Integral) else check_random_state(rs).randint(2**31)
-        dev = torch.device(self.device)
-        devices = [dev.index or 0] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(seed) + offset)
+        with torch_seeded(int(seed) + offset):
             yield
 
     def get_split_datasets(self, X, y=None, **fit_params):
@@ -762,6 +760,17 @@ class AdversarialClassifier(NeuralNetClassifier):
         return self
 
     def get_iterator(self, dataset, training=False):
+        loader = self._make_iterator(dataset, training)
+        if training:
+            # the schedules' pace: batches per epoch as the loader really yields them
+            # (mixed proxy batches hold fewer real samples than batch_size)
+            try:
+                self.train_batches_ = len(loader)
+            except TypeError:
+                self.train_batches_ = None
+        return loader
+
+    def _make_iterator(self, dataset, training):
         iterator = self.iterator_train if training else self.iterator_valid
         if training and getattr(self, "proxy_X_", None) is not None:
             kwargs = self.get_params_for("iterator_train")
@@ -851,7 +860,8 @@ class AdversarialClassifier(NeuralNetClassifier):
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
         n = len(dataset_train) if dataset_train is not None else 0
-        self.schedule_state_.update(batch=0, per_epoch=max(1, -(-n // self.batch_size)))
+        per_epoch = getattr(self, "train_batches_", None) or -(-n // max(self.batch_size, 1))
+        self.schedule_state_.update(batch=0, per_epoch=max(1, per_epoch))
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
@@ -907,8 +917,14 @@ def _proxy_kind(proxy):
 
 
 def _fit_and_sample(proxy, X, y, n, seed):
-    """Clone and fit ``proxy`` on (X, y), then draw ``n`` samples (cacheable)."""
+    """Clone and fit ``proxy`` on (X, y), then draw ``n`` samples (cacheable).
+
+    A proxy whose own ``random_state`` is None gets ``seed``, so that the
+    classifier's ``random_state`` makes the proxy's fit repeatable too."""
     proxy = clone(proxy)
+    if seed is not None and "random_state" in proxy.get_params(deep=False) \
+            and proxy.get_params(deep=False)["random_state"] is None:
+        proxy.set_params(random_state=seed)
     proxy.fit(X, y)
     Xp, yp = proxy.sample(n, random_state=seed)
     return proxy, Xp, yp

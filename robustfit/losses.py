@@ -294,6 +294,8 @@ class PrimalDual(Objective):
         if getattr(self, "nu_t_", None) is None:
             self.nu_t_ = torch.tensor(float(self.nu_init), device=clean.device)
         nu = self.nu_t_
+        if nu.device != clean.device:  # unpickled on another device
+            nu = self.nu_t_ = nu.to(clean.device)
         loss = robust + nu * clean
         slack = clean.detach().float() - self.margin
         if self.update == "batch":
@@ -302,6 +304,14 @@ class PrimalDual(Objective):
         self.epoch_loss_ = acc if getattr(self, "epoch_loss_", None) is None else self.epoch_loss_ + acc
         self.epoch_batches_ = getattr(self, "epoch_batches_", 0) + 1
         return loss
+
+    def __getstate__(self):
+        # the state is pickled on the CPU, so a model trained on a GPU loads anywhere
+        state = dict(super().__getstate__())  # a copy: the live object keeps its device
+        for key in ("nu_t_", "epoch_loss_"):
+            if torch.is_tensor(state.get(key)):
+                state[key] = state[key].detach().cpu()
+        return state
 
     def on_epoch_end(self):
         """Apply the per-epoch dual step (``update="epoch"``); report ``nu``.

@@ -26,6 +26,7 @@ from scipy.stats import norm as scipy_norm
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 
+from .._utils import clone_keeping_fitted
 from ..attacks._base import (
     NORMS,
     _as_tensors,
@@ -532,6 +533,10 @@ class TransferBound(BaseEstimator):
     >>> tb.distance((X, y)).distance
     0.0
     """
+
+    def __sklearn_clone__(self):
+        # the classifier under study is used, never refitted: clone() keeps it
+        return clone_keeping_fitted(self, ("estimator",))
 
     def __init__(self, estimator=None, norm="linf", method="auto", n_samples=None, max_samples_per_class=None,
                  n_bootstrap=0, random_state=None, robustness_params=None):

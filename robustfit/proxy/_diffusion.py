@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._utils import torch_seeded
 from ..attacks._base import _check_positive_int
 from ..classifier import resolve_device
 from ._base import ProxyDistribution
@@ -216,11 +217,8 @@ class DiffusionProxy(ProxyDistribution):
 
     @contextlib.contextmanager
     def _torch_seed(self, offset):
-        if self.random_state is None:
-            yield
-            return
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.random_state) + offset)
+        seed = None if self.random_state is None else int(self.random_state) + offset
+        with torch_seeded(seed):
             yield
 
     # ------------------------------------------------------------ fitting
@@ -292,8 +290,8 @@ class DiffusionProxy(ProxyDistribution):
                     sched.step()
                     if ema is not None:
                         ema.update_parameters(unet)
-                    total_loss += float(loss.detach()) * len(xb)
-                self.loss_curve_.append(total_loss / n)
+                    total_loss = total_loss + loss.detach() * len(xb)  # no host sync per batch
+                self.loss_curve_.append(float(total_loss) / n)
                 if self.verbose and (epoch % 10 == 9 or epoch == self.max_epochs - 1):
                     print(f"epoch {epoch + 1}/{self.max_epochs}: loss {self.loss_curve_[-1]:.4f}",
                           flush=True)

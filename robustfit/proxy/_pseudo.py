@@ -7,22 +7,10 @@ import warnings
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
-from sklearn.utils.validation import check_is_fitted
 
+from .._utils import clone_keeping_fitted
+from .._utils import is_fitted as _is_fitted
 from ._base import ProxyDistribution
-
-
-def _is_fitted(estimator):
-    """scikit-learn's fitted check; duck-typed classifiers count as fitted
-    when they have ``classes_``."""
-    try:
-        check_is_fitted(estimator)
-    except NotFittedError:
-        return False
-    except (TypeError, AttributeError):
-        return hasattr(estimator, "classes_")
-    return True
 
 
 class PseudoLabeledProxy(ProxyDistribution):
@@ -87,6 +75,11 @@ class PseudoLabeledProxy(ProxyDistribution):
         The fitted generator.
     teacher_ : classifier
         The teacher used (the given one if it was fitted, else a fitted clone).
+        :func:`sklearn.base.clone` keeps a fitted teacher as it is, so a
+        teacher fitted once serves every ``fit`` of an
+        :class:`~robustfit.AdversarialClassifier` and every cross-validation
+        fold; note that a teacher fitted on all the data has seen the
+        validation folds (only its labels of synthetic samples reach training).
     kept_fraction_ : float
         Fraction of candidates kept in the last :meth:`sample` call.
     classes_, class_prior_, input_shape_
@@ -105,6 +98,11 @@ class PseudoLabeledProxy(ProxyDistribution):
     >>> Xs.shape, proxy.kept_fraction_ <= 0.5
     ((100, 1, 8, 8), True)
     """
+
+    def __sklearn_clone__(self):
+        # a fitted teacher is kept by reference: clone() would replace it by an
+        # unfitted copy, and AdversarialClassifier clones its proxy in every fit
+        return clone_keeping_fitted(self, ("teacher",))
 
     def __init__(self, generator, teacher, *, keep_fraction=1.0, relabel=True, max_rounds=8,
                  class_distribution="balanced", n_samples=None, bounds=(0.0, 1.0),

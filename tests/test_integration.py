@@ -1,0 +1,93 @@
+"""How the classifier combines objectives, attacks and proxy data: schedules, seeding, cloning
+and pickling of the fitted state."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from skorch.callbacks import Callback
+
+from robustfit import AdversarialClassifier
+from robustfit.attacks import PGD
+from robustfit.losses import PrimalDual
+from robustfit.metrics import TransferBound
+from robustfit.proxy import GaussianMixtureProxy, PseudoLabeledProxy
+
+
+class _RecordLR(Callback):
+    def initialize(self):
+        self.lrs = []
+        return self
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            self.lrs.append(net.optimizer_.param_groups[0]["lr"])
+
+
+def test_schedule_follows_mixed_batches(digits_small):
+    """With proxy data each batch holds fewer real samples, so an epoch has more batches; the
+    learning-rate schedule must still span exactly the requested epochs."""
+    Xtr, ytr, _, _ = digits_small
+    rec = _RecordLR()
+    AdversarialClassifier(
+        proxy_data=(Xtr[:128], ytr[:128]), proxy_ratio=0.5, batch_size=64, max_epochs=2,
+        lr=1.0, lr_schedule="cosine", optimizer=torch.optim.SGD, train_split=None,
+        callbacks=[("rec", rec)], random_state=0,
+    ).fit(Xtr[:256], ytr[:256])
+    lrs = np.array(rec.lrs)
+    assert len(lrs) == 2 * 8  # 256 real samples, 32 real per batch of 64
+    assert np.all(np.diff(lrs) <= 1e-12), lrs  # one decay over both epochs, no restart
+    assert lrs[-1] > 0 and lrs[len(lrs) // 2] < lrs[0] and lrs[len(lrs) // 2] > lrs[-1]
+
+
+def test_random_state_seeds_an_unseeded_proxy(digits_small):
+    Xtr, ytr, _, _ = digits_small
+
+    def fit():
+        return AdversarialClassifier(
+            proxy_data=GaussianMixtureProxy(mixture_components=1, pca_components=10),
+            max_epochs=1, train_split=None, random_state=3,
+        ).fit(Xtr[:300], ytr[:300])
+
+    a, b = fit(), fit()
+    assert torch.equal(a.proxy_X_, b.proxy_X_)
+    assert a.proxy_.random_state is not None
+    # the user's parameter object is left untouched
+    assert a.proxy_data.random_state is None
+
+
+def test_clone_keeps_a_fitted_teacher(digits_small):
+    Xtr, ytr, _, _ = digits_small
+    teacher = LogisticRegression(max_iter=200).fit(Xtr.reshape(len(Xtr), -1), ytr)
+    proxy = PseudoLabeledProxy(GaussianMixtureProxy(pca_components=10), teacher, keep_fraction=0.5)
+    copy = clone(proxy)
+    assert copy.teacher is teacher
+    assert copy.generator is not proxy.generator
+    unfitted = clone(PseudoLabeledProxy(GaussianMixtureProxy(), LogisticRegression()))
+    assert not hasattr(unfitted.teacher, "coef_")
+
+
+def test_clone_keeps_the_studied_classifier(std_clf, digits_small):
+    Xtr, ytr, _, _ = digits_small
+    tb = clone(TransferBound(estimator=std_clf, norm="l2", robustness_params={"steps": 3}))
+    assert tb.estimator is std_clf
+    tb.fit(Xtr[:20], ytr[:20])  # would raise NotFittedError with an unfitted copy
+    assert tb.rob_real_.mean >= 0
+
+
+def test_primal_dual_state_pickles_on_the_cpu(digits_small):
+    Xtr, ytr, _, _ = digits_small
+    clf = AdversarialClassifier(
+        attack=PGD(epsilon=0.1, steps=1), objective=PrimalDual(margin=0.0, dual_lr=0.1),
+        max_epochs=1, train_split=None, random_state=0,
+    ).fit(Xtr[:128], ytr[:128])
+    obj = clf.objective_
+    state = obj.__getstate__()
+    assert torch.is_tensor(state["nu_t_"]) and state["nu_t_"].device.type == "cpu"
+    assert state is not obj.__dict__
+    loaded = pickle.loads(pickle.dumps(clf))
+    assert loaded.objective_.nu_ == obj.nu_ > 0
