@@ -130,7 +130,7 @@ def test_feature_layer_uses_the_hooked_representation(std_module, digits_t):
         logits = std_module(x_adv)  # the classifier's pass: the hook records the features
         term = attack.regularizer(std_module, X, x_adv, y, logits)
         feats = std_module.classifier[:3](std_module.features(torch.cat([X, x_adv])))
-    assert torch.allclose(term, sinkhorn_distance(feats[:64], feats[64:], blur=0.1), atol=1e-5)
+    assert torch.allclose(term, sinkhorn_distance(feats[:64], feats[64:], blur=0.1, scaling=0.3), atol=1e-5)
     assert not any(m._forward_hooks for m in std_module.modules())
     # during the epsilon warm-up the batch is the clean one: nothing to add
     assert GeneratorSynth(epsilon=0.2).regularizer(std_module, X, X, y, logits) is None
@@ -163,6 +163,7 @@ def test_digits_model_trained_with_synth_beats_standard_under_pgd(digits_small, 
     ({"generator_lr": 0}, "generator_lr"),
     ({"ot_weight": -1}, "ot_weight"),
     ({"ot_blur": 0.0}, "ot_blur"),
+    ({"ot_scaling": 1.0}, "ot_scaling"),
     ({"label_smoothing": 1.0}, "label_smoothing"),
     ({"feature_layer": 3}, "feature_layer"),
     ({"conditional": "yes"}, "conditional"),
@@ -190,3 +191,24 @@ def test_user_generator_is_copied_not_trained(std_module, digits_t):
     attack = GeneratorSynth(epsilon=0.1, generator=gen).fit_generator(std_module, X, y, epochs=2)
     assert all(torch.equal(p, q) for p, q in zip(gen.parameters(), before))
     assert not all(torch.equal(p, q) for p, q in zip(attack.generator_.parameters(), before))
+
+
+def test_train_perturb_reuses_the_generator_steps_batch(std_module, digits_t):
+    """One generator forward pass per training batch: the classifier gets the
+    batch the generator step was computed on (a fresh one on skipped steps)."""
+    X, y = digits_t[0][:64], digits_t[1][:64]
+    attack = GeneratorSynth(epsilon=0.2, generator_every=2)
+    attack.fit_generator(std_module, X, y, epochs=1, batch_size=64, random_state=0)
+    calls = []
+    attack.generator_.register_forward_hook(lambda m, i, o: calls.append(o.detach().clone()))
+    for _ in range(2):
+        before = attack.n_generator_steps_
+        x_adv = attack.train_perturb(std_module, X, y)
+        assert len(calls) == 1
+        raw = calls.pop()
+        # x_adv was built from the only generator output of this call
+        if attack.n_generator_steps_ > before:
+            assert not x_adv.requires_grad
+        inside = (x_adv > 1e-4) & (x_adv < 1 - 1e-4)
+        assert float((x_adv - X)[inside].abs().max()) <= 0.2 + 1e-6 and raw.shape == X.shape
+    assert attack.n_generator_steps_ == 2  # fit_generator's step + one of the two batches

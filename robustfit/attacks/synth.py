@@ -137,7 +137,9 @@ class GeneratorSynth(Attack):
        ``OT(phi(x), phi(x_adv)) + generator_ce_weight * CE(f(x_adv), y)``
        in the generator's parameters, the classifier fixed (eval mode);
     2. a **classifier step** on ``CE(f(x_adv), y) + ot_weight * OT(phi(x), phi(x_adv))``,
-       with ``x_adv`` freshly sampled from the updated generator,
+       on the synthesized batch ``x_adv`` of the generator step (detached; the
+       authors' graph samples it again from the updated generator, which
+       costs a second generator forward pass per batch),
 
     where ``phi`` is the output of ``feature_layer`` (the logits by default) and
     ``OT`` is the debiased entropic Sinkhorn divergence
@@ -180,6 +182,13 @@ class GeneratorSynth(Attack):
     ot_blur : float, default=0.1
         Entropic blur of the Sinkhorn divergence, in the units of the
         representations (the entropic regularization is ``ot_blur ** 2``).
+    ot_scaling : float, default=0.3
+        Ratio of geomloss's epsilon-scaling annealing, in ``(0, 1)``
+        (``scaling`` of :func:`robustfit.losses.sinkhorn_distance`): the
+        entropic regularization is divided by ``1 / ot_scaling ** 2`` per
+        Sinkhorn iteration, from the representations' diameter down to
+        ``ot_blur``. Smaller is fewer iterations (faster, less converged);
+        geomloss's default is 0.5.
     feature_layer : str or None, default=None
         Name of the classifier's submodule (as in ``module.named_modules()``,
         e.g. ``"classifier.2"`` for the ReLU after the hidden layer of
@@ -251,6 +260,7 @@ class GeneratorSynth(Attack):
         generator_lr=1e-3,
         ot_weight=1.0,
         ot_blur=0.1,
+        ot_scaling=0.3,
         feature_layer=None,
         conditional=False,
         label_smoothing=0.0,
@@ -266,6 +276,7 @@ class GeneratorSynth(Attack):
         self.generator_lr = generator_lr
         self.ot_weight = ot_weight
         self.ot_blur = ot_blur
+        self.ot_scaling = ot_scaling
         self.feature_layer = feature_layer
         self.conditional = conditional
         self.label_smoothing = label_smoothing
@@ -285,6 +296,9 @@ class GeneratorSynth(Attack):
         _check_nonnegative(self.ot_blur, "ot_blur")
         if self.ot_blur == 0:
             raise ValueError(f"ot_blur must be > 0, got {self.ot_blur!r}")
+        sc = self.ot_scaling
+        if not isinstance(sc, numbers.Real) or isinstance(sc, bool) or not 0 < sc < 1:
+            raise ValueError(f"ot_scaling must be a number in (0, 1), got {sc!r}")
         _check_nonnegative(self.generator_ce_weight, "generator_ce_weight")
         _check_positive_int(self.generator_every, "generator_every")
         s = self.label_smoothing
@@ -379,10 +393,15 @@ class GeneratorSynth(Attack):
     def _ot(self, a, b):
         from ..losses import sinkhorn_distance
 
-        return sinkhorn_distance(a.flatten(1), b.flatten(1), blur=self.ot_blur)
+        return sinkhorn_distance(a.flatten(1), b.flatten(1), blur=self.ot_blur, scaling=self.ot_scaling)
 
-    def _generator_step(self, module, x, y):
-        """One ascent step of the generator against a fixed ``module``."""
+    def _generator_step(self, module, x, y, return_sample=False):
+        """One ascent step of the generator against a fixed ``module``.
+
+        Returns the objective before the step (detached), and with
+        ``return_sample=True`` also the synthesized batch it was computed on
+        (detached), which :meth:`train_perturb` hands to the classifier.
+        """
         gen = self._ensure_generator(x)
         gen.train()
         params = [p for p in gen.parameters() if p.requires_grad]
@@ -399,11 +418,18 @@ class GeneratorSynth(Attack):
             p.grad = g
         self.generator_optimizer_.step()
         self.n_generator_steps_ += 1
+        if return_sample:
+            return objective.detach(), x_adv.detach()
         return objective.detach()
 
     # ------------------------------------------------------- training hooks
     def train_perturb(self, module, x, y):
-        """One generator step, then a fresh synthesized batch for the classifier.
+        """One generator step; its synthesized batch is returned for the classifier.
+
+        The batch is the one the generator step was computed on (sampled
+        before the generator's update), so each training batch costs one
+        generator forward pass. On batches without a generator step
+        (``generator_every > 1``) a batch is sampled from the current generator.
 
         Parameters
         ----------
@@ -417,16 +443,19 @@ class GeneratorSynth(Attack):
         Returns
         -------
         x_adv : torch.Tensor
-            Detached synthesized batch from the updated generator.
+            Detached synthesized batch.
         """
         if float(self.epsilon) == 0:  # epsilon warm-up: nothing to synthesize yet
             return x.clone()
         self.n_train_batches_ = getattr(self, "n_train_batches_", 0) + 1
         if (self.n_train_batches_ - 1) % self.generator_every == 0 \
                 or getattr(self, "generator_", None) is None:
-            self._generator_step(module, x, y)
-        with torch.no_grad():
-            x_adv = self._synthesize(x)
+            # the batch the generator step was computed on is the classifier's
+            # batch: one generator forward pass per training batch, not two
+            _, x_adv = self._generator_step(module, x, y, return_sample=True)
+        else:
+            with torch.no_grad():
+                x_adv = self._synthesize(x)
         if self.feature_layer is not None and self.ot_weight:
             self._capture_next(module)
         return x_adv.detach()
