@@ -438,6 +438,12 @@ class AdversarialClassifier(NeuralNetClassifier):
         self.input_shape_ = shape
         self.n_features_in_ = int(np.prod(shape))
         self._fitted_copy("attack", reset)
+        # fitted state that may hold CUDA tensors (a generator, the dual variable,
+        # a diffusion model): skorch pickles these with a map_location on load,
+        # so a model trained on a GPU unpickles on a CPU-only machine
+        extra = [a for a in ("attack_", "objective_", "proxy_") if a not in self.cuda_dependent_attributes_]
+        if extra:
+            self.cuda_dependent_attributes_ = list(self.cuda_dependent_attributes_) + extra
         self._fitted_copy("objective", reset)
         if self.objective_ is None:
             self.objective_ = AdversarialCE()

@@ -91,3 +91,30 @@ def test_primal_dual_state_pickles_on_the_cpu(digits_small):
     assert state is not obj.__dict__
     loaded = pickle.loads(pickle.dumps(clf))
     assert loaded.objective_.nu_ == obj.nu_ > 0
+
+
+def test_generator_synth_handles_a_one_sample_batch():
+    """129 tabular rows with batch_size 128 leave a last batch of one sample; the default MLP
+    generator has BatchNorm, which cannot train on one sample."""
+    from robustfit.attacks import GeneratorSynth
+
+    rng = np.random.RandomState(0)
+    X = rng.rand(129, 6).astype(np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+    clf = AdversarialClassifier(attack=GeneratorSynth(epsilon=0.1), batch_size=128, max_epochs=2,
+                                train_split=None, random_state=0).fit(X, y)
+    assert clf.attack_.generator_ is not None
+
+
+def test_learned_state_is_pickled_with_a_map_location(digits_small):
+    """attack_, objective_ and proxy_ may hold CUDA tensors; skorch reloads its
+    cuda-dependent attributes with a map_location, so they must be registered there."""
+    Xtr, ytr, _, _ = digits_small
+    clf = AdversarialClassifier(attack=PGD(epsilon=0.1, steps=1), max_epochs=1,
+                                train_split=None).fit(Xtr[:64], ytr[:64])
+    for name in ("module_", "optimizer_", "attack_", "objective_", "proxy_"):
+        assert name in clf.cuda_dependent_attributes_
+    state = clf.__getstate__()
+    assert "attack_" not in state and "objective_" not in state
+    loaded = pickle.loads(pickle.dumps(clf))
+    assert loaded.attack_.get_params() == clf.attack_.get_params()

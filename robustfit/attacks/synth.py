@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._utils import torch_seeded
 from ._base import (
     Attack,
     _as_tensors,
@@ -447,6 +448,10 @@ class GeneratorSynth(Attack):
         """
         if float(self.epsilon) == 0:  # epsilon warm-up: nothing to synthesize yet
             return x.clone()
+        if x.shape[0] < 2:  # a one-sample batch: BatchNorm cannot train, so sample only
+            gen = self._ensure_generator(x)
+            with eval_mode(gen), torch.no_grad():
+                return self._synthesize(x).detach()
         self.n_train_batches_ = getattr(self, "n_train_batches_", 0) + 1
         if (self.n_train_batches_ - 1) % self.generator_every == 0 \
                 or getattr(self, "generator_", None) is None:
@@ -568,9 +573,7 @@ class GeneratorSynth(Attack):
         _check_positive_int(batch_size, "batch_size")
         x, y = _as_tensors(module, X, y)
         check_in_bounds(x, self._bounds)
-        with torch.random.fork_rng(devices=[]):
-            if random_state is not None:
-                torch.manual_seed(int(random_state))
+        with torch_seeded(random_state):
             for _ in range(epochs):
                 order = torch.randperm(x.shape[0], device=x.device)
                 for start in range(0, x.shape[0], batch_size):
