@@ -99,7 +99,7 @@ class Objective(BaseEstimator):
         loss : torch.Tensor
             Scalar to back-propagate.
         """
-        raise NotImplementedError  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement loss()")  # pragma: no cover
 
     def on_epoch_end(self):
         """Values to record in the classifier's history after an epoch.

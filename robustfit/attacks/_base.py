@@ -226,7 +226,7 @@ class Attack(BaseEstimator):
         return x_adv.detach()
 
     def _perturb(self, module, x, y):  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _perturb(module, x, y)")
 
     # ------------------------------------------------------- training hooks
     # AdversarialClassifier calls these two instead of ``perturb`` alone, so an

@@ -88,10 +88,10 @@ class ProxyDistribution(BaseEstimator):
 
     # ------------------------------------------------------------- hooks
     def _fit(self, X, y):  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _fit(X, y_idx)")
 
     def _generate(self, counts, rng):  # pragma: no cover - abstract
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _generate(counts, rng)")
 
     # ------------------------------------------------------------- helpers
     def _validate_common(self):
