@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-
-def _dataset_arrays(dataset):
-    """Return ``(X, y)`` behind a skorch ``Dataset`` (or a ``Subset`` of one),
-    or ``None`` when the dataset is of another kind."""
-    if isinstance(dataset, Subset):
-        inner = _dataset_arrays(dataset.dataset)
-        if inner is None:
-            return None
-        idx = np.asarray(dataset.indices)
-        X, y = inner
-        return X[idx], (None if y is None else y[idx])
-    X, y = getattr(dataset, "X", None), getattr(dataset, "y", None)
-    ok = (np.ndarray, torch.Tensor)
-    if not isinstance(X, ok) or not (y is None or isinstance(y, ok)):
-        return None
-    if y is not None and len(y) != len(X):
-        return None
-    return X, y
+from ._proxy_pool import proxy_per_batch
+from ._validation import dataset_arrays
 
 
 class TensorLoader:
@@ -60,7 +43,7 @@ class TensorLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
-        arrays = _dataset_arrays(dataset)
+        arrays = dataset_arrays(dataset)
         self.fallback = None
         if arrays is None:
             self.fallback = DataLoader(
@@ -100,8 +83,9 @@ class MixedLoader:
     """Training batches that mix real samples with proxy (synthetic) ones.
 
     One pass is one pass over the real data. Each batch holds
-    ``batch_size - n_proxy`` real samples and ``n_proxy = round(batch_size *
-    proxy_ratio)`` proxy samples, drawn without replacement from a fresh
+    ``batch_size - n_proxy`` real samples and ``n_proxy`` proxy samples
+    (:func:`~robustfit._proxy_pool.proxy_per_batch`: ``round(batch_size *
+    proxy_ratio)``, at least one of each kind), drawn without replacement from a fresh
     permutation of the proxy pool every pass (cycling through it again when
     the pool is smaller than a pass needs). The last, smaller real batch gets
     proxy samples in the same ratio.
@@ -127,9 +111,7 @@ class MixedLoader:
     def __init__(self, dataset, X_proxy, y_proxy, proxy_ratio, batch_size=128, shuffle=True,
                  device="cpu", **kwargs):
         self.proxy_ratio = float(proxy_ratio)
-        n_proxy = int(round(batch_size * self.proxy_ratio))
-        if self.proxy_ratio > 0:
-            n_proxy = min(max(n_proxy, 1), batch_size - 1)
+        n_proxy = proxy_per_batch(batch_size, self.proxy_ratio)
         self.n_proxy = n_proxy
         self.real = TensorLoader(dataset, batch_size=batch_size - n_proxy, shuffle=shuffle,
                                  device=device, **kwargs)

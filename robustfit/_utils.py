@@ -3,9 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+#: Optional dependencies: import name -> (pip name, robustfit extra).
+OPTIONAL = {
+    "geomloss": ("geomloss", "ot"),
+    "ot": ("pot", "ot"),
+    "matplotlib": ("matplotlib", "plot"),
+    "diffusers": ("diffusers", "diffusion"),
+    "torchvision": ("torchvision", "vision"),
+}
+
+
+def optional_import(name, feature):
+    """Import an optional dependency, or raise an ImportError naming the extra.
+
+    Parameters
+    ----------
+    name : str
+        The module to import (a key of ``OPTIONAL``).
+    feature : str
+        What needs it, for the message (e.g. ``"GeneratorSynth's OT term"``).
+
+    Returns
+    -------
+    module : module
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        pip_name, extra = OPTIONAL.get(name, (name, None))
+        hint = f"pip install 'robustfit[{extra}]' (or pip install {pip_name})" if extra \
+            else f"pip install {pip_name}"
+        raise ImportError(f"{feature} needs the optional package {pip_name}: {hint}") from exc
 
 
 @contextlib.contextmanager
@@ -28,9 +63,6 @@ def torch_seeded(seed):
 def is_fitted(estimator):
     """scikit-learn's fitted check, extended: a skorch net counts as fitted
     once initialized, and a duck-typed classifier when it has ``classes_``."""
-    from sklearn.exceptions import NotFittedError
-    from sklearn.utils.validation import check_is_fitted
-
     if hasattr(estimator, "initialized_"):
         return bool(estimator.initialized_)
     try:

@@ -1,8 +1,249 @@
-"""skorch callbacks that robustfit adds to training."""
+"""skorch callbacks that robustfit adds to training.
+
+:class:`~robustfit.AdversarialClassifier` installs these under names that
+``callbacks__<name>=None`` removes (skorch's convention):
+
+* ``lr_schedule`` - :class:`LRSchedule`, the per-batch learning-rate schedule;
+* ``attack_warmup`` - :class:`EpsilonWarmup`, the attack's epsilon ramp;
+* ``valid_robust_acc`` - :class:`RobustValidation`, with ``valid_attack``;
+* ``progress`` - :class:`Progress`, with ``verbose >= 1``.
+
+Both schedules compute their position from ``net.history`` (the epochs the
+history holds since the schedule started) and the batches seen in the current
+epoch, so a run resumed from a checkpoint with skorch's ``LoadInitState``
+continues where it stopped.
+"""
 
 from __future__ import annotations
 
-from skorch.callbacks import Callback
+import math
+import warnings
+
+import torch
+from skorch.callbacks import Callback, LRScheduler
+
+from ._evaluation import robust_accuracy
+
+#: Learning-rate schedules :class:`LRSchedule` knows.
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+def schedule_factor(kind, progress, warmup=0.2):
+    """Learning-rate multiplier at ``progress`` in [0, 1] of a schedule.
+
+    Parameters
+    ----------
+    kind : {"onecycle", "cosine", "constant"} or None
+        ``"onecycle"``: linear warm-up from 4% over the first ``warmup``
+        fraction, then a cosine decay to 0; ``"cosine"``: cosine decay from
+        the start; ``"constant"``/``None``: 1.
+    progress : float
+        Fraction of the schedule done (clipped to [0, 1]).
+    warmup : float, default=0.2
+        Warm-up fraction of ``"onecycle"``.
+
+    Returns
+    -------
+    factor : float
+
+    Examples
+    --------
+    >>> from robustfit.callbacks import schedule_factor
+    >>> schedule_factor("onecycle", 0.2), schedule_factor("cosine", 1.0)
+    (1.0, 0.0)
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if kind in (None, "constant"):
+        return 1.0
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if progress < warmup:
+        return 0.04 + 0.96 * progress / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))
+
+
+def _schedule_epochs_done(net):
+    """Whole epochs of the current schedule that ``net.history`` holds.
+
+    The schedule starts at ``net.schedule_origin_`` (0 for ``fit``; the
+    history's length at the call for ``partial_fit`` and warm starts). The
+    current epoch's row, added when the epoch begins, does not count.
+    """
+    origin = getattr(net, "schedule_origin_", 0)
+    return max(len(net.history) - 1 - origin, 0)
+
+
+def _batches_per_epoch(net):
+    """Training batches per epoch as the iterator yields them (at least 1)."""
+    return max(int(getattr(net, "train_batches_", None) or 1), 1)
+
+
+class _EpochCounter(Callback):
+    """Counts the training batches of the current epoch."""
+
+    def initialize(self):
+        self.batch_in_epoch_ = 0
+        return self
+
+    def on_epoch_begin(self, net, **kwargs):
+        self.batch_in_epoch_ = 0
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        if training:
+            self.batch_in_epoch_ += 1
+
+    def position(self, net):
+        """Fractional epochs of the schedule done before the current batch."""
+        return _schedule_epochs_done(net) + self.batch_in_epoch_ / _batches_per_epoch(net)
+
+
+class LRSchedule(LRScheduler):
+    """The per-batch learning-rate schedule of :class:`~robustfit.AdversarialClassifier`.
+
+    A skorch :class:`~skorch.callbacks.LRScheduler` stepping torch's
+    :class:`~torch.optim.lr_scheduler.LambdaLR` every batch, with the factor
+    :func:`schedule_factor` of the fraction of ``max_epochs`` done. Installed
+    as ``lr_schedule`` with the classifier's ``lr_schedule`` parameter; the
+    learning rate of each batch is recorded as ``event_lr`` in the batch
+    history.
+
+    Unlike a plain ``LRScheduler``, the torch scheduler is built at the first
+    training batch of each ``fit``/``partial_fit`` call, after skorch's
+    ``LoadInitState`` has restored the history and the optimizer, and its
+    step count is derived from the history. A resumed run therefore continues
+    the schedule where the checkpoint left it.
+
+    If the net has another ``LRScheduler`` among its callbacks, this one
+    steps aside (with a warning), so two schedules never fight over the
+    learning rate.
+
+    Parameters
+    ----------
+    kind : {"onecycle", "cosine", "constant"} or None, default="onecycle"
+        The schedule (see :func:`schedule_factor`); ``None``/``"constant"``
+        keeps each parameter group's learning rate.
+    warmup : float, default=0.2
+        Warm-up fraction of ``"onecycle"``.
+    event_name : str, default="event_lr"
+        Batch-history key of the learning rate.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.callbacks import LRSchedule
+    >>> clf = AdversarialClassifier(lr_schedule="cosine")   # installs LRSchedule("cosine")
+    >>> clf = AdversarialClassifier(callbacks__lr_schedule=None)  # no schedule at all
+    """
+
+    def __init__(self, kind="onecycle", warmup=0.2, event_name="event_lr"):
+        super().__init__(policy=torch.optim.lr_scheduler.LambdaLR, step_every="batch",
+                         event_name=event_name)
+        self.kind = kind
+        self.warmup = warmup
+
+    @property
+    def kwargs(self):
+        return {}
+
+    def initialize(self):
+        super().initialize()
+        self.batch_in_epoch_ = 0
+        return self
+
+    def _active(self, net):
+        if self.kind in (None, "constant"):
+            return False
+        others = [cb for name, cb in getattr(net, "callbacks_", [])
+                  if isinstance(cb, LRScheduler) and cb is not self]
+        if others:
+            if not getattr(self, "warned_", False):
+                warnings.warn(
+                    f"lr_schedule={self.kind!r} is switched off because the callbacks include "
+                    f"another LRScheduler ({type(others[0]).__name__}); pass lr_schedule=None "
+                    "to silence this warning", UserWarning, stacklevel=2,
+                )
+                self.warned_ = True
+            return False
+        return True
+
+    def on_train_begin(self, net, **kwargs):
+        # built lazily at the first batch: the history may still be loaded
+        # (LoadInitState runs after the default callbacks)
+        self.lr_scheduler_ = None
+        self.warned_ = False
+
+    def on_epoch_begin(self, net, **kwargs):
+        self.batch_in_epoch_ = 0
+
+    def _factor(self, step, net):
+        total = max(net.max_epochs, 1) * _batches_per_epoch(net)
+        return schedule_factor(self.kind, step / total, self.warmup)
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if not training or self.lr_scheduler_ is not None or not self._active(net):
+            return
+        done = _schedule_epochs_done(net) * _batches_per_epoch(net) + self.batch_in_epoch_
+        for group in net.optimizer_.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.lr_scheduler_ = torch.optim.lr_scheduler.LambdaLR(
+            net.optimizer_, lr_lambda=lambda step: self._factor(step, net), last_epoch=done - 1,
+        )
+
+    def on_batch_end(self, net, batch=None, training=False, **kwargs):
+        if training:
+            self.batch_in_epoch_ += 1
+        if self.lr_scheduler_ is not None:
+            super().on_batch_end(net, training=training, **kwargs)
+
+    def on_epoch_end(self, net, **kwargs):
+        pass
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["lr_scheduler_"] = None  # holds a lambda; rebuilt at the next batch
+        return state
+
+
+class EpsilonWarmup(_EpochCounter):
+    """Ramp the training attack's ``epsilon`` linearly from 0 over the first epochs.
+
+    Installed by :class:`~robustfit.AdversarialClassifier` as
+    ``attack_warmup`` with its ``attack_warmup`` parameter. Before every
+    training batch it sets ``net.attack_.epsilon`` (the fitted copy; the
+    ``attack`` parameter is never changed) to
+    ``attack.epsilon * min(1, position / epochs)``, with the position in
+    epochs computed from ``net.history``, so a resumed run continues the ramp.
+
+    Parameters
+    ----------
+    epochs : float or "auto", default="auto"
+        Length of the ramp in epochs; ``"auto"`` is 20% of ``max_epochs``;
+        ``0`` uses the full budget from the first batch.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.3), attack_warmup=2)
+    """
+
+    def __init__(self, epochs="auto"):
+        self.epochs = epochs
+
+    def ramp_epochs(self, net):
+        """The ramp's length in epochs for ``net``."""
+        if self.epochs == "auto":
+            return 0.2 * net.max_epochs
+        return float(self.epochs)
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        attack = getattr(net, "attack_", None)
+        if not training or attack is None or not hasattr(attack, "epsilon"):
+            return
+        epochs = self.ramp_epochs(net)
+        ramp = 1.0 if not epochs else min(1.0, self.position(net) / epochs)
+        attack.epsilon = net.attack.epsilon * ramp
+
 
 
 class RobustValidation(Callback):
@@ -30,8 +271,6 @@ class RobustValidation(Callback):
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         if dataset_valid is None:
             return
-        from .metrics import robust_accuracy
-
         score = robust_accuracy(net, dataset_valid, None, attack=self.attack)
         net.history.record(self.name, score)
         best = net.history[:-1, self.name] if len(net.history) > 1 else []

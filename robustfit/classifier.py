@@ -1,22 +1,26 @@
 """AdversarialClassifier: skorch's NeuralNetClassifier trained on adversarial
 examples.
 
-The training loop is skorch's. robustfit overrides narrow hooks only:
+The training loop is skorch's. This module is glue: it overrides skorch's
+narrow hooks and hands every other concern to the layer that owns it.
 
-* :meth:`AdversarialClassifier.train_step_single` replaces each clean batch by
-  the attack's adversarial batch before the forward pass;
-* ``initialize_module`` builds or completes the network from the data's shape;
-* ``on_batch_begin`` applies the learning-rate schedule and the attack's
-  epsilon warm-up;
-* ``fit``/``partial_fit``/``predict_proba`` validate input and encode labels.
+* :meth:`AdversarialClassifier.train_step_single` - one training step: the
+  attack replaces the clean batch, the objective turns logits into the loss,
+  the attack may add a regularizer;
+* ``initialize_module``, ``get_iterator``, ``infer`` - the network built from
+  the data, device-resident batches, mixed precision;
+* ``fit``/``partial_fit``/``predict_proba``/``robust_score`` - validation
+  (:mod:`robustfit._validation`), seeding, scoring (:mod:`robustfit._evaluation`);
+* schedules are callbacks (:mod:`robustfit.callbacks`), the proxy pool lives
+  in :mod:`robustfit._proxy_pool`, batches in :mod:`robustfit._loader`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import numbers
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -28,50 +32,34 @@ from skorch.callbacks import EpochScoring
 from skorch.dataset import ValidSplit, unpack_data
 from skorch.utils import is_dataset, to_numpy, to_tensor
 
-from ._loader import MixedLoader, TensorLoader, _dataset_arrays
+from ._evaluation import check_gradient_masking, robust_accuracy
+from ._loader import MixedLoader, TensorLoader
+from ._proxy_pool import build_proxy_pool, proxy_kind
 from ._utils import torch_seeded
-from .attacks import AutoAttack
-from .attacks._base import Attack, check_bounds, check_in_bounds
-from .callbacks import Progress, RobustValidation
+from ._validation import (
+    Interval,
+    Options,
+    ParamsValidationMixin,
+    check_array,
+    check_bounds,
+    check_device,
+    check_in_bounds,
+    check_labels,
+    dataset_arrays,
+    encode_labels,
+    resolve_device,
+)
+from .attacks import AutoAttack, resolve_attack
+from .attacks._base import Attack
+from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
 from .losses import AdversarialCE, Objective
-from .metrics._robust import encode_labels
 from .models import default_module
 
-_SCHEDULES = (None, "constant", "cosine", "onecycle")
 _NESTED = ("attack", "valid_attack", "objective", "proxy_data")
+_ATTACK = [None, Attack, "callable"]
 
 
-def resolve_device(device):
-    """Turn ``"auto"`` into ``"cuda"`` when a GPU is present, else ``"cpu"``.
-
-    Parameters
-    ----------
-    device : str, torch.device or None
-
-    Returns
-    -------
-    device : str, torch.device or None
-    """
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def _schedule_factor(kind, progress):
-    """Learning-rate multiplier at ``progress`` in [0, 1] of training."""
-    progress = min(max(progress, 0.0), 1.0)
-    if kind in (None, "constant"):
-        return 1.0
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    # onecycle: linear warm-up over the first 20%, then cosine decay to 0
-    warm = 0.2
-    if progress < warm:
-        return 0.04 + 0.96 * progress / warm
-    return 0.5 * (1.0 + math.cos(math.pi * (progress - warm) / (1.0 - warm)))
-
-
-class AdversarialClassifier(NeuralNetClassifier):
+class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     """A scikit-learn classifier that trains a PyTorch network adversarially.
 
     A subclass of skorch's :class:`~skorch.classifier.NeuralNetClassifier`.
@@ -136,6 +124,9 @@ class AdversarialClassifier(NeuralNetClassifier):
         ``fit`` (or ``partial_fit``) call. ``"onecycle"`` warms up linearly over
         the first 20% of training and then decays along a cosine to zero;
         ``"cosine"`` decays from the start; ``"constant"``/``None`` keep ``lr``.
+        It runs as the callback :class:`~robustfit.callbacks.LRSchedule`,
+        named ``lr_schedule`` (``callbacks__lr_schedule=None`` removes it); a
+        skorch ``LRScheduler`` of your own in ``callbacks`` replaces it.
     attack_warmup : float or "auto", default="auto"
         Epochs over which the attack's epsilon grows linearly from 0 to its
         value, counted from the start of each ``fit``/``partial_fit`` call.
@@ -144,8 +135,13 @@ class AdversarialClassifier(NeuralNetClassifier):
         Without a ramp, large budgets such as MNIST at 0.3 can collapse
         training to a constant prediction (measured: 11% accuracy after 20
         epochs, against 89.5% robust accuracy under PGD-20 with the ramp).
+        It runs as the callback :class:`~robustfit.callbacks.EpsilonWarmup`,
+        named ``attack_warmup``.
     max_epochs : int, default=10
-        Passes over the training data per ``fit``.
+        Passes over the training data per ``fit``. A ``fit`` whose history was
+        restored by skorch's ``LoadInitState`` (a resumed run) trains only the
+        epochs that remain, so it ends with ``max_epochs`` epochs of history;
+        ``partial_fit`` always trains ``max_epochs`` more.
     batch_size : int, default=128
         Samples per training and inference batch.
     train_split : callable or None, default=ValidSplit(10, stratified=True)
@@ -263,6 +259,24 @@ class AdversarialClassifier(NeuralNetClassifier):
         self.random_state = random_state
         self.amp = amp
 
+    _parameter_constraints = {
+        "attack": _ATTACK,
+        "valid_attack": _ATTACK,
+        "objective": [None, Objective],
+        "proxy_ratio": [Interval(Real, 0, 1, closed="left")],
+        "proxy_samples": [None, Interval(Integral, 1, None)],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "lr_schedule": [None, Options(SCHEDULES)],
+        "attack_warmup": [Options(("auto",)), Interval(Real, 0, None)],
+        "max_epochs": [Interval(Integral, 0, None)],
+        "batch_size": [Interval(Integral, 1, None), Options((-1,))],
+        "random_state": ["random_state"],
+        "amp": [None, Options(("auto", "bf16", False))],
+        "device": [None, str, torch.device],
+        "train_split": [None, "callable"],
+        "verbose": [Interval(Integral, 0, None), "boolean"],
+    }
+
     # ------------------------------------------------------------------ device
     # ``device`` is stored as given ("auto" included) so that get_params and
     # clone round-trip it; every internal use sees the resolved device.
@@ -325,89 +339,51 @@ class AdversarialClassifier(NeuralNetClassifier):
             if name == "valid_acc" else (name, cb)
             for name, cb in super()._default_callbacks
         ]
+        extra = [
+            ("lr_schedule", LRSchedule(self.lr_schedule)),
+            ("attack_warmup", EpsilonWarmup(self.attack_warmup)),
+        ]
         if self.valid_attack is not None:
-            callbacks.insert(-1, ("valid_robust_acc", RobustValidation(self.valid_attack)))
+            extra.append(("valid_robust_acc", RobustValidation(self.valid_attack)))
         if self.verbose:
-            callbacks.insert(-1, ("progress", Progress()))
-        return callbacks
+            extra.append(("progress", Progress()))
+        return callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
     # ---------------------------------------------------------- validation
-    def _check_params(self):
-        if self.lr_schedule not in _SCHEDULES:
-            raise ValueError(
-                f"lr_schedule must be one of {_SCHEDULES}, got {self.lr_schedule!r}"
-            )
-        if self.amp not in ("auto", "bf16", None, False):
-            raise ValueError(f"amp must be 'auto', 'bf16' or None, got {self.amp!r}")
-        w = self.attack_warmup
-        if w != "auto" and (not isinstance(w, numbers.Real) or isinstance(w, bool) or w < 0):
-            raise ValueError(f"attack_warmup must be 'auto' or a number >= 0, got {w!r}")
+    def _validate_params_extra(self):
         for name in ("attack", "valid_attack"):
             att = getattr(self, name)
-            if att is None:
-                continue
+            if isinstance(att, type):
+                raise self._param_error(
+                    name, f"must be an instance, not the class itself: pass {att.__name__}(...)")
+            if isinstance(att, torch.nn.Module):
+                raise self._param_error(
+                    name, "must be an attack (robustfit.attacks.PGD(...) or a callable "
+                    "attack(module, X, y) -> X_adv), not a torch module")
             if isinstance(att, Attack):
-                att._validate()
-            elif not callable(att):
-                raise ValueError(f"{name} must be an Attack, a callable or None, got {att!r}")
-        obj = self.objective
-        if obj is not None:
-            if not isinstance(obj, Objective):
-                raise ValueError(
-                    "objective must be None or a robustfit.losses.Objective such as "
-                    f"TRADES(beta=6.0), got {obj!r}"
-                )
-            obj.validate()
-        r = self.proxy_ratio
-        if not isinstance(r, numbers.Real) or isinstance(r, bool) or not 0 <= r < 1:
-            raise ValueError(f"proxy_ratio must be a number in [0, 1), got {r!r}")
-        n = self.proxy_samples
-        if n is not None and (not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1):
-            raise ValueError(f"proxy_samples must be None or an integer >= 1, got {n!r}")
-        _proxy_kind(self.proxy_data)
+                att.validate_params()
+        if self.objective is not None:
+            self.objective.validate_params()
+        if self.max_epochs == 0 and not self.warm_start:
+            raise self._param_error(
+                "max_epochs", "= 0 trains nothing; use max_epochs >= 1 (0 is allowed only with "
+                "warm_start=True, where fit then leaves a fitted model unchanged)")
+        proxy_kind(self.proxy_data)
+        check_device(self.__dict__.get("device"))
 
-    def _bounds(self, attack=None):
-        attack = self.attack if attack is None else attack
-        return check_bounds(getattr(attack, "bounds", None)) if attack is not None else None
+    def _bounds(self):
+        return check_bounds(getattr(self.attack, "bounds", None)) if self.attack is not None else None
 
     def _check_X(self, X, bounds=None):
-        """Validate X; return it as a float32 array or tensor."""
+        """Validate X; return it as a float32 array or tensor (a Dataset as is)."""
         if is_dataset(X):
             return X
-        if torch.is_tensor(X):
-            if not X.is_floating_point():
-                X = X.float()
-            finite = bool(torch.isfinite(X).all())
-        else:
-            try:
-                X = np.asarray(X, dtype=np.float32)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"X must be numeric: {exc}") from None
-            finite = bool(np.isfinite(X).all())
-        if X.ndim not in (2, 4):
-            hint = " (add a channel axis: X[:, None])" if X.ndim == 3 else ""
-            raise ValueError(
-                "X must have 2 dimensions (n_samples, n_features) or 4 "
-                f"(n_samples, channels, height, width), got {X.ndim} with shape "
-                f"{tuple(X.shape)}{hint}"
-            )
-        if X.shape[0] == 0:
-            raise ValueError("X has 0 samples")
-        if not finite:
-            raise ValueError("X contains NaN or infinite values")
+        X = check_array(X)
         check_in_bounds(X, bounds)
         return X
 
     def _check_y(self, X, y, reset):
-        if y is None:
-            raise ValueError("y is required unless X is a Dataset that holds the labels")
-        y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-dimensional, got shape {y.shape}")
-        if len(y) != len(X):
-            raise ValueError(
-                f"X and y have different lengths: {len(X)} and {len(y)}"
-            )
+        y = check_labels(y, len(X))
         if reset:
             classes = np.asarray(self.classes) if self.classes is not None else np.unique(y)
             if len(classes) < 2:
@@ -420,13 +396,13 @@ class AdversarialClassifier(NeuralNetClassifier):
 
     def _prepare_fit(self, X, y, reset):
         """Validate parameters and data; encode labels; record input shape."""
-        self._check_params()
+        self.validate_params()
         if is_dataset(X):
-            arrays = _dataset_arrays(X)
+            arrays = dataset_arrays(X)
             sample = arrays[0][0] if arrays is not None else X[0][0]
             shape = tuple(sample.shape)
             if reset and y is None:
-                self._infer_classes_from_dataset(X)
+                super().check_data(X, None)  # infers classes_ from the Dataset
         else:
             X = self._check_X(X, self._bounds())
             y = self._check_y(X, y, reset)
@@ -468,10 +444,6 @@ class AdversarialClassifier(NeuralNetClassifier):
             setattr(self, attr, clone(value) if params is not None else value)
             setattr(self, name + "_params_", params)
 
-    def _infer_classes_from_dataset(self, X):
-        """Infer ``classes_`` from a Dataset passed without ``y``."""
-        super().check_data(X, None)
-
     def check_data(self, X, y):
         # Labels are validated and encoded in fit/partial_fit; skorch's version
         # would overwrite classes_ with the encoded labels.
@@ -485,22 +457,24 @@ class AdversarialClassifier(NeuralNetClassifier):
             )
 
     # ------------------------------------------------------------ seeding
+    def _seed(self):
+        rs = self.random_state
+        if rs is None:
+            return None
+        return int(rs) if isinstance(rs, numbers.Integral) else int(check_random_state(rs).randint(2**31))
+
     @contextlib.contextmanager
     def _seeded(self, offset=0):
-        if self.random_state is None:
-            yield
-            return
-        rs = self.random_state
-        seed = rs if isinstance(rs, numbers.Integral) else check_random_state(rs).randint(2**31)
-        with torch_seeded(int(seed) + offset):
+        seed = self._seed()
+        with torch_seeded(None if seed is None else seed + offset):
             yield
 
     def get_split_datasets(self, X, y=None, **fit_params):
-        if isinstance(self.train_split, ValidSplit) and self.train_split.random_state is None \
-                and self.random_state is not None and not isinstance(self.train_split.cv, numbers.Integral):
-            split = _clone_split(self.train_split, self.random_state)
-            dataset = self.get_dataset(X, y)
-            train, valid = split(dataset, y, **fit_params)
+        split = self.train_split
+        if isinstance(split, ValidSplit) and split.random_state is None \
+                and self.random_state is not None and not isinstance(split.cv, numbers.Integral):
+            split = ValidSplit(cv=split.cv, stratified=split.stratified, random_state=self.random_state)
+            train, valid = split(self.get_dataset(X, y), y, **fit_params)
         else:
             train, valid = super().get_split_datasets(X, y, **fit_params)
         # The proxy sees the training part only: never the validation split, and
@@ -508,64 +482,19 @@ class AdversarialClassifier(NeuralNetClassifier):
         self._prepare_proxy(train)
         return train, valid
 
-    # ------------------------------------------------------------ proxy data
     def _prepare_proxy(self, dataset_train):
-        """Build ``proxy_X_``/``proxy_y_`` (class indices) from ``proxy_data``."""
-        kind = _proxy_kind(self.proxy_data)
-        if kind is None or self.proxy_ratio == 0:
-            self.proxy_ = None
-            self.proxy_X_ = self.proxy_y_ = None
+        """Build the proxy pool ``proxy_X_``/``proxy_y_`` from ``proxy_data``."""
+        if proxy_kind(self.proxy_data) is None or self.proxy_ratio == 0:
+            self.proxy_ = self.proxy_X_ = self.proxy_y_ = None
             return
         if not getattr(self, "proxy_refit_", True) and getattr(self, "proxy_X_", None) is not None:
             return  # partial_fit: keep the pool of the first call
         self.proxy_refit_ = False
-        bounds = self._bounds()
-        if kind == "distribution":
-            arrays = _dataset_arrays(dataset_train)
-            if arrays is None or arrays[1] is None:
-                raise ValueError(
-                    "proxy_data as a ProxyDistribution needs array training data (X, y), "
-                    "not a Dataset of another kind"
-                )
-            X_tr = to_numpy(arrays[0]) if torch.is_tensor(arrays[0]) else np.asarray(arrays[0])
-            y_tr = self.classes_[to_numpy(arrays[1]) if torch.is_tensor(arrays[1]) else arrays[1]]
-            n = self.proxy_samples or self._proxy_per_epoch(len(X_tr))
-            seed = None if self.random_state is None else check_random_state(self.random_state).randint(2**31)
-            fit_sample = _fit_and_sample
-            if self.proxy_memory is not None:
-                from joblib import Memory
-                memory = self.proxy_memory
-                memory = Memory(memory, verbose=0) if isinstance(memory, str) else memory
-                fit_sample = memory.cache(_fit_and_sample)
-            self.proxy_, Xp, yp = fit_sample(self.proxy_data, X_tr, y_tr, int(n), seed)
-        else:
-            self.proxy_ = None
-            if kind == "dataset":
-                Xp, yp = _materialize(self.proxy_data)
-            else:
-                Xp, yp = self.proxy_data
-        Xp = self._check_X(Xp, bounds)
-        if is_dataset(Xp) or tuple(Xp.shape[1:]) != self.input_shape_:
-            raise ValueError(
-                f"proxy samples have shape {tuple(Xp.shape[1:])}, but the training data "
-                f"has {self.input_shape_}"
-            )
-        yp = np.asarray(to_numpy(yp) if torch.is_tensor(yp) else yp)
-        if len(yp) != len(Xp):
-            raise ValueError(f"proxy X and y have different lengths: {len(Xp)} and {len(yp)}")
-        try:
-            yp = encode_labels(self.classes_, yp)
-        except ValueError as exc:
-            raise ValueError(f"proxy labels: {exc}") from None
-        self.proxy_X_ = torch.as_tensor(Xp, dtype=torch.float32)
-        self.proxy_y_ = torch.as_tensor(yp, dtype=torch.long)
-
-    def _proxy_per_epoch(self, n_real):
-        """Proxy samples one epoch consumes when ``n_real`` real samples are used."""
-        b = self.batch_size if self.batch_size > 0 else n_real
-        n_proxy = min(max(int(round(b * self.proxy_ratio)), 1), b - 1) if b > 1 else 1
-        n_batches = -(-n_real // max(b - n_proxy, 1))
-        return n_batches * n_proxy
+        self.proxy_, self.proxy_X_, self.proxy_y_ = build_proxy_pool(
+            self.proxy_data, dataset_train, classes=self.classes_, input_shape=self.input_shape_,
+            bounds=self._bounds(), batch_size=self.batch_size, proxy_ratio=self.proxy_ratio,
+            proxy_samples=self.proxy_samples, memory=self.proxy_memory, seed=self._seed(),
+        )
 
     # ---------------------------------------------------------- fit / predict
     def fit(self, X, y=None, **fit_params):
@@ -585,7 +514,9 @@ class AdversarialClassifier(NeuralNetClassifier):
         -------
         self : AdversarialClassifier
         """
-        X, y = self._prepare_fit(X, y, reset=not (self.warm_start and self.initialized_))
+        fresh = not (self.warm_start and self.initialized_)
+        X, y = self._prepare_fit(X, y, reset=fresh)
+        self.schedule_origin_ = 0 if fresh else len(self.history)
         with self._seeded(0):
             return super().fit(X, y, **fit_params)
 
@@ -619,8 +550,17 @@ class AdversarialClassifier(NeuralNetClassifier):
             reset = False
         X, y = self._prepare_fit(X, y, reset=reset)
         offset = len(self.history) if self.initialized_ and self.history is not None else 0
+        self.schedule_origin_ = offset
         with self._seeded(offset):
             return super().partial_fit(X, y, **fit_params)
+
+    def fit_loop(self, X, y=None, epochs=None, **kwargs):
+        # A fit resumed by LoadInitState (history restored in on_train_begin)
+        # trains the epochs that remain of max_epochs.
+        if epochs is None:
+            done = len(self.history) - getattr(self, "schedule_origin_", 0)
+            epochs = max(self.max_epochs - done, 0)
+        return super().fit_loop(X, y, epochs=epochs, **kwargs)
 
     def predict_proba(self, X):
         """Class probabilities (softmax of the logits).
@@ -715,9 +655,6 @@ class AdversarialClassifier(NeuralNetClassifier):
             When ``check=True`` and the evaluation shows a symptom of gradient
             masking; the score is then probably an overestimate.
         """
-        from .attacks import resolve_attack
-        from .metrics import check_gradient_masking, robust_accuracy
-
         self._check_fitted()
         X = self._check_X(X)
         attack = resolve_attack(attack, estimator=self)  # names such as "autoattack"
@@ -750,23 +687,21 @@ class AdversarialClassifier(NeuralNetClassifier):
             # the shape-derived arguments
             module, kwargs = default_module(shape, n_classes, **kwargs), {}
         elif not isinstance(module, torch.nn.Module):
-            try:
-                sig = inspect.signature(module).parameters
-            except (TypeError, ValueError):
-                sig = {}
-            if "n_classes" in sig and "n_classes" not in kwargs and n_classes is not None:
-                kwargs["n_classes"] = n_classes
-            if "in_channels" in sig and "in_channels" not in kwargs and shape and len(shape) == 3:
-                kwargs["in_channels"] = shape[0]
-            if "n_features" in sig and "n_features" not in kwargs and shape:
-                kwargs["n_features"] = int(np.prod(shape))
+            kwargs = _shape_arguments(module, kwargs, shape, n_classes)
         self.module_ = self.initialized_instance(module, kwargs)
         if self._amp_dtype() is not None and shape is not None and len(shape) == 3:
             self.module_ = self.module_.to(memory_format=torch.channels_last)
         return self
 
     def get_iterator(self, dataset, training=False):
-        loader = self._make_iterator(dataset, training)
+        if training and getattr(self, "proxy_X_", None) is not None:
+            loader = MixedLoader(dataset, self.proxy_X_, self.proxy_y_, self.proxy_ratio,
+                                 **self._iterator_kwargs("iterator_train", dataset, True))
+        elif (self.iterator_train if training else self.iterator_valid) is TensorLoader:
+            prefix = "iterator_train" if training else "iterator_valid"
+            loader = TensorLoader(dataset, **self._iterator_kwargs(prefix, dataset, training))
+        else:
+            loader = super().get_iterator(dataset, training=training)
         if training:
             # the schedules' pace: batches per epoch as the loader really yields them
             # (mixed proxy batches hold fewer real samples than batch_size)
@@ -776,26 +711,14 @@ class AdversarialClassifier(NeuralNetClassifier):
                 self.train_batches_ = None
         return loader
 
-    def _make_iterator(self, dataset, training):
-        iterator = self.iterator_train if training else self.iterator_valid
-        if training and getattr(self, "proxy_X_", None) is not None:
-            kwargs = self.get_params_for("iterator_train")
-            kwargs.setdefault("batch_size", self.batch_size)
-            if kwargs["batch_size"] == -1:
-                kwargs["batch_size"] = len(dataset)
-            kwargs.setdefault("shuffle", True)
-            kwargs.setdefault("device", self.device)
-            return MixedLoader(dataset, self.proxy_X_, self.proxy_y_, self.proxy_ratio, **kwargs)
-        if iterator is TensorLoader:
-            prefix = "iterator_train" if training else "iterator_valid"
-            kwargs = self.get_params_for(prefix)
-            kwargs.setdefault("batch_size", self.batch_size)
-            if kwargs["batch_size"] == -1:
-                kwargs["batch_size"] = len(dataset)
-            kwargs.setdefault("shuffle", training)
-            kwargs.setdefault("device", self.device)
-            return TensorLoader(dataset, **kwargs)
-        return super().get_iterator(dataset, training=training)
+    def _iterator_kwargs(self, prefix, dataset, training):
+        kwargs = self.get_params_for(prefix)
+        kwargs.setdefault("batch_size", self.batch_size)
+        if kwargs["batch_size"] == -1:
+            kwargs["batch_size"] = len(dataset)
+        kwargs.setdefault("shuffle", training)
+        kwargs.setdefault("device", self.device)
+        return kwargs
 
     def _amp_dtype(self):
         if self.amp == "bf16" or (self.amp == "auto" and torch.device(self.device).type == "cuda"):
@@ -859,16 +782,6 @@ class AdversarialClassifier(NeuralNetClassifier):
         loss.backward()
         return {"loss": loss, "y_pred": y_pred}
 
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        super().on_train_begin(net, X=X, y=y, **kwargs)
-        self.schedule_state_ = {"epoch0": len(self.history), "batch": 0, "per_epoch": 1}
-
-    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
-        n = len(dataset_train) if dataset_train is not None else 0
-        per_epoch = getattr(self, "train_batches_", None) or -(-n // max(self.batch_size, 1))
-        self.schedule_state_.update(batch=0, per_epoch=max(1, per_epoch))
-
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
         objective = getattr(self, "objective_", None)
@@ -876,75 +789,25 @@ class AdversarialClassifier(NeuralNetClassifier):
             for key, value in objective.on_epoch_end().items():
                 self.history.record(key, value)
 
-    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
-        super().on_batch_begin(net, batch=batch, training=training, **kwargs)
-        if not training:
-            return
-        st = self.schedule_state_
-        epochs_done = len(self.history) - 1 - st["epoch0"]
-        epoch_pos = epochs_done + st["batch"] / st["per_epoch"]
-        st["batch"] += 1
-        if self.lr_schedule not in (None, "constant"):
-            lr = self.lr * _schedule_factor(self.lr_schedule, epoch_pos / self.max_epochs)
-            for name in self._optimizers:
-                for group in getattr(self, name + "_").param_groups:
-                    group["lr"] = lr
-        warmup = 0.2 * self.max_epochs if self.attack_warmup == "auto" else self.attack_warmup
-        if warmup and self.attack_ is not None and hasattr(self.attack_, "epsilon"):
-            ramp = min(1.0, epoch_pos / warmup)
-            self.attack_.epsilon = self.attack.epsilon * ramp
+
+def _shape_arguments(factory, kwargs, shape, n_classes):
+    """Fill ``n_classes``/``in_channels``/``n_features`` of a module factory
+    from the data, where its signature has them and they are not given."""
+    try:
+        sig = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    kwargs = dict(kwargs)
+    if "n_classes" in sig and "n_classes" not in kwargs and n_classes is not None:
+        kwargs["n_classes"] = n_classes
+    if "in_channels" in sig and "in_channels" not in kwargs and shape and len(shape) == 3:
+        kwargs["in_channels"] = shape[0]
+    if "n_features" in sig and "n_features" not in kwargs and shape:
+        kwargs["n_features"] = int(np.prod(shape))
+    return kwargs
 
 
 def _encoded_accuracy(net, X, y):
     """Accuracy on skorch's validation data, whose labels are class indices."""
     y_pred = net.predict_proba(X).argmax(axis=1)
     return float(np.mean(y_pred == to_numpy(y)))
-
-
-def _clone_split(split, random_state):
-    """A copy of a skorch ``ValidSplit`` seeded with ``random_state``."""
-    return ValidSplit(cv=split.cv, stratified=split.stratified, random_state=random_state)
-
-
-def _proxy_kind(proxy):
-    """Classify ``proxy_data``: None, "distribution", "dataset" or "arrays"."""
-    if proxy is None:
-        return None
-    if hasattr(proxy, "fit") and hasattr(proxy, "sample"):
-        return "distribution"
-    if isinstance(proxy, torch.utils.data.Dataset):
-        return "dataset"
-    if isinstance(proxy, (tuple, list)) and len(proxy) == 2:
-        return "arrays"
-    raise ValueError(
-        "proxy_data must be None, a ProxyDistribution (with fit and sample), an (X, y) "
-        f"pair or a torch Dataset, got {type(proxy).__name__}"
-    )
-
-
-def _fit_and_sample(proxy, X, y, n, seed):
-    """Clone and fit ``proxy`` on (X, y), then draw ``n`` samples (cacheable).
-
-    A proxy whose own ``random_state`` is None gets ``seed``, so that the
-    classifier's ``random_state`` makes the proxy's fit repeatable too."""
-    proxy = clone(proxy)
-    if seed is not None and "random_state" in proxy.get_params(deep=False) \
-            and proxy.get_params(deep=False)["random_state"] is None:
-        proxy.set_params(random_state=seed)
-    proxy.fit(X, y)
-    Xp, yp = proxy.sample(n, random_state=seed)
-    return proxy, Xp, yp
-
-
-def _materialize(dataset):
-    """Stack a Dataset of ``(x, y)`` items into two arrays."""
-    xs, ys = [], []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        if not isinstance(item, (tuple, list)) or len(item) < 2:
-            raise ValueError("a proxy Dataset must yield (x, y) pairs")
-        xs.append(torch.as_tensor(item[0], dtype=torch.float32))
-        ys.append(int(item[1]))
-    if not xs:
-        raise ValueError("the proxy Dataset is empty")
-    return torch.stack(xs).numpy(), np.asarray(ys)

@@ -17,12 +17,14 @@ An objective is a small parameter object, like an attack, passed as
 
 from __future__ import annotations
 
-import numbers
+from numbers import Real
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
+
+from ._ot import sinkhorn_distance
+from ._validation import Interval, Options, ParamsValidationMixin
 
 __all__ = ["AdversarialCE", "Objective", "PrimalDual", "TRADES", "kl_divergence", "sinkhorn_distance"]
 
@@ -48,13 +50,7 @@ def kl_divergence(logits_clean, logits_adv):
     return F.kl_div(log_p_adv, log_p_clean, reduction="batchmean", log_target=True)
 
 
-def _check_real(value, name, minimum=0.0):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) \
-            or not np.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
-
-
-class Objective(BaseEstimator):
+class Objective(ParamsValidationMixin, BaseEstimator):
     """Base class of training objectives.
 
     Subclasses implement :meth:`loss`. An objective that needs the logits of
@@ -64,7 +60,8 @@ class Objective(BaseEstimator):
     classifier then skips the attack.
 
     The hooks :meth:`reset`, :meth:`on_epoch_end` keep and report state;
-    :meth:`validate` checks the parameters.
+    :meth:`validate_params` checks the parameters against the class's
+    ``_parameter_constraints``.
     """
 
     #: Whether :meth:`loss` needs the clean batch's logits.
@@ -72,9 +69,6 @@ class Objective(BaseEstimator):
 
     #: Whether :meth:`loss` uses the adversarial batch (else the attack is skipped).
     needs_adv = True
-
-    def validate(self):
-        """Check the parameters; raise ``ValueError`` for a bad one."""
 
     def reset(self):
         """Forget any state; called when ``fit`` starts afresh."""
@@ -162,6 +156,7 @@ class TRADES(Objective):
     """
 
     needs_clean = True
+    _parameter_constraints = {"beta": [Interval(Real, 0, None)]}
 
     def __init__(self, beta=6.0):
         self.beta = beta
@@ -170,10 +165,6 @@ class TRADES(Objective):
     def needs_adv(self):
         """``False`` for ``beta=0``: the loss is then the clean loss alone."""
         return self.beta != 0
-
-    def validate(self):
-        """Check that ``beta`` is a number ``>= 0``."""
-        _check_real(self.beta, "beta")
 
     def loss(self, net, logits_adv, y, logits_clean=None):
         """Clean criterion plus ``beta`` times the KL term; see :meth:`Objective.loss`."""
@@ -246,8 +237,13 @@ class PrimalDual(Objective):
     """
 
     needs_clean = True
-    _robust_losses = ("ce", "kl")
-    _updates = ("batch", "epoch")
+    _parameter_constraints = {
+        "margin": [Interval(Real, 0, None)],
+        "dual_lr": [Interval(Real, 0, None)],
+        "robust_loss": [Options(("ce", "kl"))],
+        "update": [Options(("batch", "epoch"))],
+        "nu_init": [Interval(Real, 0, None)],
+    }
 
     def __init__(self, margin=0.1, dual_lr=0.01, robust_loss="ce", update="batch", nu_init=0.0):
         self.margin = margin
@@ -255,18 +251,6 @@ class PrimalDual(Objective):
         self.robust_loss = robust_loss
         self.update = update
         self.nu_init = nu_init
-
-    def validate(self):
-        """Check the parameters."""
-        _check_real(self.margin, "margin")
-        _check_real(self.dual_lr, "dual_lr")
-        _check_real(self.nu_init, "nu_init")
-        if self.robust_loss not in self._robust_losses:
-            raise ValueError(
-                f"robust_loss must be one of {self._robust_losses}, got {self.robust_loss!r}"
-            )
-        if self.update not in self._updates:
-            raise ValueError(f"update must be one of {self._updates}, got {self.update!r}")
 
     def reset(self):
         """Set ``nu`` to ``nu_init`` and clear the epoch's running sums."""
@@ -331,77 +315,3 @@ class PrimalDual(Objective):
                 values["dual_nu"] = self.nu_
         self._clear_epoch()
         return values
-
-
-# ---------------------------------------------------------------------------
-# Optimal-transport regularizer (Robustness-via-Synthesis, GeneratorSynth)
-# ---------------------------------------------------------------------------
-def sinkhorn_distance(a, b, blur=0.1, p=2, scaling=0.5, debias=True):
-    """Entropic optimal-transport (Sinkhorn) divergence between two point clouds.
-
-    The OT term of :class:`~robustfit.attacks.GeneratorSynth` (Baytas & Deb
-    2023): the batches ``a`` and ``b`` are uniform distributions over their
-    rows, the ground cost is ``|x - y|^p / p`` and the entropic regularization
-    is ``blur ** p``. With ``debias=True`` this is the Sinkhorn *divergence*
-
-    .. math::
-
-        S(a, b) = OT_\\varepsilon(a, b) - \\tfrac12 OT_\\varepsilon(a, a)
-                  - \\tfrac12 OT_\\varepsilon(b, b),
-
-    which is zero for identical batches, positive otherwise, and tends to the
-    unregularized OT cost as ``blur`` goes to 0 (Feydy et al. 2019). It is
-    computed by geomloss (``SamplesLoss("sinkhorn")``), on the inputs' device,
-    in float32 outside any autocast, and is differentiable in both arguments
-    (gradients by the envelope theorem, so memory does not grow with the
-    number of Sinkhorn iterations). geomloss was picked over POT by the
-    measurement in ``benchmarks/bench_ot.py`` (see the GeneratorSynth docs
-    page).
-
-    Parameters
-    ----------
-    a, b : torch.Tensor of shape (n, ...) and (m, ...)
-        Two batches of representations; trailing dimensions are flattened and
-        must agree.
-    blur : float, default=0.1
-        Entropic blur, in the units of the representations.
-    p : {1, 2}, default=2
-        Exponent of the ground cost.
-    scaling : float, default=0.5
-        Ratio of the epsilon-scaling annealing in ``(0, 1)``: closer to 1 is
-        more accurate and slower.
-    debias : bool, default=True
-        Return the Sinkhorn divergence (``True``) or the entropic OT cost
-        ``OT_eps(a, b)`` itself (``False``, not zero for identical batches).
-
-    Returns
-    -------
-    distance : torch.Tensor
-        Scalar.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from robustfit.losses import sinkhorn_distance
-    >>> a = torch.randn(64, 10)
-    >>> float(sinkhorn_distance(a, a))
-    0.0
-    >>> bool(sinkhorn_distance(a, a + 1.0) > 0)
-    True
-    """
-    from geomloss import SamplesLoss
-
-    _check_real(blur, "blur")
-    if blur == 0:
-        raise ValueError(f"blur must be > 0, got {blur!r}")
-    if p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2, got {p!r}")
-    if not isinstance(scaling, numbers.Real) or not 0 < scaling < 1:
-        raise ValueError(f"scaling must be a number in (0, 1), got {scaling!r}")
-    a, b = a.flatten(1), b.flatten(1)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"a and b have different feature sizes: {a.shape[1]} and {b.shape[1]}")
-    with torch.autocast(device_type=a.device.type, enabled=False):
-        loss = SamplesLoss("sinkhorn", p=p, blur=float(blur), scaling=float(scaling),
-                           debias=bool(debias), backend="tensorized")
-        return loss(a.float().contiguous(), b.float().contiguous())

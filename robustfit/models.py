@@ -8,7 +8,9 @@ the data when they are not given as ``module__n_classes`` or
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -183,3 +185,92 @@ def default_module(input_shape, n_classes, **kwargs):
         kwargs = {"in_channels": input_shape[0], "input_size": input_shape[1], **kwargs}
         return SmallCNN(n_classes, **kwargs)
     return MLP(int(torch.Size(input_shape).numel()), n_classes, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Perturbation generators (Robustness-via-Synthesis, GeneratorSynth)
+# ---------------------------------------------------------------------------
+class _ImageGenerator(nn.Module):
+    """Noise (and optionally the image) to raw perturbations of shape (C, H, W).
+
+    A linear layer to a ``(4 * width, ceil(H/4), ceil(W/4))`` map, then two
+    stride-2 transposed convolutions (the first followed by BatchNorm and a
+    leaky ReLU, as in the authors' generator) up to ``C`` channels, cropped to
+    ``(H, W)``. With ``conditional=True`` the image, average-pooled to each
+    resolution, is concatenated to the input of both transposed convolutions.
+    The last layer is a transposed convolution rather than a convolution
+    because small convolutions are slow to back-propagate on a CPU (measured:
+    a 3x3 convolution from 4 channels to 1 on 128 28x28 maps took 7.9 ms
+    forward and backward, a 4x4 stride-2 transposed convolution 2.7 ms).
+    """
+
+    def __init__(self, input_shape, latent_dim, conditional=False, width=4):
+        super().__init__()
+        c, h, w = input_shape
+        self.shape = (c, h, w)
+        self.h0, self.w0 = -(-h // 4), -(-w // 4)
+        self.c0 = 4 * width
+        self.conditional = conditional
+        extra = c if conditional else 0
+        self.fc = nn.Linear(latent_dim, self.c0 * self.h0 * self.w0)
+        self.up1 = nn.Sequential(
+            nn.ConvTranspose2d(self.c0 + extra, 2 * width, 4, stride=2, padding=1),
+            nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
+        )
+        self.up2 = nn.ConvTranspose2d(2 * width + extra, c, 4, stride=2, padding=1)
+
+    def _with_image(self, t, x):
+        if not self.conditional:
+            return t
+        return torch.cat([t, F.adaptive_avg_pool2d(x, t.shape[-2:])], dim=1)
+
+    def forward(self, z, x=None):
+        c, h, w = self.shape
+        t = self.fc(z).view(-1, self.c0, self.h0, self.w0)
+        t = self.up1(self._with_image(t, x))
+        return self.up2(self._with_image(t, x))[:, :, :h, :w]
+
+
+class _VectorGenerator(nn.Module):
+    """Noise (and optionally the input) to raw perturbations of shape (d,)."""
+
+    def __init__(self, input_shape, latent_dim, conditional=False, hidden=128):
+        super().__init__()
+        self.shape = tuple(input_shape)
+        d = int(np.prod(input_shape))
+        self.conditional = conditional
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim + (d if conditional else 0), hidden),
+            nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, d),
+        )
+
+    def forward(self, z, x=None):
+        if self.conditional:
+            z = torch.cat([z, x.flatten(1)], dim=1)
+        return self.net(z).view(-1, *self.shape)
+
+
+def default_generator(input_shape, latent_dim, conditional=False):
+    """The generator :class:`~robustfit.attacks.GeneratorSynth` builds when ``generator=None``.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Shape of one input sample: ``(C, H, W)`` for images, anything else is
+        treated as a flat feature vector.
+    latent_dim : int
+        Dimension of the random vectors.
+    conditional : bool, default=False
+        Whether the generator also receives the clean input.
+
+    Returns
+    -------
+    generator : torch.nn.Module
+        ``forward(z)`` (or ``forward(z, x)`` when conditional) returning raw,
+        unbounded perturbations of shape ``(n, *input_shape)``: transposed
+        convolutions for images, an MLP otherwise.
+    """
+    if len(input_shape) == 3:
+        return _ImageGenerator(input_shape, latent_dim, conditional)
+    return _VectorGenerator(input_shape, latent_dim, conditional)

@@ -280,7 +280,7 @@ def test_fit_rejects_bad_data(digits_small, case):
     ({"attack": PGD(steps=0)}, r"steps.*got 0"),
     ({"attack": PGD(bounds=(1, 0))}, r"bounds.*\(1, 0\)"),
     ({"valid_attack": PGD(epsilon=-1)}, r"epsilon.*-1"),
-    ({"attack": "pgd"}, r"attack must be an Attack.*'pgd'"),
+    ({"attack": "pgd"}, r"attack must be None, an instance of Attack or a callable, got 'pgd'"),
     ({"lr_schedule": "step"}, r"lr_schedule.*'step'"),
     ({"amp": "fp16"}, r"amp.*'fp16'"),
     ({"attack_warmup": -1}, r"attack_warmup.*-1"),

@@ -157,7 +157,7 @@ def test_attack_parameter_errors(std_module, batch, make, pattern):
     (PrimalDual(update="step"), r"update must be one of .*'step'"),
     (PrimalDual(nu_init=-1), r"nu_init must be .*got -1"),
     (TRADES(beta=-1.0), r"beta must be .*got -1.0"),
-    ("trades", r"objective must be None or a robustfit.losses.Objective"),
+    ("trades", r"objective must be None or an instance of Objective"),
 ])
 def test_objective_parameter_errors(digits_small, objective, pattern):
     Xtr, ytr, _, _ = digits_small
@@ -187,7 +187,7 @@ def _logits_with_loss(loss, n=4, k=3):
 
 def test_dual_variable_rises_above_margin_and_falls_to_zero_below():
     obj = PrimalDual(margin=0.5, dual_lr=0.1)
-    obj.validate()
+    obj.validate_params()
     obj.reset()
     high, y = _logits_with_loss(1.5)
     nus = []

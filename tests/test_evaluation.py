@@ -438,7 +438,7 @@ def test_checks_subset_and_arguments(standard_net, ev_test):
 # ---------------------------------------------------- docstring examples
 @pytest.mark.parametrize("module", [
     "robustfit.attacks.apgd", "robustfit.attacks.square", "robustfit.attacks.autoattack",
-    "robustfit.metrics._curves", "robustfit.metrics._sanity",
+    "robustfit.metrics._curves", "robustfit._evaluation._masking",
 ])
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

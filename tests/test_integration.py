@@ -23,8 +23,8 @@ class _RecordLR(Callback):
         self.lrs = []
         return self
 
-    def on_batch_end(self, net, training=False, **kwargs):
-        if training:
+    def on_batch_begin(self, net, training=False, **kwargs):
+        if training:  # the learning rate this batch trains with
             self.lrs.append(net.optimizer_.param_groups[0]["lr"])
 
 

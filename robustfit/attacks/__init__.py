@@ -5,6 +5,7 @@ Every attack is called as ``attack(module, X, y) -> X_adv`` on any
 :class:`robustfit.AdversarialClassifier`.
 """
 
+from ..models import default_generator  # noqa: F401 - kept importable from here
 from ._base import (
     Attack,
     normalize_gradient,
@@ -14,12 +15,13 @@ from ._base import (
     project_box,
     random_init,
 )
+from ._steps import margin
 from .apgd import APGD, apgd_checkpoints, dlr_loss
 from .autoattack import AutoAttack, resolve_attack
 from .langevin import Langevin
 from .pgd import FGSM, PGD
 from .square import Square
-from .synth import GeneratorSynth, default_generator
+from .synth import GeneratorSynth
 
 __all__ = [
     "APGD",
@@ -31,8 +33,8 @@ __all__ = [
     "PGD",
     "Square",
     "apgd_checkpoints",
-    "default_generator",
     "dlr_loss",
+    "margin",
     "normalize_gradient",
     "perturbation_norm",
     "project",

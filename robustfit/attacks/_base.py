@@ -8,11 +8,18 @@ place, so that every attack keeps its iterate feasible in the same way.
 from __future__ import annotations
 
 import contextlib
-import numbers
+from numbers import Real
 
-import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+
+from .._validation import (
+    Interval,
+    Options,
+    ParamsValidationMixin,
+    check_bounds,
+    check_in_bounds,
+)
 
 NORMS = ("linf", "l2")
 
@@ -102,51 +109,7 @@ def eval_mode(module):
             m.training = training
 
 
-def check_bounds(bounds):
-    """Validate an input box and return it as a tuple of floats (or None)."""
-    if bounds is None:
-        return None
-    try:
-        lo, hi = bounds
-        lo, hi = float(lo), float(hi)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"bounds must be None or a pair (low, high), got {bounds!r}"
-        ) from None
-    if not lo < hi:
-        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
-    return lo, hi
-
-
-def check_in_bounds(X, bounds, name="X"):
-    """Raise ``ValueError`` if any value of ``X`` lies outside ``bounds``."""
-    if bounds is None:
-        return
-    lo, hi = bounds
-    if isinstance(X, torch.Tensor):
-        xmin, xmax = float(X.min()), float(X.max())
-    else:
-        xmin, xmax = float(np.min(X)), float(np.max(X))
-    tol = 1e-6
-    if xmin < lo - tol or xmax > hi + tol:
-        raise ValueError(
-            f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared "
-            f"input box bounds=({lo:g}, {hi:g}). Scale the data into the box, or "
-            "set the attack's bounds (bounds=None for unbounded features)."
-        )
-
-
-def _check_positive_int(value, name, minimum=1):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_nonnegative(value, name):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-class Attack(BaseEstimator):
+class Attack(ParamsValidationMixin, BaseEstimator):
     """Base class of robustfit's attacks.
 
     An attack is a small parameter object, like a scikit-learn estimator: its
@@ -162,19 +125,17 @@ class Attack(BaseEstimator):
     input only, through :func:`torch.autograd.grad`, so parameters' ``.grad``
     fields are never touched.
 
-    Subclasses implement :meth:`_perturb`.
+    Subclasses implement :meth:`_perturb` and declare their parameters'
+    constraints in ``_parameter_constraints`` (checked by
+    :meth:`validate_params`; see :mod:`robustfit._validation`).
     """
 
-    #: Norms the attack supports.
-    _norms = NORMS
-
-    def _validate(self):
-        _check_nonnegative(self.epsilon, "epsilon")
-        if self.norm not in self._norms:
-            raise ValueError(
-                f"norm must be one of {self._norms}, got {self.norm!r}"
-            )
-        check_bounds(self.bounds)
+    #: What each constructor argument may be; subclasses extend this table.
+    _parameter_constraints = {
+        "epsilon": [Interval(Real, 0, None, closed="left")],
+        "norm": [Options(NORMS)],
+        "bounds": ["bounds"],
+    }
 
     def __call__(self, module, X, y):
         """Return adversarial examples for ``X`` against ``module``.
@@ -195,7 +156,7 @@ class Attack(BaseEstimator):
             Adversarial inputs of the same shape, inside the epsilon-ball around
             ``X`` and inside ``bounds``. Detached from any graph.
         """
-        self._validate()
+        self.validate_params()
         x, y = _as_tensors(module, X, y)
         check_in_bounds(x, check_bounds(self.bounds))
         return self.perturb(module, x, y)

@@ -11,50 +11,16 @@ model cannot hide behind saturated softmax outputs.
 
 from __future__ import annotations
 
-import numbers
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
 
-from ._base import (
-    Attack,
-    _check_positive_int,
-    normalize_gradient,
-    project,
-    random_init,
-)
-from .pgd import best_of_restarts
+from .._validation import Interval, Options, check_param
+from ._base import Attack, normalize_gradient, project, random_init
+from ._steps import best_of_restarts, margin
 
 LOSSES = ("ce", "dlr", "dlr-targeted")
-
-
-def margin(logits, y):
-    """Per-sample margin ``z_y - max_{i != y} z_i`` of a batch of logits.
-
-    Negative exactly where the sample is misclassified (ties aside).
-
-    Parameters
-    ----------
-    logits : torch.Tensor of shape (n, n_classes)
-        Class logits.
-    y : torch.Tensor of shape (n,)
-        True class indices.
-
-    Returns
-    -------
-    margin : torch.Tensor of shape (n,)
-        The margin of each sample.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from robustfit.attacks.apgd import margin
-    >>> margin(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([1]))
-    tensor([1.])
-    """
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return z_y - others.amax(dim=1)
 
 
 def dlr_loss(logits, y, target=None):
@@ -95,7 +61,7 @@ def dlr_loss(logits, y, target=None):
     Examples
     --------
     >>> import torch
-    >>> from robustfit.attacks.apgd import dlr_loss
+    >>> from robustfit.attacks import dlr_loss
     >>> z = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
     >>> dlr_loss(z, torch.tensor([0]))            # -(1 - 3) / (3 - 1)
     tensor([1.])
@@ -141,11 +107,11 @@ def apgd_checkpoints(n_iter):
 
     Examples
     --------
-    >>> from robustfit.attacks.apgd import apgd_checkpoints
+    >>> from robustfit.attacks import apgd_checkpoints
     >>> apgd_checkpoints(100)
     [0, 22, 41, 57, 70, 80, 87, 93, 99]
     """
-    _check_positive_int(n_iter, "n_iter")
+    check_param(n_iter, "n_iter", [Interval(Integral, 1, None)], "apgd_checkpoints")
     p = [0, 22]  # in hundredths
     while True:
         nxt = p[-1] + max(p[-1] - p[-2] - 3, 6)
@@ -232,6 +198,16 @@ class APGD(Attack):
     True
     """
 
+    _parameter_constraints = {
+        **Attack._parameter_constraints,
+        "steps": [Interval(Integral, 1, None)],
+        "loss": [Options(LOSSES)],
+        "restarts": [Interval(Integral, 1, None)],
+        "n_target_classes": [Interval(Integral, 1, None)],
+        "rho": [Interval(Real, 0, 1)],
+        "momentum": [Interval(Real, 0, 1)],
+    }
+
     def __init__(
         self,
         epsilon=0.3,
@@ -254,18 +230,6 @@ class APGD(Attack):
         self.momentum = momentum
         self.bounds = bounds
 
-    def _validate(self):
-        super()._validate()
-        _check_positive_int(self.steps, "steps")
-        _check_positive_int(self.restarts, "restarts")
-        _check_positive_int(self.n_target_classes, "n_target_classes")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        for name in ("rho", "momentum"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) \
-                    or not 0 <= value <= 1:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
     def _loss_fn(self, target):
         if self.loss == "ce":

@@ -5,20 +5,17 @@ attack; the per-point worst case over all of them.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import torch
 from sklearn.base import clone
 
-from ._base import (
-    Attack,
-    _as_tensors,
-    _check_positive_int,
-    check_bounds,
-    check_in_bounds,
-    eval_mode,
-)
+from .._validation import InstanceOf, Interval, check_bounds, check_in_bounds
+from ._base import Attack, _as_tensors, eval_mode
+from ._steps import attack_score
 from .apgd import APGD
-from .pgd import FGSM, PGD, _score
+from .pgd import FGSM, PGD
 from .square import Square
 
 #: Attack names the ensemble understands, in AutoAttack's spelling.
@@ -106,8 +103,16 @@ class AutoAttack(Attack):
         self.n_queries = n_queries
         self.bounds = bounds
 
-    def _validate(self):
-        super()._validate()
+    _parameter_constraints = {
+        **Attack._parameter_constraints,
+        "attacks": [InstanceOf((tuple, list), "a non-empty sequence of attack names")],
+        "steps": [Interval(Integral, 1, None)],
+        "restarts": [Interval(Integral, 1, None)],
+        "n_target_classes": [Interval(Integral, 1, None)],
+        "n_queries": [Interval(Integral, 1, None)],
+    }
+
+    def _validate_params_extra(self):
         if isinstance(self.attacks, str) or not len(self.attacks):
             raise ValueError(
                 "attacks must be a non-empty sequence of names among "
@@ -118,8 +123,6 @@ class AutoAttack(Attack):
             raise ValueError(
                 f"attacks has unknown name(s) {unknown}; choose among {ATTACK_NAMES}"
             )
-        for name in ("steps", "restarts", "n_target_classes", "n_queries"):
-            _check_positive_int(getattr(self, name), name)
 
     def member(self, name):
         """The attack the ensemble runs under ``name``.
@@ -154,7 +157,7 @@ class AutoAttack(Attack):
         """Ensemble on trusted tensors; returns ``(x_adv, code)`` with code -1
         for robust points, 0 for clean errors and ``k`` for the k-th attack."""
         x_adv = x.clone()
-        best_score = _score(module, x, y)
+        best_score = attack_score(module, x, y)
         code = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
         code[torch.isinf(best_score)] = 0
         if self.epsilon == 0:
@@ -164,7 +167,7 @@ class AutoAttack(Attack):
             if todo.numel() == 0:
                 break
             candidate = self.member(name).perturb(module, x[todo], y[todo])
-            score = _score(module, candidate, y[todo])
+            score = attack_score(module, candidate, y[todo])
             better = score > best_score[todo]
             x_adv[todo[better]] = candidate[better]
             best_score[todo[better]] = score[better]
@@ -208,7 +211,7 @@ class AutoAttack(Attack):
         >>> 0.0 <= float(np.mean(broken_by == "")) <= 1.0
         True
         """
-        self._validate()
+        self.validate_params()
         x, y = _as_tensors(module, X, y)
         check_in_bounds(x, check_bounds(self.bounds))
         with eval_mode(module), torch.enable_grad():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import numbers
+from numbers import Integral, Real
 
 import torch
 
-from ._base import Attack, _check_nonnegative, _check_positive_int
-from .pgd import _ascent_steps, _ce_potential, _multistep_size, _start
+from .._validation import Interval, Options
+from ._base import Attack
+from ._steps import ascent_steps, ce_potential, multistep_size, start
 
 _NOISES = ("gaussian", "laplace")
 _POTENTIALS = ("ce", "log1m")
@@ -115,6 +116,16 @@ class Langevin(Attack):
     ...                              objective=PrimalDual(margin=0.1))
     """
 
+    _parameter_constraints = {
+        **Attack._parameter_constraints,
+        "steps": [Interval(Integral, 1, None)],
+        "step_size": [None, Interval(Real, 0, None, closed="left")],
+        "temperature": [Interval(Real, 0, None, closed="left")],
+        "noise": [Options(_NOISES)],
+        "potential": [Options(_POTENTIALS)],
+        "random_start": ["boolean"],
+    }
+
     def __init__(
         self,
         epsilon=0.3,
@@ -137,23 +148,11 @@ class Langevin(Attack):
         self.random_start = random_start
         self.bounds = bounds
 
-    def _validate(self):
-        super()._validate()
-        _check_positive_int(self.steps, "steps")
-        if self.step_size is not None:
-            _check_nonnegative(self.step_size, "step_size")
-        _check_nonnegative(self.temperature, "temperature")
-        if self.noise not in _NOISES:
-            raise ValueError(f"noise must be one of {_NOISES}, got {self.noise!r}")
-        if self.potential not in _POTENTIALS:
-            raise ValueError(f"potential must be one of {_POTENTIALS}, got {self.potential!r}")
-        if not isinstance(self.random_start, (bool, numbers.Integral)):
-            raise ValueError(f"random_start must be True or False, got {self.random_start!r}")
 
     @property
     def step_size_(self):
         """The step length in use: ``step_size``, or its default."""
-        return _multistep_size(self.step_size, self.epsilon, self.steps)
+        return multistep_size(self.step_size, self.epsilon, self.steps)
 
     @property
     def noise_scale_(self):
@@ -161,7 +160,7 @@ class Langevin(Attack):
         return math.sqrt(2.0 * self.step_size_ * float(self.temperature))
 
     def _noise_functions(self):
-        """``(grad_noise, step_noise)`` for :func:`~robustfit.attacks.pgd._ascent_steps`."""
+        """``(grad_noise, step_noise)`` for :func:`~robustfit.attacks._steps.ascent_steps`."""
         scale = self.noise_scale_
         if scale == 0:
             return None, None  # T = 0: no draw at all, so the RNG stream is PGD's
@@ -173,10 +172,10 @@ class Langevin(Attack):
         if self.epsilon == 0:
             return x.clone()
         bounds = self._bounds
-        delta = _start(x, self.epsilon, self.norm, bounds, self.random_start)
+        delta = start(x, self.epsilon, self.norm, bounds, self.random_start)
         grad_noise, step_noise = self._noise_functions()
-        potential = _log1m_potential if self.potential == "log1m" else _ce_potential
-        delta = _ascent_steps(
+        potential = _log1m_potential if self.potential == "log1m" else ce_potential
+        delta = ascent_steps(
             module, x, y, delta,
             steps=self.steps, step_size=self.step_size_,
             epsilon=self.epsilon, norm=self.norm, bounds=bounds,

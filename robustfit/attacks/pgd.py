@@ -3,91 +3,18 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from numbers import Integral, Real
 
-from ._base import (
-    Attack,
-    _check_nonnegative,
-    _check_positive_int,
-    normalize_gradient,
-    project,
-    random_init,
+from .._validation import Interval, Options
+from ._base import Attack
+from ._steps import (
+    ascent_steps,
+    best_of_restarts,
+    ce_potential,
+    kl_potential,
+    multistep_size,
+    start,
 )
-
-
-def _ce_potential(logits, y):
-    """Summed cross-entropy: the quantity PGD ascends (per-sample gradients do
-    not depend on the batch size)."""
-    return F.cross_entropy(logits, y, reduction="sum")
-
-
-def _kl_potential(module, x):
-    """Summed ``KL(p(x) || p(x + delta))`` against the clean prediction, fixed
-    once (the inner maximization of TRADES, Zhang et al. 2019)."""
-    with torch.no_grad():
-        log_p_clean = F.log_softmax(module(x).float(), dim=1)
-
-    def potential(logits, y):
-        log_p_adv = F.log_softmax(logits.float(), dim=1)
-        return F.kl_div(log_p_adv, log_p_clean, reduction="sum", log_target=True)
-
-    return potential
-
-
-def _start(x, epsilon, norm, bounds, random_start):
-    """The first iterate: uniform in the ball (then fit to the box), or zero."""
-    if random_start:
-        return random_init(x, epsilon, norm, bounds)
-    return torch.zeros_like(x)
-
-
-def _multistep_size(step_size, epsilon, steps):
-    """``step_size``, or the default ``2.5 * epsilon / steps`` of Madry et al."""
-    if step_size is not None:
-        return float(step_size)
-    return 2.5 * float(epsilon) / steps
-
-
-def _ascent_steps(module, x, y, delta, *, steps, step_size, epsilon, norm, bounds,
-                  potential=_ce_potential, grad_noise=None, step_noise=None):
-    """Run ``steps`` projected (noisy) ascent steps on ``potential`` from ``delta``.
-
-    One step, for the steepest-ascent direction ``dir`` of the norm (``sign``
-    for l_inf, the l_2-normalized vector for l_2)::
-
-        g     = grad potential(module(x + delta), y)      (+ grad_noise(g))
-        delta = delta + step_size * dir(g)                (+ step_noise(delta))
-        delta = project(delta)                            # ball, then box
-
-    With both noise functions ``None`` this is PGD. The iterate is projected
-    onto the ball and the box after every step, and the forward pass sees
-    ``x + delta`` unclamped, so every coordinate gets a gradient (clamping only
-    inside the forward pass would zero the gradient of every coordinate pushed
-    outside the box).
-
-    Parameters
-    ----------
-    potential : callable
-        ``potential(logits, y) -> scalar``, summed over the batch.
-    grad_noise, step_noise : callable or None
-        ``f(t) -> tensor shaped like t``: noise added to the gradient before
-        the direction is taken (Laplace-in-the-sign sampler), or to the
-        iterate after the step (Gaussian Langevin sampler).
-    """
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = potential(module(x + delta), y)
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            if grad_noise is not None:
-                grad = grad + grad_noise(grad)
-            delta = delta + step_size * normalize_gradient(grad, norm)
-            if step_noise is not None:
-                delta = delta + step_noise(delta)
-            delta = project(x, delta, epsilon, norm, bounds)
-    return delta.detach()
-
 
 _PGD_LOSSES = ("ce", "kl")
 
@@ -145,6 +72,15 @@ class PGD(Attack):
     True
     """
 
+    _parameter_constraints = {
+        **Attack._parameter_constraints,
+        "steps": [Interval(Integral, 1, None)],
+        "step_size": [None, Interval(Real, 0, None, closed="left")],
+        "random_start": ["boolean"],
+        "restarts": [Interval(Integral, 1, None)],
+        "loss": [Options(_PGD_LOSSES)],
+    }
+
     def __init__(
         self,
         epsilon=0.3,
@@ -165,25 +101,17 @@ class PGD(Attack):
         self.bounds = bounds
         self.loss = loss
 
-    def _validate(self):
-        super()._validate()
-        _check_positive_int(self.steps, "steps")
-        _check_positive_int(self.restarts, "restarts")
-        if self.step_size is not None:
-            _check_nonnegative(self.step_size, "step_size")
-        if self.loss not in _PGD_LOSSES:
-            raise ValueError(f"loss must be one of {_PGD_LOSSES}, got {self.loss!r}")
 
     @property
     def step_size_(self):
         """The step length in use: ``step_size``, or its default."""
-        return _multistep_size(self.step_size, self.epsilon, self.steps)
+        return multistep_size(self.step_size, self.epsilon, self.steps)
 
     def _single_run(self, module, x, y):
         bounds = self._bounds
-        delta = _start(x, self.epsilon, self.norm, bounds, self.random_start)
-        potential = _kl_potential(module, x) if self.loss == "kl" else _ce_potential
-        delta = _ascent_steps(
+        delta = start(x, self.epsilon, self.norm, bounds, self.random_start)
+        potential = kl_potential(module, x) if self.loss == "kl" else ce_potential
+        delta = ascent_steps(
             module, x, y, delta,
             steps=self.steps, step_size=self.step_size_,
             epsilon=self.epsilon, norm=self.norm, bounds=bounds, potential=potential,
@@ -196,36 +124,6 @@ class PGD(Attack):
         if self.restarts == 1:
             return self._single_run(module, x, y)
         return best_of_restarts(module, x, y, self._single_run, self.restarts)
-
-
-@torch.no_grad()
-def _score(module, x_adv, y):
-    """Per-sample attack score: +inf where misclassified, else the loss."""
-    logits = module(x_adv)
-    loss = F.cross_entropy(logits, y, reduction="none").float()
-    return torch.where(logits.argmax(1) != y, torch.full_like(loss, float("inf")), loss)
-
-
-def best_of_restarts(module, x, y, run, restarts):
-    """Keep, per point, the best of ``restarts`` independent runs of ``run``.
-
-    "Best" means misclassified if any run misclassified the point, and
-    otherwise highest loss. Points already misclassified are not attacked
-    again, so restarts cost little once most points are broken.
-    """
-    best = run(module, x, y)
-    best_score = _score(module, best, y)
-    for _ in range(restarts - 1):
-        todo = torch.isfinite(best_score).nonzero().flatten()
-        if todo.numel() == 0:
-            break
-        cand = run(module, x[todo], y[todo])
-        cand_score = _score(module, cand, y[todo])
-        better = cand_score > best_score[todo]
-        idx = todo[better]
-        best[idx] = cand[better]
-        best_score[idx] = cand_score[better]
-    return best
 
 
 class FGSM(Attack):
@@ -265,6 +163,12 @@ class FGSM(Attack):
     torch.Size([5, 1, 2, 2])
     """
 
+    _parameter_constraints = {
+        **Attack._parameter_constraints,
+        "step_size": [None, Interval(Real, 0, None, closed="left")],
+        "random_start": ["boolean"],
+    }
+
     def __init__(
         self, epsilon=0.3, step_size=None, random_start=True, norm="linf",
         bounds=(0.0, 1.0),
@@ -275,10 +179,6 @@ class FGSM(Attack):
         self.norm = norm
         self.bounds = bounds
 
-    def _validate(self):
-        super()._validate()
-        if self.step_size is not None:
-            _check_nonnegative(self.step_size, "step_size")
 
     @property
     def step_size_(self):
@@ -291,8 +191,8 @@ class FGSM(Attack):
         if self.epsilon == 0:
             return x.clone()
         bounds = self._bounds
-        delta = _start(x, self.epsilon, self.norm, bounds, self.random_start)
-        delta = _ascent_steps(
+        delta = start(x, self.epsilon, self.norm, bounds, self.random_start)
+        delta = ascent_steps(
             module, x, y, delta, steps=1, step_size=self.step_size_,
             epsilon=self.epsilon, norm=self.norm, bounds=bounds,
         )

@@ -12,13 +12,13 @@ APGD could not, the white-box evaluation is not to be trusted.
 from __future__ import annotations
 
 import math
-import numbers
+from numbers import Integral, Real
 
 import torch
 
-from ._base import Attack, _check_positive_int, normalize_gradient, project, project_box
-from .apgd import margin
-from .pgd import best_of_restarts
+from .._validation import Interval
+from ._base import Attack, normalize_gradient, project, project_box
+from ._steps import best_of_restarts, margin
 
 
 def _p_schedule(p_init, it, n_queries):
@@ -120,6 +120,13 @@ class Square(Attack):
     True
     """
 
+    _parameter_constraints = {
+        **Attack._parameter_constraints,
+        "n_queries": [Interval(Integral, 1, None)],
+        "p_init": [Interval(Real, 0, 1, closed="right")],
+        "restarts": [Interval(Integral, 1, None)],
+    }
+
     def __init__(
         self,
         epsilon=0.3,
@@ -136,13 +143,6 @@ class Square(Attack):
         self.restarts = restarts
         self.bounds = bounds
 
-    def _validate(self):
-        super()._validate()
-        _check_positive_int(self.n_queries, "n_queries")
-        _check_positive_int(self.restarts, "restarts")
-        p = self.p_init
-        if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 < p <= 1:
-            raise ValueError(f"p_init must be a number in (0, 1], got {p!r}")
 
     def _perturb(self, module, x, y):
         if x.dim() != 4:

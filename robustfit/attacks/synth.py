@@ -18,112 +18,25 @@ generator.
 from __future__ import annotations
 
 import copy
-import numbers
+from numbers import Integral, Real
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._ot import sinkhorn_distance
 from .._utils import torch_seeded
+from .._validation import Interval, check_in_bounds, check_param
+from ..models import default_generator
 from ._base import (
     Attack,
     _as_tensors,
-    _check_nonnegative,
-    _check_positive_int,
     _module_device,
-    check_in_bounds,
     eval_mode,
     project,
     project_ball,
     random_init,
 )
-
-
-class _ImageGenerator(nn.Module):
-    """Noise (and optionally the image) to raw perturbations of shape (C, H, W).
-
-    A linear layer to a ``(4 * width, ceil(H/4), ceil(W/4))`` map, then two
-    stride-2 transposed convolutions (the first followed by BatchNorm and a
-    leaky ReLU, as in the authors' generator) up to ``C`` channels, cropped to
-    ``(H, W)``. With ``conditional=True`` the image, average-pooled to each
-    resolution, is concatenated to the input of both transposed convolutions.
-    The last layer is a transposed convolution rather than a convolution
-    because small convolutions are slow to back-propagate on a CPU (measured:
-    a 3x3 convolution from 4 channels to 1 on 128 28x28 maps took 7.9 ms
-    forward and backward, a 4x4 stride-2 transposed convolution 2.7 ms).
-    """
-
-    def __init__(self, input_shape, latent_dim, conditional=False, width=4):
-        super().__init__()
-        c, h, w = input_shape
-        self.shape = (c, h, w)
-        self.h0, self.w0 = -(-h // 4), -(-w // 4)
-        self.c0 = 4 * width
-        self.conditional = conditional
-        extra = c if conditional else 0
-        self.fc = nn.Linear(latent_dim, self.c0 * self.h0 * self.w0)
-        self.up1 = nn.Sequential(
-            nn.ConvTranspose2d(self.c0 + extra, 2 * width, 4, stride=2, padding=1),
-            nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
-        )
-        self.up2 = nn.ConvTranspose2d(2 * width + extra, c, 4, stride=2, padding=1)
-
-    def _with_image(self, t, x):
-        if not self.conditional:
-            return t
-        return torch.cat([t, F.adaptive_avg_pool2d(x, t.shape[-2:])], dim=1)
-
-    def forward(self, z, x=None):
-        c, h, w = self.shape
-        t = self.fc(z).view(-1, self.c0, self.h0, self.w0)
-        t = self.up1(self._with_image(t, x))
-        return self.up2(self._with_image(t, x))[:, :, :h, :w]
-
-
-class _VectorGenerator(nn.Module):
-    """Noise (and optionally the input) to raw perturbations of shape (d,)."""
-
-    def __init__(self, input_shape, latent_dim, conditional=False, hidden=128):
-        super().__init__()
-        self.shape = tuple(input_shape)
-        d = int(np.prod(input_shape))
-        self.conditional = conditional
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim + (d if conditional else 0), hidden),
-            nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, d),
-        )
-
-    def forward(self, z, x=None):
-        if self.conditional:
-            z = torch.cat([z, x.flatten(1)], dim=1)
-        return self.net(z).view(-1, *self.shape)
-
-
-def default_generator(input_shape, latent_dim, conditional=False):
-    """The generator :class:`GeneratorSynth` builds when ``generator=None``.
-
-    Parameters
-    ----------
-    input_shape : tuple of int
-        Shape of one input sample: ``(C, H, W)`` for images, anything else is
-        treated as a flat feature vector.
-    latent_dim : int
-        Dimension of the random vectors.
-    conditional : bool, default=False
-        Whether the generator also receives the clean input.
-
-    Returns
-    -------
-    generator : torch.nn.Module
-        ``forward(z)`` (or ``forward(z, x)`` when conditional) returning raw,
-        unbounded perturbations of shape ``(n, *input_shape)``: transposed
-        convolutions for images, an MLP otherwise.
-    """
-    if len(input_shape) == 3:
-        return _ImageGenerator(input_shape, latent_dim, conditional)
-    return _VectorGenerator(input_shape, latent_dim, conditional)
 
 
 class GeneratorSynth(Attack):
@@ -286,38 +199,21 @@ class GeneratorSynth(Attack):
         self.random_start = random_start
         self.bounds = bounds
 
-    # ------------------------------------------------------------ validation
-    def _validate(self):
-        super()._validate()
-        _check_positive_int(self.latent_dim, "latent_dim")
-        _check_nonnegative(self.generator_lr, "generator_lr")
-        if self.generator_lr == 0:
-            raise ValueError(f"generator_lr must be > 0, got {self.generator_lr!r}")
-        _check_nonnegative(self.ot_weight, "ot_weight")
-        _check_nonnegative(self.ot_blur, "ot_blur")
-        if self.ot_blur == 0:
-            raise ValueError(f"ot_blur must be > 0, got {self.ot_blur!r}")
-        sc = self.ot_scaling
-        if not isinstance(sc, numbers.Real) or isinstance(sc, bool) or not 0 < sc < 1:
-            raise ValueError(f"ot_scaling must be a number in (0, 1), got {sc!r}")
-        _check_nonnegative(self.generator_ce_weight, "generator_ce_weight")
-        _check_positive_int(self.generator_every, "generator_every")
-        s = self.label_smoothing
-        if not isinstance(s, numbers.Real) or isinstance(s, bool) or not 0 <= s < 1:
-            raise ValueError(f"label_smoothing must be a number in [0, 1), got {s!r}")
-        if self.feature_layer is not None and not isinstance(self.feature_layer, str):
-            raise ValueError(
-                f"feature_layer must be None or a submodule name (str), got {self.feature_layer!r}"
-            )
-        for name in ("conditional", "random_start"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        g = self.generator
-        if g is not None and not isinstance(g, nn.Module) and not callable(g):
-            raise ValueError(
-                "generator must be None, a torch.nn.Module or a callable "
-                f"(input_shape, latent_dim) -> Module, got {g!r}"
-            )
+    _parameter_constraints = {
+        **Attack._parameter_constraints,
+        "latent_dim": [Interval(Integral, 1, None)],
+        "generator": [None, nn.Module, "callable"],
+        "generator_lr": [Interval(Real, 0, None, closed="neither")],
+        "ot_weight": [Interval(Real, 0, None)],
+        "ot_blur": [Interval(Real, 0, None, closed="neither")],
+        "ot_scaling": [Interval(Real, 0, 1, closed="neither")],
+        "feature_layer": [None, str],
+        "conditional": ["boolean"],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "generator_ce_weight": [Interval(Real, 0, None)],
+        "generator_every": [Interval(Integral, 1, None)],
+        "random_start": ["boolean"],
+    }
 
     # ------------------------------------------------------------- generator
     def _ensure_generator(self, x):
@@ -392,8 +288,6 @@ class GeneratorSynth(Attack):
             ) from None
 
     def _ot(self, a, b):
-        from ..losses import sinkhorn_distance
-
         return sinkhorn_distance(a.flatten(1), b.flatten(1), blur=self.ot_blur, scaling=self.ot_scaling)
 
     def _generator_step(self, module, x, y, return_sample=False):
@@ -568,9 +462,9 @@ class GeneratorSynth(Attack):
         -------
         self : GeneratorSynth
         """
-        self._validate()
-        _check_positive_int(epochs, "epochs")
-        _check_positive_int(batch_size, "batch_size")
+        self.validate_params()
+        check_param(epochs, "epochs", [Interval(Integral, 1, None)], "fit_generator")
+        check_param(batch_size, "batch_size", [Interval(Integral, 1, None)], "fit_generator")
         x, y = _as_tensors(module, X, y)
         check_in_bounds(x, self._bounds)
         with torch_seeded(random_state):

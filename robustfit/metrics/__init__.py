@@ -1,9 +1,21 @@
-"""Robustness metrics and scikit-learn scorers."""
+"""Robustness metrics and scikit-learn scorers.
 
+Robust accuracy, its scorers and the gradient-masking checks are implemented
+in :mod:`robustfit._evaluation` (below the classifier, which scores itself
+with them) and re-exported here; the conditional Wasserstein distance, the
+transfer bound, ARC and robustness curves live in this package.
+"""
+
+from .._evaluation import (
+    GradientMaskingReport,
+    RobustnessWarning,
+    RobustScorer,
+    check_gradient_masking,
+    make_robust_scorer,
+    robust_accuracy,
+)
 from ._arc import ARCResult, ProxyScorer, arc_score, make_arc_scorer, make_wasserstein_scorer
 from ._curves import RobustnessCurve, plot_robustness_curve, robustness_curve
-from ._robust import RobustScorer, make_robust_scorer, robust_accuracy
-from ._sanity import GradientMaskingReport, RobustnessWarning, check_gradient_masking
 from ._transfer import (
     AverageRobustness,
     TransferBound,

@@ -16,7 +16,9 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 
-from ._robust import robust_accuracy
+from .._evaluation import robust_accuracy
+from ..attacks import PGD
+from ..classifier import AdversarialClassifier
 from ._transfer import _check_norm, _proxy_samples
 from ._wasserstein import conditional_wasserstein_distance
 
@@ -146,9 +148,6 @@ def arc_score(
     >>> res.score > 0.9
     True
     """
-    from .. import AdversarialClassifier
-    from ..attacks import PGD
-
     _check_norm(norm)
     eps = np.sort(np.asarray(epsilons, dtype=float).ravel())
     if eps.size == 0 or np.any(eps < 0) or not np.all(np.isfinite(eps)):

@@ -8,9 +8,9 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
+from .._evaluation import robust_accuracy
 from ..attacks import APGD
 from ..attacks._base import Attack
-from ._robust import robust_accuracy
 
 
 @dataclass(frozen=True)

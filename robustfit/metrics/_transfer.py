@@ -26,19 +26,19 @@ from scipy.stats import norm as scipy_norm
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 
+from .._evaluation import encode_for, resolve_estimator
 from .._utils import clone_keeping_fitted
+from .._validation import check_bounds
 from ..attacks._base import (
     NORMS,
     _as_tensors,
     _flat_norm,
-    check_bounds,
     eval_mode,
     normalize_gradient,
     project,
     random_init,
 )
-from ..attacks.apgd import margin
-from ._robust import _encode, _resolve
+from ..attacks._steps import margin
 from ._wasserstein import conditional_wasserstein_distance
 
 
@@ -284,8 +284,8 @@ def average_robustness(
         eps_init = (0.1 if norm == "linf" else 1.0) * width
     elif not isinstance(eps_init, numbers.Real) or not eps_init > 0:
         raise ValueError(f"eps_init must be a number > 0, got {eps_init!r}")
-    module, X, clf = _resolve(estimator, X)
-    y_idx = _encode(clf, y) if clf is not None else y
+    module, X, clf = resolve_estimator(estimator, X)
+    y_idx = encode_for(clf, y) if clf is not None else y
     x, y_t = _as_tensors(module, X, y_idx)
     n_features = x[0].numel()
     if bounds is None:

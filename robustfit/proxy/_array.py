@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ..attacks._base import check_bounds
+from .._validation import check_bounds
 from ._base import ProxyDistribution, _check_labels
 
 _X_KEYS = ("image", "images", "X", "x", "data")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numbers
+from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 
-from ..attacks._base import check_bounds
+from .._validation import Interval, Options, ParamsValidationMixin, check_bounds
+from ..metrics import conditional_wasserstein_distance
 
 _CLASS_DISTRIBUTIONS = ("balanced", "empirical")
 
@@ -59,7 +61,7 @@ def class_counts(n, priors, rng):
     return counts
 
 
-class ProxyDistribution(BaseEstimator):
+class ProxyDistribution(ParamsValidationMixin, BaseEstimator):
     """Base class of the proxy distributions (Sehwag et al., ICLR 2022).
 
     A proxy distribution is a generative model fitted on the real training data
@@ -86,6 +88,14 @@ class ProxyDistribution(BaseEstimator):
         Shape of one sample.
     """
 
+    #: Constraints of the parameters every proxy shares; subclasses extend the table.
+    _parameter_constraints = {
+        "class_distribution": [Options(_CLASS_DISTRIBUTIONS)],
+        "n_samples": [None, Interval(Integral, 1, None)],
+        "bounds": ["bounds"],
+        "random_state": ["random_state"],
+    }
+
     # ------------------------------------------------------------- hooks
     def _fit(self, X, y):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement _fit(X, y_idx)")
@@ -94,17 +104,6 @@ class ProxyDistribution(BaseEstimator):
         raise NotImplementedError(f"{type(self).__name__} must implement _generate(counts, rng)")
 
     # ------------------------------------------------------------- helpers
-    def _validate_common(self):
-        dist = getattr(self, "class_distribution", "balanced")
-        if dist not in _CLASS_DISTRIBUTIONS:
-            raise ValueError(
-                f"class_distribution must be one of {_CLASS_DISTRIBUTIONS}, got {dist!r}"
-            )
-        n = getattr(self, "n_samples", None)
-        if n is not None and (not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1):
-            raise ValueError(f"n_samples must be None or an integer >= 1, got {n!r}")
-        return check_bounds(getattr(self, "bounds", None))
-
     def _check_fitted(self):
         if not hasattr(self, "classes_"):
             raise NotFittedError(
@@ -137,7 +136,8 @@ class ProxyDistribution(BaseEstimator):
         -------
         self : ProxyDistribution
         """
-        bounds = self._validate_common()
+        self.validate_params()
+        bounds = check_bounds(getattr(self, "bounds", None))
         X = check_images(X)
         y = _check_labels(X, y)
         if bounds is not None and (X.min() < bounds[0] - 1e-6 or X.max() > bounds[1] + 1e-6):
@@ -248,8 +248,6 @@ class ProxyDistribution(BaseEstimator):
         score : float
             ``-distance``.
         """
-        from ..metrics import conditional_wasserstein_distance
-
         self._check_fitted()
         X = check_images(X)
         y = _check_labels(X, y)

@@ -4,16 +4,15 @@ built on the UNet and noise schedulers of the ``diffusers`` library."""
 from __future__ import annotations
 
 import contextlib
-import numbers
 import time
+from numbers import Integral, Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .._utils import torch_seeded
-from ..attacks._base import _check_positive_int
-from ..classifier import resolve_device
+from .._validation import InstanceOf, Interval, Options, resolve_device
 from ._base import ProxyDistribution
 
 _SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -28,15 +27,6 @@ def _import_diffusers():
             "(or pip install diffusers)"
         ) from exc
     return diffusers
-
-
-def _check_real(value, name, low, high, low_open=False):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
 
 
 class DiffusionProxy(ProxyDistribution):
@@ -177,43 +167,46 @@ class DiffusionProxy(ProxyDistribution):
         self.verbose = verbose
 
     # ------------------------------------------------------------ checks
-    def _validate(self):
-        try:
-            channels = tuple(int(c) for c in self.block_out_channels)
-        except (TypeError, ValueError):
-            channels = ()
+    _parameter_constraints = {
+        **ProxyDistribution._parameter_constraints,
+        "block_out_channels": [InstanceOf((tuple, list), "a non-empty sequence of positive integers")],
+        "layers_per_block": [Interval(Integral, 1, None)],
+        "attention": ["boolean"],
+        "norm_num_groups": [Interval(Integral, 1, None)],
+        "max_epochs": [Interval(Integral, 1, None)],
+        "batch_size": [Interval(Integral, 1, None)],
+        "lr": [Interval(Real, 0, 10, closed="right")],
+        "ema_decay": [Interval(Real, 0, 1, closed="left")],
+        "num_train_timesteps": [Interval(Integral, 2, None)],
+        "beta_schedule": [Options(_SCHEDULES)],
+        "sampling_steps": [Interval(Integral, 1, None)],
+        "guidance_scale": [Interval(Real, 0, 1e3)],
+        "label_dropout": [Interval(Real, 0, 1, closed="left")],
+        "sample_batch_size": [Interval(Integral, 1, None)],
+        "device": [str, torch.device],
+        "verbose": [Interval(Integral, 0, None)],
+    }
+
+    def _validate_params_extra(self):
+        channels = self._channels()
         if not channels or min(channels) < 1:
-            raise ValueError(
-                "block_out_channels must be a non-empty sequence of positive integers, "
-                f"got {self.block_out_channels!r}"
-            )
-        _check_positive_int(self.norm_num_groups, "norm_num_groups", 1)
+            raise self._param_error(
+                "block_out_channels", "must be a non-empty sequence of positive integers")
         if any(c % self.norm_num_groups for c in channels):
-            raise ValueError(
-                f"norm_num_groups={self.norm_num_groups} must divide every entry of "
-                f"block_out_channels={channels}"
-            )
-        for name, minimum in (("layers_per_block", 1), ("max_epochs", 1), ("batch_size", 1),
-                              ("num_train_timesteps", 2), ("sampling_steps", 1),
-                              ("sample_batch_size", 1)):
-            _check_positive_int(getattr(self, name), name, minimum)
+            raise self._param_error(
+                "norm_num_groups", f"must divide every entry of block_out_channels={channels}")
         if self.sampling_steps > self.num_train_timesteps:
-            raise ValueError(
-                f"sampling_steps={self.sampling_steps} exceeds "
-                f"num_train_timesteps={self.num_train_timesteps}"
-            )
-        _check_real(self.lr, "lr", 0, 10, low_open=True)
-        _check_real(self.ema_decay, "ema_decay", 0, 1 - 1e-12)
-        _check_real(self.label_dropout, "label_dropout", 0, 1 - 1e-12)
-        _check_real(self.guidance_scale, "guidance_scale", 0, 1e3)
+            raise self._param_error(
+                "sampling_steps", f"cannot exceed num_train_timesteps={self.num_train_timesteps}")
         if self.guidance_scale != 1 and self.label_dropout == 0:
-            raise ValueError(
-                f"guidance_scale={self.guidance_scale} needs an unconditional model: "
-                "set label_dropout > 0 (e.g. 0.1)"
-            )
-        if self.beta_schedule not in _SCHEDULES:
-            raise ValueError(f"beta_schedule must be one of {_SCHEDULES}, got {self.beta_schedule!r}")
-        return channels
+            raise self._param_error(
+                "guidance_scale", "!= 1 needs an unconditional model: set label_dropout > 0 (e.g. 0.1)")
+
+    def _channels(self):
+        try:
+            return tuple(int(c) for c in self.block_out_channels)
+        except (TypeError, ValueError):
+            return ()
 
     @contextlib.contextmanager
     def _torch_seed(self, offset):
@@ -224,7 +217,8 @@ class DiffusionProxy(ProxyDistribution):
     # ------------------------------------------------------------ fitting
     def _fit(self, X, y):
         diffusers = _import_diffusers()
-        channels = self._validate()
+        self.validate_params()
+        channels = self._channels()
         if X.ndim != 4:
             raise ValueError(
                 f"DiffusionProxy needs images of shape (n, C, H, W), got shape {X.shape}"
@@ -315,7 +309,7 @@ class DiffusionProxy(ProxyDistribution):
     # ------------------------------------------------------------ sampling
     def _generate(self, counts, rng):
         diffusers = _import_diffusers()
-        self._validate()
+        self.validate_params()
         labels_all = np.repeat(np.arange(len(counts)), counts)
         device = next(self.unet_.parameters()).device
         # trailing spacing starts the few-step chain at the last training step

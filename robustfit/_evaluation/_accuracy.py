@@ -6,12 +6,12 @@ import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
-from .._loader import _dataset_arrays
-from ..attacks._base import Attack, _as_tensors, check_bounds, check_in_bounds, eval_mode
+from .._validation import check_bounds, check_in_bounds, dataset_arrays, encode_labels
+from ..attacks._base import Attack, _as_tensors, eval_mode
 from ..attacks.autoattack import ATTACK_ALIASES, resolve_attack
 
 
-def _resolve(estimator, X):
+def resolve_estimator(estimator, X):
     """Split a (pipeline of) estimator(s) into the torch module, its device,
     the transformed ``X`` and the fitted classifier (or None)."""
     if isinstance(estimator, Pipeline):
@@ -31,19 +31,8 @@ def _resolve(estimator, X):
     return module, X, estimator
 
 
-def encode_labels(classes, y):
-    """Map labels to their indices in the sorted array ``classes``.
-
-    Raises ``ValueError`` naming the labels that are not among ``classes``.
-    """
-    idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
-    if not np.all(classes[idx] == y):
-        unknown = np.setdiff1d(np.unique(y), classes)
-        raise ValueError(f"y has labels not among classes_: {unknown[:5].tolist()} (unseen in fit)")
-    return idx.astype(np.int64)
-
-
-def _encode(classifier, y):
+def encode_for(classifier, y):
+    """Labels as class indices of ``classifier`` (unchanged for a bare module)."""
     classes = getattr(classifier, "classes_", None)
     y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
     if classes is None:
@@ -98,14 +87,14 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
     >>> 0.0 <= robust_accuracy(net, X, y, attack="autoattack", epsilon=0.1) <= 1.0
     True
     """
-    module, X, clf = _resolve(estimator, X)
+    module, X, clf = resolve_estimator(estimator, X)
     if y is None:
-        arrays = _dataset_arrays(X)
+        arrays = dataset_arrays(X)
         if arrays is None or arrays[1] is None:
             raise ValueError("y is None: pass labels, or a dataset that holds them")
         X, y_idx = arrays
     else:
-        y_idx = _encode(clf, y) if clf is not None else y
+        y_idx = encode_for(clf, y) if clf is not None else y
     attack = resolve_attack(attack, epsilon=epsilon, norm=norm, estimator=clf)
     if attack is None:
         if clf is None or not hasattr(clf, "default_evaluation_attack"):
@@ -113,7 +102,7 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
         attack = clf.default_evaluation_attack()
     x, y_t = _as_tensors(module, X, y_idx)
     if isinstance(attack, Attack):
-        attack._validate()
+        attack.validate_params()
         check_in_bounds(x, check_bounds(attack.bounds))
         run = attack.perturb
     elif callable(attack):

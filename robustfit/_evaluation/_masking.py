@@ -17,15 +17,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_bounds, check_in_bounds
 from ..attacks import PGD, AutoAttack, Square
-from ..attacks._base import (
-    Attack,
-    _as_tensors,
-    check_bounds,
-    check_in_bounds,
-    eval_mode,
-)
-from ._robust import _encode, _resolve
+from ..attacks._base import Attack, _as_tensors, eval_mode
+from ._accuracy import encode_for, resolve_estimator
 
 CHECKS = ("steps", "large_epsilon", "blackbox", "gradients")
 
@@ -347,8 +342,8 @@ def check_gradient_masking(
     if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
     bounds = check_bounds(bounds)
-    module, X, clf = _resolve(estimator, X)
-    y_idx = _encode(clf, y) if clf is not None else y
+    module, X, clf = resolve_estimator(estimator, X)
+    y_idx = encode_for(clf, y) if clf is not None else y
     x, y_t = _as_tensors(module, X, y_idx)
     if max_samples is not None:
         x, y_t = x[:max_samples], y_t[:max_samples]
@@ -356,11 +351,11 @@ def check_gradient_masking(
     if attack is None:
         attack = AutoAttack(epsilon=epsilon, norm=norm, bounds=bounds)
     if isinstance(attack, Attack):
-        attack._validate()
+        attack.validate_params()
 
     def run_of(att):
         if isinstance(att, Attack):
-            att._validate()
+            att.validate_params()
             return att.perturb
         return att
 

@@ -1,0 +1,197 @@
+"""The pool of proxy samples mixed into training (Sehwag et al. 2022).
+
+:class:`~robustfit.AdversarialClassifier` calls :func:`build_proxy_pool` once
+per ``fit`` on the training part of the data (after ``train_split``), and
+:class:`~robustfit._loader.MixedLoader` draws every batch's proxy share from
+the pool. :func:`proxy_per_batch` is the one place that decides how a batch is
+split between real and proxy samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from joblib import Memory
+from sklearn.base import clone
+
+from ._validation import check_array, check_in_bounds, dataset_arrays, encode_labels
+
+#: What ``proxy_data`` may be, as :func:`proxy_kind` names it.
+PROXY_KINDS = (None, "distribution", "dataset", "arrays")
+
+
+def proxy_kind(proxy):
+    """Classify ``proxy_data``: None, "distribution", "dataset" or "arrays".
+
+    Raises
+    ------
+    ValueError
+        For anything else, naming what is accepted.
+    """
+    if proxy is None:
+        return None
+    if hasattr(proxy, "fit") and hasattr(proxy, "sample"):
+        return "distribution"
+    if isinstance(proxy, torch.utils.data.Dataset):
+        return "dataset"
+    if isinstance(proxy, (tuple, list)) and len(proxy) == 2:
+        return "arrays"
+    raise ValueError(
+        "proxy_data must be None, a ProxyDistribution (with fit and sample), an (X, y) "
+        f"pair or a torch Dataset, got {type(proxy).__name__}"
+    )
+
+
+def proxy_per_batch(batch_size, proxy_ratio):
+    """Proxy samples in a full batch of ``batch_size`` (at least one of each kind).
+
+    Parameters
+    ----------
+    batch_size : int
+        Real and proxy samples together.
+    proxy_ratio : float
+        Fraction of the batch from the proxy pool, in ``[0, 1)``.
+
+    Returns
+    -------
+    n_proxy : int
+        ``round(batch_size * proxy_ratio)``, kept in ``[1, batch_size - 1]``
+        when ``proxy_ratio > 0`` (0 when it is 0, or when a batch has room
+        for one sample only).
+    """
+    if proxy_ratio <= 0 or batch_size < 2:
+        return 0
+    return min(max(int(round(batch_size * proxy_ratio)), 1), batch_size - 1)
+
+
+def proxy_per_epoch(n_real, batch_size, proxy_ratio):
+    """Proxy samples one epoch over ``n_real`` real samples consumes.
+
+    Parameters
+    ----------
+    n_real : int
+        Real training samples.
+    batch_size : int
+        Batch size (real and proxy); ``-1`` or anything below 1 means one
+        batch of all real samples.
+    proxy_ratio : float
+        Proxy fraction of each batch.
+
+    Returns
+    -------
+    n : int
+    """
+    b = batch_size if batch_size > 0 else n_real
+    n_proxy = proxy_per_batch(b, proxy_ratio)
+    n_batches = -(-n_real // max(b - n_proxy, 1))
+    return n_batches * n_proxy
+
+
+def fit_and_sample(proxy, X, y, n, seed):
+    """Clone and fit ``proxy`` on (X, y), then draw ``n`` samples.
+
+    A proxy whose own ``random_state`` is None gets ``seed``, so that the
+    classifier's ``random_state`` makes the proxy's fit repeatable too.
+
+    Returns
+    -------
+    proxy, X_proxy, y_proxy
+    """
+    proxy = clone(proxy)
+    params = proxy.get_params(deep=False)
+    if seed is not None and "random_state" in params and params["random_state"] is None:
+        proxy.set_params(random_state=seed)
+    proxy.fit(X, y)
+    Xp, yp = proxy.sample(n, random_state=seed)
+    return proxy, Xp, yp
+
+
+def materialize(dataset):
+    """Stack a Dataset of ``(x, y)`` items into two arrays."""
+    xs, ys = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise ValueError("a proxy Dataset must yield (x, y) pairs")
+        xs.append(torch.as_tensor(item[0], dtype=torch.float32))
+        ys.append(int(item[1]))
+    if not xs:
+        raise ValueError("the proxy Dataset is empty")
+    return torch.stack(xs).numpy(), np.asarray(ys)
+
+
+def _training_arrays(dataset_train, classes):
+    arrays = dataset_arrays(dataset_train)
+    if arrays is None or arrays[1] is None:
+        raise ValueError(
+            "proxy_data as a ProxyDistribution needs array training data (X, y), "
+            "not a Dataset of another kind"
+        )
+    X, y = arrays
+    X = X.detach().cpu().numpy() if torch.is_tensor(X) else np.asarray(X)
+    y = y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
+    return X, classes[y]
+
+
+def build_proxy_pool(proxy_data, dataset_train, *, classes, input_shape, bounds, batch_size,
+                     proxy_ratio, proxy_samples=None, memory=None, seed=None):
+    """Fit (if needed) and sample the proxy data of one ``fit``.
+
+    Parameters
+    ----------
+    proxy_data : ProxyDistribution, (X, y) pair or Dataset
+        The classifier's ``proxy_data``.
+    dataset_train : Dataset
+        The training part of the data (labels encoded as class indices).
+    classes : numpy.ndarray
+        The classifier's ``classes_``.
+    input_shape : tuple of int
+        Shape of one training sample.
+    bounds : tuple of float or None
+        The attack's input box.
+    batch_size, proxy_ratio : int, float
+        For the default number of samples: one epoch's worth.
+    proxy_samples : int or None, default=None
+        Samples to draw from a ProxyDistribution.
+    memory : str, joblib.Memory or None, default=None
+        Cache of the fit and the draw.
+    seed : int or None, default=None
+        Seed of the proxy's fit and draw.
+
+    Returns
+    -------
+    proxy : ProxyDistribution or None
+        The fitted clone, when ``proxy_data`` is a distribution.
+    X_pool : torch.Tensor of float32
+    y_pool : torch.Tensor of int64
+        Labels as class indices.
+    """
+    kind = proxy_kind(proxy_data)
+    proxy = None
+    if kind == "distribution":
+        X_tr, y_tr = _training_arrays(dataset_train, classes)
+        n = proxy_samples or max(proxy_per_epoch(len(X_tr), batch_size, proxy_ratio), 1)
+        fit_sample = fit_and_sample
+        if memory is not None:
+            memory = Memory(memory, verbose=0) if isinstance(memory, str) else memory
+            fit_sample = memory.cache(fit_and_sample)
+        proxy, Xp, yp = fit_sample(proxy_data, X_tr, y_tr, int(n), seed)
+    elif kind == "dataset":
+        Xp, yp = materialize(proxy_data)
+    else:
+        Xp, yp = proxy_data
+    Xp = check_array(Xp, "proxy X")
+    check_in_bounds(Xp, bounds, "proxy X")
+    if tuple(Xp.shape[1:]) != tuple(input_shape):
+        raise ValueError(
+            f"proxy samples have shape {tuple(Xp.shape[1:])}, but the training data "
+            f"has {tuple(input_shape)}"
+        )
+    yp = np.asarray(yp.detach().cpu() if torch.is_tensor(yp) else yp)
+    if len(yp) != len(Xp):
+        raise ValueError(f"proxy X and y have different lengths: {len(Xp)} and {len(yp)}")
+    try:
+        yp = encode_labels(classes, yp)
+    except ValueError as exc:
+        raise ValueError(f"proxy labels: {exc}") from None
+    return proxy, torch.as_tensor(Xp, dtype=torch.float32), torch.as_tensor(yp, dtype=torch.long)

@@ -1,0 +1,668 @@
+"""Shared checks: parameter constraints, devices, input boxes, arrays and labels.
+
+The lowest layer of robustfit: every other module may import from here, and
+this module imports nothing from robustfit.
+
+**Parameter constraints.** Every parameter object (attacks, objectives, proxy
+distributions, :class:`~robustfit.metrics.TransferBound`) and
+:class:`~robustfit.AdversarialClassifier` declare what each constructor
+argument may be in one table, ``_parameter_constraints``, in the spirit of
+scikit-learn's (this is a small implementation of our own, not scikit-learn's
+private module)::
+
+    _parameter_constraints = {
+        "epsilon": [Interval(Real, 0, None, closed="left")],
+        "norm": [Options({"linf", "l2"})],
+        "step_size": [None, Interval(Real, 0, None, closed="left")],
+        "random_start": ["boolean"],
+    }
+
+A value is valid when it satisfies at least one entry of its list. The public
+method :meth:`ParamsValidationMixin.validate_params` checks the table, then
+calls the class's ``_validate_params_extra`` hook for conditions that involve
+several parameters. Every error names the class, the parameter, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from torch.utils.data import Subset
+
+__all__ = [
+    "Bounds",
+    "InstanceOf",
+    "Interval",
+    "InvalidParameterError",
+    "Options",
+    "ParamsValidationMixin",
+    "check_array",
+    "check_bounds",
+    "check_param",
+    "dataset_arrays",
+    "check_device",
+    "check_in_bounds",
+    "check_labels",
+    "encode_labels",
+    "resolve_device",
+    "validate_parameter_constraints",
+]
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter has a value its constraints do not allow.
+
+    A subclass of both :class:`ValueError` and :class:`TypeError`, so callers
+    may catch either (scikit-learn's convention).
+    """
+
+
+# --------------------------------------------------------------------------- constraints
+class _Constraint:
+    """A condition on one parameter value."""
+
+    def is_satisfied_by(self, value):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement is_satisfied_by(value)")
+
+    def invalid_example(self):
+        """A value that violates this constraint (for conformance tests), or None."""
+        return None
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+class Interval(_Constraint):
+    """A number in an interval.
+
+    Parameters
+    ----------
+    type : {numbers.Integral, numbers.Real}
+        ``Integral`` accepts integers only (not ``bool``); ``Real`` any real
+        number, integers included (not ``bool``).
+    left, right : float or None
+        Bounds; ``None`` is unbounded on that side.
+    closed : {"both", "left", "right", "neither"}, default="both"
+        Which bounds belong to the interval.
+    finite : bool, default=True
+        Reject ``inf`` and ``nan`` (for ``Real``).
+    """
+
+    def __init__(self, type, left, right, *, closed="both", finite=True):
+        self.type = type
+        self.left = left
+        self.right = right
+        self.closed = closed
+        self.finite = finite
+
+    def is_satisfied_by(self, value):
+        if self.type is Integral:
+            if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+                return False
+        elif not _is_real(value):
+            return False
+        if self.finite and not np.isfinite(float(value)):
+            return False
+        if np.isnan(float(value)):
+            return False
+        if self.left is not None:
+            if value < self.left or (value == self.left and self.closed in ("right", "neither")):
+                return False
+        if self.right is not None:
+            if value > self.right or (value == self.right and self.closed in ("left", "neither")):
+                return False
+        return True
+
+    def invalid_example(self):
+        if self.left is not None:
+            return self.left - 1
+        if self.right is not None:
+            return self.right + 1
+        return "not-a-number"
+
+    def __str__(self):
+        kind = "an integer" if self.type is Integral else "a number"
+        if self.left is None and self.right is None:
+            return kind + (" (finite)" if self.finite and self.type is Real else "")
+        if self.right is None:
+            op = ">=" if self.closed in ("both", "left") else ">"
+            return f"{kind} {op} {self.left:g}"
+        if self.left is None:
+            op = "<=" if self.closed in ("both", "right") else "<"
+            return f"{kind} {op} {self.right:g}"
+        lo = "[" if self.closed in ("both", "left") else "("
+        hi = "]" if self.closed in ("both", "right") else ")"
+        return f"{kind} in {lo}{self.left:g}, {self.right:g}{hi}"
+
+
+class Options(_Constraint):
+    """One of a fixed set of values (compared with ``==``, types must match).
+
+    Parameters
+    ----------
+    options : iterable
+        The allowed values; kept in the given order for messages.
+    """
+
+    def __init__(self, options):
+        self.options = tuple(options)
+
+    def is_satisfied_by(self, value):
+        for option in self.options:
+            if type(value) is type(option) or (isinstance(value, str) and isinstance(option, str)):
+                try:
+                    if value == option:
+                        return True
+                except Exception:  # noqa: BLE001 - arrays and odd objects compare badly
+                    continue
+        return False
+
+    def invalid_example(self):
+        return "__not_an_option__"
+
+    def __str__(self):
+        return "one of " + ", ".join(repr(o) for o in self.options)
+
+
+class InstanceOf(_Constraint):
+    """An instance of the given type(s), described as ``description`` in messages."""
+
+    def __init__(self, types, description=None):
+        self.types = types if isinstance(types, tuple) else (types,)
+        self.description = description
+
+    def is_satisfied_by(self, value):
+        return isinstance(value, self.types)
+
+    def invalid_example(self):
+        return object()
+
+    def __str__(self):
+        if self.description:
+            return self.description
+        names = " or ".join(t.__name__ for t in self.types)
+        return f"an instance of {names}"
+
+
+class _NoneConstraint(_Constraint):
+    def is_satisfied_by(self, value):
+        return value is None
+
+    def __str__(self):
+        return "None"
+
+
+class _Boolean(_Constraint):
+    def is_satisfied_by(self, value):
+        return isinstance(value, (bool, np.bool_))
+
+    def invalid_example(self):
+        return "yes"
+
+    def __str__(self):
+        return "True or False"
+
+
+class _RandomState(_Constraint):
+    def is_satisfied_by(self, value):
+        if value is None or isinstance(value, np.random.RandomState):
+            return True
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) \
+            and 0 <= value < 2**32
+
+    def invalid_example(self):
+        return -1
+
+    def __str__(self):
+        return "None, an integer in [0, 2**32) or a numpy RandomState"
+
+
+class _Callable(_Constraint):
+    def is_satisfied_by(self, value):
+        return callable(value)
+
+    def invalid_example(self):
+        return 3.5
+
+    def __str__(self):
+        return "a callable"
+
+
+class Bounds(_Constraint):
+    """An input box: ``None`` (unbounded) or a pair ``(low, high)`` with ``low < high``."""
+
+    def is_satisfied_by(self, value):
+        try:
+            check_bounds(value)
+        except ValueError:
+            return False
+        return True
+
+    def invalid_example(self):
+        return (1.0, 0.0)
+
+    def __str__(self):
+        return "None or a pair (low, high) of finite numbers with low < high"
+
+
+_SPECIAL = {
+    "boolean": _Boolean(),
+    "random_state": _RandomState(),
+    "callable": _Callable(),
+    "bounds": Bounds(),
+}
+
+
+def make_constraint(spec):
+    """Turn one entry of a constraints table into a constraint object.
+
+    ``None`` allows ``None``; ``"boolean"``, ``"random_state"``, ``"callable"``
+    and ``"bounds"`` name common constraints; a class (or tuple of classes)
+    allows its instances; a constraint object is returned as is.
+    """
+    if isinstance(spec, _Constraint):
+        return spec
+    if spec is None:
+        return _NoneConstraint()
+    if isinstance(spec, str):
+        try:
+            return _SPECIAL[spec]
+        except KeyError:
+            raise ValueError(f"unknown constraint name {spec!r}") from None
+    if isinstance(spec, type) or (isinstance(spec, tuple) and all(isinstance(t, type) for t in spec)):
+        return InstanceOf(spec)
+    raise TypeError(f"cannot make a constraint from {spec!r}")
+
+
+def describe_constraints(specs):
+    """One phrase for a list of constraints: "a number >= 0 or None"."""
+    parts = [str(make_constraint(s)) for s in specs]
+    if len(parts) == 1:
+        return parts[0]
+    return ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def validate_parameter_constraints(constraints, params, owner):
+    """Check ``params`` against a constraints table.
+
+    Parameters
+    ----------
+    constraints : dict
+        Parameter name to a list of allowed kinds (see the module docstring),
+        or to ``"no_validation"``.
+    params : dict
+        Parameter name to value; names absent from ``constraints`` are not
+        checked.
+    owner : str
+        The class name, used in messages.
+
+    Raises
+    ------
+    InvalidParameterError
+        For the first parameter that satisfies none of its constraints; the
+        message names ``owner``, the parameter, what is allowed and the value.
+    """
+    for name, allowed in constraints.items():
+        if allowed == "no_validation" or name not in params:
+            continue
+        value = params[name]
+        if any(make_constraint(spec).is_satisfied_by(value) for spec in allowed):
+            continue
+        prefix = f"{owner}: " if owner else ""
+        raise InvalidParameterError(
+            f"{prefix}{name} must be {describe_constraints(allowed)}, got {value!r}"
+        )
+
+
+def check_param(value, name, allowed, owner=None):
+    """Check one argument of a function against a list of allowed kinds.
+
+    Parameters
+    ----------
+    value : object
+        The argument.
+    name : str
+        Its name, for the message.
+    allowed : list
+        Allowed kinds, as in a constraints table.
+    owner : str or None, default=None
+        The function or class name, for the message.
+
+    Returns
+    -------
+    value : object
+        The argument, unchanged.
+    """
+    validate_parameter_constraints({name: allowed}, {name: value}, owner or "")
+    return value
+
+
+class ParamsValidationMixin:
+    """Adds :meth:`validate_params` to a parameter object.
+
+    The class declares ``_parameter_constraints``; conditions that involve
+    several parameters go in ``_validate_params_extra``.
+    """
+
+    #: Parameter name to the list of allowed kinds (see :mod:`robustfit._validation`).
+    _parameter_constraints: dict = {}
+
+    def validate_params(self):
+        """Check every parameter against the class's constraints.
+
+        Returns
+        -------
+        self
+            The object, unchanged.
+
+        Raises
+        ------
+        robustfit._validation.InvalidParameterError
+            A :class:`ValueError` (and :class:`TypeError`) naming the class,
+            the parameter, the value and what is allowed.
+        """
+        validate_parameter_constraints(
+            self._parameter_constraints, self.get_params(deep=False), type(self).__name__
+        )
+        self._validate_params_extra()
+        return self
+
+    def _validate_params_extra(self):
+        """Checks that involve several parameters (none by default)."""
+
+    def _param_error(self, name, message):
+        """An :class:`InvalidParameterError` naming this class and parameter ``name``."""
+        value = getattr(self, name, None)
+        return InvalidParameterError(f"{type(self).__name__}: {name} {message}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- devices
+def resolve_device(device):
+    """Turn ``"auto"`` into ``"cuda"`` when a GPU is present, else ``"cpu"``.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+
+    Returns
+    -------
+    device : str, torch.device or None
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def check_device(device, name="device"):
+    """Resolve ``device`` and check that it can be used here.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (``None`` leaves
+        tensors where they are).
+    name : str, default="device"
+        The parameter's name, for messages.
+
+    Returns
+    -------
+    device : str, torch.device or None
+        The resolved device.
+
+    Raises
+    ------
+    ValueError
+        For a string torch cannot parse, or a CUDA device on a machine without
+        one (or with fewer GPUs than the index asks for).
+    """
+    device = resolve_device(device)
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{name}={device!r} is not a device torch knows: {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}={device!r} but no CUDA GPU is available here; use device='cpu' "
+                "or device='auto' (CUDA when present)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name}={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    return device
+
+
+# --------------------------------------------------------------------------- input boxes
+def check_bounds(bounds):
+    """Validate an input box and return it as a tuple of floats (or None).
+
+    Parameters
+    ----------
+    bounds : pair of float or None
+
+    Returns
+    -------
+    bounds : tuple of float or None
+    """
+    if bounds is None:
+        return None
+    try:
+        lo, hi = bounds
+        lo, hi = float(lo), float(hi)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"bounds must be None or a pair (low, high), got {bounds!r}"
+        ) from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or not lo < hi:
+        raise ValueError(f"bounds must be finite and satisfy low < high, got {bounds!r}")
+    return lo, hi
+
+
+def check_in_bounds(X, bounds, name="X"):
+    """Raise ``ValueError`` if any value of ``X`` lies outside ``bounds``.
+
+    Parameters
+    ----------
+    X : numpy.ndarray or torch.Tensor
+    bounds : tuple of float or None
+        As returned by :func:`check_bounds`; ``None`` checks nothing.
+    name : str, default="X"
+        The input's name, for messages.
+    """
+    if bounds is None:
+        return
+    lo, hi = bounds
+    if isinstance(X, torch.Tensor):
+        xmin, xmax = float(X.min()), float(X.max())
+    else:
+        xmin, xmax = float(np.min(X)), float(np.max(X))
+    tol = 1e-6
+    if xmin < lo - tol or xmax > hi + tol:
+        raise ValueError(
+            f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared "
+            f"input box bounds=({lo:g}, {hi:g}). Scale the data into the box, or "
+            "set the attack's bounds (bounds=None for unbounded features)."
+        )
+
+
+# --------------------------------------------------------------------------- arrays and labels
+def check_array(X, name="X", *, ndims=(2, 4), allow_tensor=True):
+    """Validate model input and return it as float32 (array or tensor).
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor
+        Numeric input of shape ``(n, d)`` or ``(n, C, H, W)``.
+    name : str, default="X"
+        The input's name, for messages.
+    ndims : tuple of int, default=(2, 4)
+        Allowed numbers of dimensions.
+    allow_tensor : bool, default=True
+        Keep a torch tensor as a tensor (float32); otherwise convert to numpy.
+
+    Returns
+    -------
+    X : numpy.ndarray or torch.Tensor
+        float32, finite, with at least one sample and one feature.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For sparse, complex, non-numeric, empty, wrongly shaped or non-finite
+        input; the message names the input and the fix.
+    """
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(
+            f"{name} is a sparse matrix; robustfit trains dense networks: pass "
+            f"{name}.toarray() (or a dense array)"
+        )
+    if torch.is_tensor(X) and allow_tensor:
+        if X.is_complex():
+            raise ValueError(f"{name} is complex; robustfit needs real-valued input")
+        if not X.is_floating_point():
+            X = X.float()
+        elif X.dtype != torch.float32:
+            X = X.float()
+    else:
+        if torch.is_tensor(X):
+            X = X.detach().cpu().numpy()
+        arr = np.asarray(X)
+        if np.iscomplexobj(arr):
+            raise ValueError(f"{name} is complex; robustfit needs real-valued input")
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            try:
+                arr = arr.astype(np.float32)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} must be numeric: {exc}") from None
+        try:
+            X = np.asarray(arr, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be numeric: {exc}") from None
+    if X.ndim not in ndims:
+        hint = " (add a channel axis: X[:, None])" if X.ndim == 3 and 4 in ndims else ""
+        allowed = " or ".join(
+            {2: "2 (n_samples, n_features)", 4: "4 (n_samples, channels, height, width)"}.get(d, str(d))
+            for d in ndims
+        )
+        raise ValueError(
+            f"{name} must have {allowed} dimensions, got {X.ndim} with shape "
+            f"{tuple(X.shape)}{hint}"
+        )
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} has 0 samples")
+    if any(s == 0 for s in X.shape[1:]):
+        raise ValueError(f"{name} has samples of shape {tuple(X.shape[1:])} with no features")
+    finite = bool(torch.isfinite(X).all()) if torch.is_tensor(X) else bool(np.isfinite(X).all())
+    if not finite:
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+def check_labels(y, n_samples=None, name="y"):
+    """Validate class labels: 1-d, one per sample, no NaN, one kind of value.
+
+    Parameters
+    ----------
+    y : array-like or torch.Tensor
+        Labels of any sortable kind (integers, strings, ...).
+    n_samples : int or None, default=None
+        The expected length.
+    name : str, default="y"
+
+    Returns
+    -------
+    y : numpy.ndarray
+    """
+    if y is None:
+        raise ValueError(f"{name} is required unless X is a Dataset that holds the labels")
+    if hasattr(y, "tocsr"):
+        raise TypeError(f"{name} is a sparse matrix; pass a 1-d array of class labels")
+    y = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-dimensional, got shape {y.shape}")
+    if n_samples is not None and len(y) != n_samples:
+        raise ValueError(f"X and {name} have different lengths: {n_samples} and {len(y)}")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise ValueError(f"{name} contains NaN or infinite labels")
+        if not np.all(y == np.round(y)):
+            bad = y[y != np.round(y)][:3].tolist()
+            raise ValueError(
+                f"{name} has non-integer float labels such as {bad}; a classifier needs "
+                "class labels (integers or strings), not continuous targets"
+            )
+    if y.dtype.kind == "c":
+        raise ValueError(f"{name} is complex; class labels must be integers or strings")
+    if y.dtype == object:
+        kinds = {type(v).__name__ for v in y}
+        if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in y):
+            raise ValueError(f"{name} contains missing labels (None or NaN)")
+        if len(kinds) > 1:
+            raise ValueError(
+                f"{name} mixes label types {sorted(kinds)}; use one kind (all integers or all strings)"
+            )
+    return y
+
+
+def encode_labels(classes, y):
+    """Map labels to their indices in the sorted array ``classes``.
+
+    Parameters
+    ----------
+    classes : numpy.ndarray
+        Sorted class labels.
+    y : array-like
+        Labels, all among ``classes``.
+
+    Returns
+    -------
+    indices : numpy.ndarray of int64
+
+    Raises
+    ------
+    ValueError
+        Naming the labels that are not among ``classes``.
+    """
+    y = np.asarray(y)
+    try:
+        idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+        ok = np.all(classes[idx] == y)
+    except TypeError:
+        ok = False
+    if not ok:
+        try:
+            unknown = np.setdiff1d(np.unique(y), classes)[:5].tolist()
+        except TypeError:
+            unknown = sorted({repr(v) for v in y.tolist()} - {repr(v) for v in classes.tolist()})[:5]
+        raise ValueError(
+            f"y has labels not among classes_: {unknown} (unseen in fit; "
+            f"classes_ is {np.asarray(classes)[:10].tolist()})"
+        )
+    return idx.astype(np.int64)
+
+
+def dataset_arrays(dataset):
+    """Return ``(X, y)`` behind a skorch ``Dataset`` (or a ``Subset`` of one),
+    or ``None`` when the dataset is of another kind."""
+    if isinstance(dataset, Subset):
+        inner = dataset_arrays(dataset.dataset)
+        if inner is None:
+            return None
+        idx = np.asarray(dataset.indices)
+        X, y = inner
+        return X[idx], (None if y is None else y[idx])
+    X, y = getattr(dataset, "X", None), getattr(dataset, "y", None)
+    ok = (np.ndarray, torch.Tensor)
+    if not isinstance(X, ok) or not (y is None or isinstance(y, ok)):
+        return None
+    if y is not None and len(y) != len(X):
+        return None
+    return X, y
