@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._proxy_pool import proxy_per_batch
+from ._utils import randperm
 from ._validation import dataset_arrays
 
 
@@ -68,7 +69,7 @@ class TensorLoader:
             yield from self.fallback
             return
         n, b = len(self.X), self.batch_size
-        perm = torch.randperm(n, device=self.X.device) if self.shuffle else None
+        perm = randperm(n, device=self.X.device) if self.shuffle else None
         stop = n - n % b if self.drop_last else n
         for start in range(0, stop, b):
             if perm is None:
@@ -135,7 +136,7 @@ class MixedLoader:
             idx = []
             while k > 0:
                 if perm is None or pos >= n_pool:
-                    perm, pos = torch.randperm(n_pool, device=self.X_proxy.device), 0
+                    perm, pos = randperm(n_pool, device=self.X_proxy.device), 0
                 take = perm[pos:pos + k]
                 idx.append(take)
                 pos += len(take)

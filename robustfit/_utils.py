@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 
 import torch
@@ -90,3 +91,184 @@ def clone_keeping_fitted(estimator, names):
         else:
             new[key] = clone(value, safe=False)
     return type(estimator)(**new)
+
+
+def amp_dtype(amp, device):
+    """The autocast dtype for an ``amp`` setting on ``device``, or None.
+
+    ``"bf16"`` is bfloat16 everywhere; ``"auto"`` is bfloat16 on CUDA and full
+    precision elsewhere; ``None``/``False`` is full precision.
+    """
+    if amp == "bf16" or (amp == "auto" and torch.device(device).type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(amp, device):
+    """A context manager: autocast for ``amp`` on ``device``, or a no-op."""
+    dtype = amp_dtype(amp, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def fitted_copy(value, current, previous_params, reset):
+    """The fitted copy of a parameter object (an attack, an objective).
+
+    Returns ``(copy, params)``: a fresh ``clone(value)`` when ``reset`` is true
+    (a new ``fit``), when there is no ``current`` copy, or when ``value``'s
+    parameters differ from ``previous_params``; otherwise ``current``, so that
+    learned state (a generator, a dual variable) carries over ``partial_fit``.
+    A value without ``get_params`` (a plain callable) is used as is.
+    """
+    if value is None:
+        return None, None
+    params = value.get_params() if hasattr(value, "get_params") else None
+    if params is None:
+        return value, None
+    if reset or current is None or type(current) is not type(value) or previous_params != params:
+        return clone(value), params
+    return current, params
+
+
+def split_nested_params(params, heads):
+    """Split ``{"attack__epsilon": 0.1, "lr": 1}`` into the nested parameters
+    of the objects named in ``heads`` and the rest.
+
+    Returns
+    -------
+    nested : dict
+        Head name to a dict of its parameters.
+    rest : dict
+        The other parameters.
+    """
+    nested, rest = {}, {}
+    for key, value in params.items():
+        head, sep, tail = key.partition("__")
+        if sep and head in heads:
+            nested.setdefault(head, {})[tail] = value
+        else:
+            rest[key] = value
+    return nested, rest
+
+
+# --------------------------------------------------------------------------- random numbers
+# Every random draw in robustfit goes through the functions below. Inside a
+# ``random_source(seed)`` block they use that source's generators (one per
+# device); outside, torch's global generator. The current source is a context
+# variable, so two fits in two threads never share a generator: seeded fits
+# repeat exactly in threads too (torch's global generator is process-wide).
+_CURRENT_SOURCE = contextvars.ContextVar("robustfit_random_source", default=None)
+
+
+def _device_key(device):
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class RandomSource:
+    """Seeded torch generators, one per device, for one fit or one evaluation.
+
+    Parameters
+    ----------
+    seed : int
+        The seed; the generator of each device is seeded with ``seed`` plus a
+        fixed offset per device, so CPU and GPU streams differ.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from robustfit._utils import RandomSource, random_source, rand_like
+    >>> with random_source(RandomSource(0)):
+    ...     a = rand_like(torch.zeros(3))
+    >>> with random_source(0):
+    ...     b = rand_like(torch.zeros(3))
+    >>> bool(torch.equal(a, b))
+    True
+    """
+
+    def __init__(self, seed):
+        self.seed = int(seed)
+        self._generators = {}
+
+    def generator(self, device="cpu"):
+        """The generator for ``device`` (created and seeded on first use)."""
+        key = _device_key(device)
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=key)
+            offset = 0 if key.type == "cpu" else 7919 * (1 + (key.index or 0))
+            gen.manual_seed((self.seed + offset) % 2**63)
+            self._generators[key] = gen
+        return gen
+
+    def get_state(self):
+        """The generators' states, as ``{device string: uint8 CPU tensor}``."""
+        return {str(k): g.get_state().cpu() for k, g in self._generators.items()}
+
+    def set_state(self, state):
+        """Restore states from :meth:`get_state` (devices absent here are skipped)."""
+        for name, value in state.items():
+            key = torch.device(name)
+            if key.type == "cuda" and not torch.cuda.is_available():
+                continue
+            self.generator(key).set_state(value.cpu() if key.type == "cpu" else value)
+
+
+@contextlib.contextmanager
+def random_source(source):
+    """Use ``source`` (a :class:`RandomSource`, an int seed, or None) for every
+    robustfit draw inside the block; None keeps the enclosing source."""
+    if source is None:
+        yield _CURRENT_SOURCE.get()
+        return
+    if not isinstance(source, RandomSource):
+        source = RandomSource(source)
+    token = _CURRENT_SOURCE.set(source)
+    try:
+        yield source
+    finally:
+        _CURRENT_SOURCE.reset(token)
+
+
+def current_generator(device):
+    """The current source's generator for ``device``, or None (torch's global one)."""
+    source = _CURRENT_SOURCE.get()
+    return None if source is None else source.generator(device)
+
+
+def rand_like(t):
+    """Uniform [0, 1) numbers shaped like ``t`` (same device and dtype)."""
+    return torch.rand(t.shape, generator=current_generator(t.device), device=t.device, dtype=t.dtype)
+
+
+def randn_like(t):
+    """Standard normal numbers shaped like ``t``."""
+    return torch.randn(t.shape, generator=current_generator(t.device), device=t.device, dtype=t.dtype)
+
+
+def rand(size, device="cpu", dtype=None):
+    """Uniform [0, 1) numbers of shape ``size``."""
+    return torch.rand(size, generator=current_generator(device), device=device, dtype=dtype)
+
+
+def randn(size, device="cpu", dtype=None):
+    """Standard normal numbers of shape ``size``."""
+    return torch.randn(size, generator=current_generator(device), device=device, dtype=dtype)
+
+
+def randint(low, high, size, device="cpu"):
+    """Integers uniform in ``[low, high)`` of shape ``size``."""
+    return torch.randint(low, high, size, generator=current_generator(device), device=device)
+
+
+def randperm(n, device="cpu"):
+    """A random permutation of ``range(n)``."""
+    return torch.randperm(n, generator=current_generator(device), device=device)
+
+
+def exponential_like(t):
+    """Standard exponential numbers shaped like ``t``."""
+    return torch.empty_like(t).exponential_(generator=current_generator(t.device))

@@ -18,13 +18,12 @@ narrow hooks and hands every other concern to the layer that owns it.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import numbers
+import threading
 from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
@@ -35,7 +34,14 @@ from skorch.utils import is_dataset, to_numpy, to_tensor
 from ._evaluation import check_gradient_masking, robust_accuracy
 from ._loader import MixedLoader, TensorLoader
 from ._proxy_pool import build_proxy_pool, proxy_kind
-from ._utils import torch_seeded
+from ._utils import (
+    amp_dtype,
+    autocast,
+    fitted_copy,
+    random_source,
+    split_nested_params,
+    torch_seeded,
+)
 from ._validation import (
     Interval,
     Options,
@@ -53,9 +59,10 @@ from .attacks import AutoAttack, resolve_attack
 from .attacks._base import Attack
 from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
 from .losses import AdversarialCE, Objective
-from .models import default_module
+from .models import default_module, fill_module_arguments
 
 _NESTED = ("attack", "valid_attack", "objective", "proxy_data")
+_GLOBAL_RNG_LOCK = threading.RLock()
 _ATTACK = [None, Attack, "callable"]
 
 
@@ -305,11 +312,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         -------
         self : AdversarialClassifier
         """
-        nested = {}
-        for key in list(params):
-            head, sep, tail = key.partition("__")
-            if sep and head in _NESTED:
-                nested.setdefault(head, {})[tail] = params.pop(key)
+        nested, params = split_nested_params(params, _NESTED)
         super().set_params(**params)
         for head, sub in nested.items():
             obj = getattr(self, head)
@@ -429,20 +432,11 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         return X, y
 
     def _fitted_copy(self, name, reset):
-        """Keep ``<name>_`` a clone of parameter ``name``; re-clone it when the
-        parameter changed or ``reset`` is true (a fresh ``fit``), so that learned
-        state (a generator, a dual variable) carries over ``partial_fit`` only."""
-        value = getattr(self, name)
-        attr = name + "_"
-        if value is None:
-            setattr(self, attr, None)
-            return
-        params = value.get_params() if hasattr(value, "get_params") else None
-        current = getattr(self, attr, None)
-        if reset or current is None or params is None or type(current) is not type(value) \
-                or getattr(self, name + "_params_", None) != params:
-            setattr(self, attr, clone(value) if params is not None else value)
-            setattr(self, name + "_params_", params)
+        attr, params = name + "_", name + "_params_"
+        copy, new = fitted_copy(getattr(self, name), getattr(self, attr, None),
+                                getattr(self, params, None), reset)
+        setattr(self, attr, copy)
+        setattr(self, params, new)
 
     def check_data(self, X, y):
         # Labels are validated and encoded in fit/partial_fit; skorch's version
@@ -465,8 +459,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
 
     @contextlib.contextmanager
     def _seeded(self, offset=0):
+        # robustfit's own draws (attack starts, shuffling, noise) come from a
+        # RandomSource private to this call, so seeded fits repeat in threads;
+        # torch's global generator (weight init, dropout) is forked and seeded too
         seed = self._seed()
-        with torch_seeded(None if seed is None else seed + offset):
+        seed = None if seed is None else seed + offset
+        with torch_seeded(seed), random_source(seed):
             yield
 
     def get_split_datasets(self, X, y=None, **fit_params):
@@ -673,6 +671,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
 
     # ------------------------------------------------------------ training
     def initialize_module(self):
+        # weight init draws from torch's global generator: seed it under a lock,
+        # so a fit in another thread cannot interleave its own draws
+        with _GLOBAL_RNG_LOCK, torch_seeded(self._seed()):
+            return self._build_module()
+
+    def _build_module(self):
         kwargs = self.get_params_for("module")
         module = self.module
         shape = getattr(self, "input_shape_", None)
@@ -687,9 +691,9 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             # the shape-derived arguments
             module, kwargs = default_module(shape, n_classes, **kwargs), {}
         elif not isinstance(module, torch.nn.Module):
-            kwargs = _shape_arguments(module, kwargs, shape, n_classes)
+            kwargs = fill_module_arguments(module, kwargs, shape, n_classes)
         self.module_ = self.initialized_instance(module, kwargs)
-        if self._amp_dtype() is not None and shape is not None and len(shape) == 3:
+        if amp_dtype(self.amp, self.device) is not None and shape is not None and len(shape) == 3:
             self.module_ = self.module_.to(memory_format=torch.channels_last)
         return self
 
@@ -720,16 +724,8 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         kwargs.setdefault("device", self.device)
         return kwargs
 
-    def _amp_dtype(self):
-        if self.amp == "bf16" or (self.amp == "auto" and torch.device(self.device).type == "cuda"):
-            return torch.bfloat16
-        return None
-
     def _autocast(self):
-        dtype = self._amp_dtype()
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+        return autocast(self.amp, self.device)
 
     def infer(self, x, **fit_params):
         with self._autocast():
@@ -788,23 +784,6 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if objective is not None:
             for key, value in objective.on_epoch_end().items():
                 self.history.record(key, value)
-
-
-def _shape_arguments(factory, kwargs, shape, n_classes):
-    """Fill ``n_classes``/``in_channels``/``n_features`` of a module factory
-    from the data, where its signature has them and they are not given."""
-    try:
-        sig = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return kwargs
-    kwargs = dict(kwargs)
-    if "n_classes" in sig and "n_classes" not in kwargs and n_classes is not None:
-        kwargs["n_classes"] = n_classes
-    if "in_channels" in sig and "in_channels" not in kwargs and shape and len(shape) == 3:
-        kwargs["in_channels"] = shape[0]
-    if "n_features" in sig and "n_features" not in kwargs and shape:
-        kwargs["n_features"] = int(np.prod(shape))
-    return kwargs
 
 
 def _encoded_accuracy(net, X, y):

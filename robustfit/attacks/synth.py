@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._ot import sinkhorn_distance
-from .._utils import torch_seeded
+from .._utils import randn, randperm, torch_seeded
 from .._validation import Interval, check_in_bounds, check_param
 from ..models import default_generator
 from ._base import (
@@ -248,7 +248,7 @@ class GeneratorSynth(Attack):
     def _synthesize(self, x):
         """Sample ``x_adv`` from the generator, with the graph to its parameters."""
         gen = self.generator_
-        z = torch.randn(x.shape[0], self.latent_dim, device=x.device, dtype=x.dtype)
+        z = randn((x.shape[0], self.latent_dim), device=x.device, dtype=x.dtype)
         raw = gen(z, x) if self.conditional else gen(z)
         if tuple(raw.shape) != tuple(x.shape):
             raise ValueError(
@@ -469,7 +469,7 @@ class GeneratorSynth(Attack):
         check_in_bounds(x, self._bounds)
         with torch_seeded(random_state):
             for _ in range(epochs):
-                order = torch.randperm(x.shape[0], device=x.device)
+                order = randperm(x.shape[0], device=x.device)
                 for start in range(0, x.shape[0], batch_size):
                     idx = order[start:start + batch_size]
                     if idx.numel() < 2:  # BatchNorm needs two samples
