@@ -18,6 +18,7 @@ from ._base import (
 from ._steps import margin
 from .apgd import APGD, apgd_checkpoints, dlr_loss
 from .autoattack import AutoAttack, resolve_attack
+from .fab import FAB, hyperplane_projection
 from .langevin import Langevin
 from .pgd import FGSM, PGD
 from .square import Square
@@ -27,6 +28,7 @@ __all__ = [
     "APGD",
     "Attack",
     "AutoAttack",
+    "FAB",
     "FGSM",
     "GeneratorSynth",
     "Langevin",
@@ -34,6 +36,7 @@ __all__ = [
     "Square",
     "apgd_checkpoints",
     "dlr_loss",
+    "hyperplane_projection",
     "margin",
     "normalize_gradient",
     "perturbation_norm",

@@ -249,11 +249,32 @@ class APGD(Attack):
         loss_fn = self._loss_fn(target)
 
         def loss_and_grad(point):
-            point = point.detach().requires_grad_(True)
+            point.requires_grad_(True)
             logits = module(point)
             loss = loss_fn(logits, y)
             (grad,) = torch.autograd.grad(loss.sum(), point)
-            return loss.detach().float(), grad.detach(), logits.detach()
+            point.requires_grad_(False)
+            return loss.detach().float(), grad, logits.detach()
+
+        if norm == "linf":
+            # the ball and the box are both boxes: one clamp between precomputed
+            # per-coordinate limits projects onto their intersection
+            low, high = x - eps, x + eps
+            if bounds is not None:
+                low, high = low.clamp_min(bounds[0]), high.clamp_max(bounds[1])
+
+            def ascend(point, step, grad):
+                return torch.addcmul(point, step, grad.sign()).clamp_(low, high)
+
+            def feasible(point):
+                return point.clamp_(low, high)
+        else:
+            def ascend(point, step, grad):
+                return x + project(x, point - x + step * normalize_gradient(grad, norm),
+                                   eps, norm, bounds)
+
+            def feasible(point):
+                return x + project(x, point - x, eps, norm, bounds)
 
         n = x.shape[0]
         shape = (n,) + (1,) * (x.dim() - 1)
@@ -274,21 +295,26 @@ class APGD(Attack):
         x_prev = x_adv
         for i in range(self.steps):
             with torch.no_grad():
-                z = x + project(x, x_adv - x + step * normalize_gradient(grad, norm),
-                                eps, norm, bounds)
+                z = ascend(x_adv, step, grad)
                 if i > 0:
-                    mixed = x_adv + alpha * (z - x_adv) + (1 - alpha) * (x_adv - x_prev)
-                    z = x + project(x, mixed - x, eps, norm, bounds)
+                    # x + a (z - x) + (1 - a) (x - x_prev), in three in-place passes
+                    z = feasible(z.mul_(alpha).add_(x_adv, alpha=2.0 * (1.0 - alpha))
+                                 .sub_(x_prev, alpha=1.0 - alpha))
                 x_prev, x_adv = x_adv, z
             loss, grad, logits = loss_and_grad(x_adv)
             with torch.no_grad():
                 history[i + 1] = loss
-                now_broken = logits.argmax(1) != y
-                x_broken[now_broken] = x_adv[now_broken]
-                broken |= now_broken
+                # keep the first misclassified iterate of each point: only points
+                # broken for the first time are copied
+                new = ((logits.argmax(1) != y) & ~broken).nonzero().flatten()
+                if new.numel():
+                    x_broken[new] = x_adv[new]
+                    broken[new] = True
                 improved = loss > loss_best
-                x_best[improved] = x_adv[improved]
-                grad_best[improved] = grad[improved]
+                idx = improved.nonzero().flatten()
+                if idx.numel():
+                    x_best[idx] = x_adv[idx]
+                    grad_best[idx] = grad[idx]
                 loss_best = torch.where(improved, loss, loss_best)
                 if j < len(checkpoints) and i + 1 == checkpoints[j]:
                     w0, w1 = checkpoints[j - 1], checkpoints[j]
