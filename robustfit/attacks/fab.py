@@ -211,33 +211,46 @@ class FAB(Attack):
         t = t / _flat_norm(t, self.norm).clamp_min(1e-12)
         return x + project_box(x, 0.5 * float(self.epsilon) * t, self._bounds)
 
-    def _single_run(self, module, x, y, target_rank, restart):
+    def _single_run(self, module, x, y, target_rank, restart, enough=None):
         """One FAB-T run; returns the smallest misclassified point found and
-        its distance (``inf`` where none was found)."""
+        its distance (``inf`` where none was found).
+
+        With ``enough`` (the budget), a point leaves the batch once a
+        misclassified point within that distance is found: the budgeted
+        attack needs no smaller one, and the other points' iterates do not
+        depend on the batch.
+        """
         norm, bounds = self.norm, self._bounds
         eta, beta, alpha_max = float(self.eta), float(self.beta), float(self.alpha_max)
         n = x.shape[0]
-        shape = (n,) + (1,) * (x.dim() - 1)
+        shape = (1,) * (x.dim() - 1)
         with torch.no_grad():
             target = module(x).argsort(dim=1, descending=True)[:, target_rank]
-        x0 = x.reshape(n, -1)
         xi = self._start(x, restart)
-        best = x.clone()
-        best_dist = torch.full((n,), float("inf"), device=x.device)
-        rows = torch.arange(n, device=x.device)
+        best, best_dist = x.clone(), torch.full((n,), float("inf"), device=x.device)
+        rows = torch.arange(n, device=x.device)  # the batch's rows in ``best``
         for _ in range(self.steps):
+            if enough is not None:
+                done = best_dist[rows] <= enough
+                if done.any():
+                    keep = (~done).nonzero().flatten()
+                    if keep.numel() == 0:
+                        break
+                    x, y, target, xi, rows = x[keep], y[keep], target[keep], xi[keep], rows[keep]
+            m = rows.numel()
+            here = torch.arange(m, device=x.device)
             xi.requires_grad_(True)
             logits = module(xi)
-            gap = logits[rows, target] - logits[rows, y]  # > 0 past the boundary
+            gap = logits[here, target] - logits[here, y]  # > 0 past the boundary
             (grad,) = torch.autograd.grad(gap.sum(), xi)
+            xi.requires_grad_(False)
             with torch.no_grad():
-                xi = xi.detach()
-                w, b, xf = grad.reshape(n, -1), gap.detach(), xi.reshape(n, -1)
+                x0, w, b, xf = x.reshape(m, -1), grad.reshape(m, -1), gap.detach(), xi.reshape(m, -1)
                 both = hyperplane_projection(
                     torch.cat((xf, x0)), torch.cat((w, w)),
                     torch.cat((-b, -b - (w * (x0 - xf)).sum(1))), norm, bounds,
                 )
-                d_i, d_0 = both[:n], both[n:]
+                d_i, d_0 = both[:m], both[m:]
                 len_i = _flat_norm(d_i, norm).clamp_min(1e-8)
                 len_0 = _flat_norm(d_0, norm).clamp_min(1e-8)
                 alpha = (len_i / (len_i + len_0)).clamp(0, alpha_max)
@@ -247,10 +260,11 @@ class FAB(Attack):
                 xi = moved.view_as(x)
                 crossed = module(xi).argmax(1) != y
                 dist = _flat_norm(xi - x, norm).flatten()
-                closer = crossed & (dist < best_dist)
-                best = torch.where(closer.view(shape), xi, best)
-                best_dist = torch.where(closer, dist, best_dist)
-                xi = torch.where(crossed.view(shape), x + beta * (xi - x), xi)
+                closer = (crossed & (dist < best_dist[rows])).nonzero().flatten()
+                if closer.numel():
+                    best[rows[closer]] = xi[closer]
+                    best_dist[rows[closer]] = dist[closer]
+                xi = torch.where(crossed.view(-1, *shape), x + beta * (xi - x), xi)
         return best, best_dist
 
     def _perturb(self, module, x, y):
@@ -269,7 +283,7 @@ class FAB(Attack):
         shape = (1,) * (x.dim() - 1)
 
         def run(module, xs, ys):
-            found, dist = self._single_run(module, xs, ys, *next(pending))
+            found, dist = self._single_run(module, xs, ys, *next(pending), enough=eps)
             return torch.where((dist <= eps).view(-1, *shape), found, xs)
 
         return best_of_restarts(module, x, y, run, len(runs))
