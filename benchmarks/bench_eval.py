@@ -4,7 +4,8 @@ Default mode: for FGSM, PGD-20, PGD-50 with 5 restarts, APGD-CE, APGD-T, the
 fast ensemble (APGD-CE then APGD-T x3, robust_score's default) and, with
 ``--standard``, the standard AutoAttack suite (APGD-CE, APGD-T x9, FAB-T x9,
 Square 5,000 queries), prints robust accuracy at epsilon 0.3 on the 2,000
-evaluation images and seconds per 1,000 images.
+evaluation images and seconds per 1,000 images (wall-clock, and CPU seconds of
+the process, the steadier figure on a shared machine).
 
 ``--versus``: robustfit side by side with the reference implementation
 torchattacks on the same model and the same images (default: the first 500
@@ -61,13 +62,14 @@ def table(args, clf, Xte, yte):
     print(f"model={args.model} eval images={len(Xte)} eps={EPS} threads={torch.get_num_threads()}")
     print(f"clean accuracy: {clf.score(Xte, yte):.4f}")
     width = max(len(name) for name, _ in attacks) + 2
-    print(f"{'attack':<{width}}{'robust acc':>11}{'s / 1000 img':>14}")
+    print(f"{'attack':<{width}}{'robust acc':>11}{'s / 1000 img':>14}{'cpu s / 1000':>14}")
     for name, attack in attacks:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with random_source(0):
             acc = robust_accuracy(clf, Xte, yte, attack=attack)
         sec = (time.perf_counter() - t0) / len(Xte) * 1000
-        print(f"{name:<{width}}{acc:11.4f}{sec:14.2f}", flush=True)
+        cpu = (time.process_time() - c0) / len(Xte) * 1000
+        print(f"{name:<{width}}{acc:11.4f}{sec:14.2f}{cpu:14.2f}", flush=True)
 
 
 def _pair(name, module, steps, queries):
