@@ -17,10 +17,12 @@ continues where it stopped.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import torch
 from skorch.callbacks import Callback, LRScheduler
+from tqdm.auto import tqdm
 
 from ._evaluation import robust_accuracy
 
@@ -281,43 +283,79 @@ class RobustValidation(Callback):
         net.history.record(self.name + "_best", bool(is_best))
 
 
-class Progress(Callback):
-    """Progress bars over epochs and over the batches of each epoch (tqdm).
+def _interactive(stream):
+    """Whether ``stream`` redraws a progress bar: a terminal or a Jupyter output."""
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return True
+    return type(stream).__module__.startswith("ipykernel")
 
-    Added by :class:`~robustfit.AdversarialClassifier` when ``verbose >= 1``.
-    The outer bar counts epochs and shows the last train loss and validation
-    accuracies; the inner bar counts the batches of the current epoch.
+
+class Progress(Callback):
+    """A progress bar over the training batches of each epoch (tqdm).
+
+    Added by :class:`~robustfit.AdversarialClassifier` as ``progress`` when
+    ``verbose >= 1``. The bar reads ``epoch k/N`` and counts the batches the
+    iterator really yields (mixed proxy batches, ``batch_size=-1`` and resumed
+    runs included); it is closed at the end of each epoch, before skorch prints
+    that epoch's row of the history table, so the bar never lands inside the
+    table. Where the output cannot redraw a bar (a log file, a pipe), no bar is
+    drawn and the table alone reports progress.
+
+    Parameters
+    ----------
+    file : file-like or None, default=None
+        Where the bar is drawn (``None``: standard error).
+    disable : bool or None, default=None
+        ``None`` draws the bar only on a terminal or in Jupyter; ``True``
+        never, ``False`` always.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> clf = AdversarialClassifier(verbose=1)              # installs Progress()
+    >>> clf = AdversarialClassifier(verbose=1, callbacks__progress=None)  # table only
     """
 
+    def __init__(self, file=None, disable=None):
+        self.file = file
+        self.disable = disable
+
     def initialize(self):
-        self.epoch_bar_ = None
-        self.batch_bar_ = None
+        self.bar_ = None
         return self
 
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        from tqdm.auto import tqdm
-
-        self.epoch_bar_ = tqdm(total=net.max_epochs, desc="epochs", position=0)
+    def _enabled(self):
+        if self.disable is not None:
+            return not self.disable
+        return _interactive(self.file if self.file is not None else sys.stderr)
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        from tqdm.auto import tqdm
-
-        n = -(-len(dataset_train) // net.batch_size) if dataset_train is not None else None
-        self.batch_bar_ = tqdm(total=n, desc="batches", position=1, leave=False)
+        self._close()
+        if not self._enabled():
+            return
+        total_epochs = getattr(net, "schedule_origin_", 0) + net.max_epochs
+        self.bar_ = tqdm(
+            total=getattr(net, "train_batches_", None), desc=f"epoch {len(net.history)}/{total_epochs}",
+            leave=False, file=self.file if self.file is not None else sys.stderr, dynamic_ncols=True,
+        )
 
     def on_batch_end(self, net, training=False, **kwargs):
-        if training and self.batch_bar_ is not None:
-            self.batch_bar_.update(1)
+        if training and self.bar_ is not None:
+            self.bar_.update(1)
 
     def on_epoch_end(self, net, **kwargs):
-        if self.batch_bar_ is not None:
-            self.batch_bar_.close()
-        row = net.history[-1]
-        shown = {k: f"{row[k]:.4f}" for k in ("train_loss", "valid_acc", "valid_robust_acc")
-                 if isinstance(row.get(k), float)}
-        self.epoch_bar_.set_postfix(shown)
-        self.epoch_bar_.update(1)
+        self._close()
 
     def on_train_end(self, net, **kwargs):
-        if self.epoch_bar_ is not None:
-            self.epoch_bar_.close()
+        self._close()
+
+    def _close(self):
+        if getattr(self, "bar_", None) is not None:
+            self.bar_.close()
+            self.bar_ = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["bar_"] = None
+        return state

@@ -338,12 +338,28 @@ def test_valid_acc_with_labels_that_are_not_indices(digits_small):
 
 def test_verbose_progress(digits_small, capsys):
     Xtr, ytr, _, _ = digits_small
-    clf = AdversarialClassifier(attack=FGSM(epsilon=0.1), max_epochs=2, verbose=1,
-                                random_state=0).fit(Xtr[:200], ytr[:200])
+    bar = io.StringIO()
+    clf = AdversarialClassifier(
+        attack=FGSM(epsilon=0.1), max_epochs=2, verbose=1, random_state=0, batch_size=64,
+        proxy_data=(Xtr[200:300], ytr[200:300]), proxy_ratio=0.5,
+        callbacks__progress__file=bar, callbacks__progress__disable=False,
+    ).fit(Xtr[:200], ytr[:200])
     assert "progress" in dict(clf.callbacks_)
     out = capsys.readouterr()
     assert "train_loss" in out.out  # skorch's per-epoch table
-    assert "epochs" in out.err  # the tqdm bar
+    text = bar.getvalue()
+    # 180 real training samples, 32 real per mixed batch of 64: 6 batches, not 3
+    assert "epoch 1/2" in text and "epoch 2/2" in text and "/6" in text, text[-500:]
+    # the table is never interrupted by the bar: every row is a line of its own
+    rows = [line for line in out.out.splitlines() if line.strip()]
+    assert rows[0].split()[0] == "epoch" and len(rows) == 4, out.out
+
+
+def test_no_progress_bar_in_a_log_file(digits_small, capsys):
+    Xtr, ytr, _, _ = digits_small
+    AdversarialClassifier(max_epochs=1, verbose=1, random_state=0).fit(Xtr[:100], ytr[:100])
+    err = capsys.readouterr().err
+    assert "epoch 1/1" not in err  # stderr is not a terminal here: the table alone reports
 
 
 # ----------------------------------------------------------------- device
