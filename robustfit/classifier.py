@@ -266,6 +266,19 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.random_state = random_state
         self.amp = amp
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # skorch's AccelerateMixin replaces train_step_single with a clean step:
+        # the attack would silently never run
+        owner = next(k for k in cls.__mro__ if "train_step_single" in vars(k))
+        if owner is not AdversarialClassifier and owner.__name__ == "AccelerateMixin":
+            raise TypeError(
+                f"{cls.__name__} mixes skorch's AccelerateMixin into AdversarialClassifier: its "
+                "train_step_single trains on clean data, so the attack would never run. robustfit "
+                "trains data-parallel without it (torchrun; see the 'Scaling out' docs page), and "
+                "uses bf16 autocast on CUDA by default (amp='auto')."
+            )
+
     _parameter_constraints = {
         "attack": _ATTACK,
         "valid_attack": _ATTACK,

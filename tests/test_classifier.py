@@ -493,3 +493,9 @@ def test_attack_warmup_does_not_mutate_user_attack(digits_small):
                                 random_state=0).fit(Xtr[:200], ytr[:200])
     assert attack.epsilon == 0.2
     assert 0.0 < clf.attack_.epsilon < 0.2
+
+
+def test_accelerate_mixin_is_refused_with_a_reason():
+    hf = pytest.importorskip("skorch.hf")
+    with pytest.raises(TypeError, match="AccelerateMixin.*clean data.*torchrun"):
+        type("AcceleratedNet", (hf.AccelerateMixin, AdversarialClassifier), {})
