@@ -10,6 +10,8 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 from robustfit import AdversarialClassifier
 from robustfit._loader import MixedLoader
+from robustfit.attacks import PGD
+from robustfit.metrics import make_robust_scorer
 from robustfit.proxy import (
     ArrayProxy,
     DiffusionProxy,
@@ -312,3 +314,24 @@ def test_no_validation_sample_reaches_the_generator_in_grid_search(data):
         assert len(np.intersect1d(rows, test)) == 0  # no CV validation fold
         assert set(rows) < set(train)  # and not skorch's internal validation split either
         assert len(rows) == len(train) - int(np.ceil(len(train) / 10))
+
+
+def test_proxy_as_a_sampler_in_an_imblearn_pipeline(data):
+    """A ProxyDistribution is an imbalanced-learn sampler: in an imblearn Pipeline it adds
+    synthetic samples at fit time only, and GridSearchCV tunes it like any step."""
+    imblearn_pipeline = pytest.importorskip("imblearn.pipeline")
+    X, y, _, _ = data
+    X, y = X[:300], y[:300]
+    proxy = GaussianMixtureProxy(mixture_components=1, pca_components=8, n_samples=150,
+                                 random_state=0)
+    pipe = imblearn_pipeline.Pipeline([("proxy", proxy), ("clf", _clf())])
+    pipe.fit(X, y)
+    # 300 real + 150 synthetic samples reached the classifier: 8 batches of 64, not 5
+    assert pipe.named_steps["clf"].history[-1, "train_batch_count"] == 8
+    assert pipe.predict(X[:10]).shape == (10,)  # the sampler is skipped at prediction
+    search = GridSearchCV(
+        pipe, {"proxy__pca_components": [4, 8]}, cv=2,
+        scoring=make_robust_scorer(PGD(epsilon=0.1, steps=2)),
+    ).fit(X, y)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    assert search.best_params_["proxy__pca_components"] in (4, 8)

@@ -12,12 +12,19 @@ from ..attacks.autoattack import ATTACK_ALIASES, resolve_attack
 
 
 def resolve_estimator(estimator, X):
-    """Split a (pipeline of) estimator(s) into the torch module, its device,
-    the transformed ``X`` and the fitted classifier (or None)."""
+    """Split a (pipeline of) estimator(s) into the torch module, the input of
+    its last step and the fitted classifier (or None for a bare module).
+
+    The steps before the last transform ``X``, as at prediction time: samplers
+    (steps with ``fit_resample``, such as a proxy distribution in an
+    imbalanced-learn pipeline) act during ``fit`` only and are skipped.
+    """
     if isinstance(estimator, Pipeline):
-        if len(estimator.steps) > 1:
-            X = estimator[:-1].transform(X)
-        estimator = estimator[-1]
+        for _, step in estimator.steps[:-1]:
+            if step is None or step == "passthrough" or hasattr(step, "fit_resample"):
+                continue
+            X = step.transform(X)
+        estimator = estimator.steps[-1][1]
     if isinstance(estimator, torch.nn.Module):
         return estimator, X, None
     if hasattr(estimator, "_check_fitted"):
