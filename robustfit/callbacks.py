@@ -22,7 +22,7 @@ import warnings
 
 import torch
 from skorch.callbacks import Callback, LRScheduler
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ._evaluation import robust_accuracy
 
