@@ -35,12 +35,16 @@ from torch.utils.data import Subset
 
 __all__ = [
     "Bounds",
+    "HasMethods",
     "InstanceOf",
     "Interval",
     "InvalidParameterError",
     "Options",
     "ParamsValidationMixin",
+    "CheckedAttack",
     "check_array",
+    "check_attack",
+    "check_attack_output",
     "check_bounds",
     "check_param",
     "dataset_arrays",
@@ -48,6 +52,7 @@ __all__ = [
     "check_in_bounds",
     "check_labels",
     "encode_labels",
+    "invalid_value",
     "resolve_device",
     "validate_parameter_constraints",
 ]
@@ -189,6 +194,29 @@ class InstanceOf(_Constraint):
         return f"an instance of {names}"
 
 
+class HasMethods(_Constraint):
+    """An object with all the given methods (duck typing).
+
+    Parameters
+    ----------
+    methods : str or sequence of str
+        Method names the value must have.
+    """
+
+    def __init__(self, methods):
+        self.methods = (methods,) if isinstance(methods, str) else tuple(methods)
+
+    def is_satisfied_by(self, value):
+        return not isinstance(value, type) and all(
+            callable(getattr(value, m, None)) for m in self.methods)
+
+    def invalid_example(self):
+        return object()
+
+    def __str__(self):
+        return "an object with " + ", ".join(f"{m}()" for m in self.methods)
+
+
 class _NoneConstraint(_Constraint):
     def is_satisfied_by(self, value):
         return value is None
@@ -317,6 +345,34 @@ def validate_parameter_constraints(constraints, params, owner):
         raise InvalidParameterError(
             f"{prefix}{name} must be {describe_constraints(allowed)}, got {value!r}"
         )
+
+
+def invalid_value(specs):
+    """A value that satisfies none of the constraints in ``specs``.
+
+    Built from each constraint's ``invalid_example()`` (and a few generic
+    candidates when those fail), for conformance tests that check every
+    parameter's error.
+
+    Parameters
+    ----------
+    specs : list
+        One entry of a constraints table.
+
+    Returns
+    -------
+    value : object or None
+        ``None`` when no candidate violates every constraint.
+    """
+    constraints = [make_constraint(s) for s in specs]
+    candidates = [c.invalid_example() for c in constraints]
+    candidates += ["__invalid__", object(), -1, 0, 3.5, float("nan"), (1.0, 0.0)]
+    for value in candidates:
+        if value is None:
+            continue
+        if not any(c.is_satisfied_by(value) for c in constraints):
+            return value
+    return None
 
 
 def check_param(value, name, allowed, owner=None):
@@ -467,23 +523,34 @@ def check_bounds(bounds):
 
 
 def check_in_bounds(X, bounds, name="X"):
-    """Raise ``ValueError`` if any value of ``X`` lies outside ``bounds``.
+    """Raise ``ValueError`` if ``X`` holds NaN or infinite values, or any value
+    outside ``bounds``.
 
     Parameters
     ----------
     X : numpy.ndarray or torch.Tensor
     bounds : tuple of float or None
-        As returned by :func:`check_bounds`; ``None`` checks nothing.
+        As returned by :func:`check_bounds`; ``None`` checks finiteness only.
     name : str, default="X"
         The input's name, for messages.
     """
+    if isinstance(X, torch.Tensor):
+        if X.numel() == 0:
+            return
+        xmin, xmax = float(X.min()), float(X.max())
+    else:
+        X = np.asarray(X)
+        if X.size == 0:
+            return
+        xmin, xmax = float(np.min(X)), float(np.max(X))
+    if not (np.isfinite(xmin) and np.isfinite(xmax)):  # min/max propagate NaN
+        raise ValueError(
+            f"{name} contains NaN or infinite values; remove or impute them before "
+            "attacking or training"
+        )
     if bounds is None:
         return
     lo, hi = bounds
-    if isinstance(X, torch.Tensor):
-        xmin, xmax = float(X.min()), float(X.max())
-    else:
-        xmin, xmax = float(np.min(X)), float(np.max(X))
     tol = 1e-6
     if xmin < lo - tol or xmax > hi + tol:
         raise ValueError(
@@ -491,6 +558,162 @@ def check_in_bounds(X, bounds, name="X"):
             f"input box bounds=({lo:g}, {hi:g}). Scale the data into the box, or "
             "set the attack's bounds (bounds=None for unbounded features)."
         )
+
+
+# --------------------------------------------------------------------------- attacks
+def check_attack(attack, name="attack", owner=None):
+    """Check an attack argument: ``None``, an attack object or a callable.
+
+    Parameters
+    ----------
+    attack : object
+        ``None``, a robustfit attack (its :meth:`validate_params` is called) or
+        a callable ``attack(module, X, y) -> X_adv``.
+    name : str, default="attack"
+        The parameter's name, for messages.
+    owner : str or None, default=None
+        The class or function, for messages.
+
+    Returns
+    -------
+    attack : object
+        Unchanged.
+
+    Raises
+    ------
+    InvalidParameterError
+        For an attack class (not an instance), a torch module, or anything not
+        callable; the message names the parameter, the value and the fix.
+    """
+    prefix = f"{owner}: " if owner else ""
+    if attack is None:
+        return None
+    if isinstance(attack, type):
+        raise InvalidParameterError(
+            f"{prefix}{name} must be an instance, not the class itself: pass "
+            f"{attack.__name__}(...), got {attack!r}"
+        )
+    if isinstance(attack, torch.nn.Module):
+        raise InvalidParameterError(
+            f"{prefix}{name} must be an attack (robustfit.attacks.PGD(...) or a callable "
+            f"attack(module, X, y) -> X_adv), not a torch module, got {type(attack).__name__}"
+        )
+    if not callable(attack):
+        raise InvalidParameterError(
+            f"{prefix}{name} must be None, a robustfit attack or a callable "
+            f"attack(module, X, y) -> X_adv, got {attack!r}"
+        )
+    if hasattr(attack, "validate_params"):
+        attack.validate_params()
+    return attack
+
+
+def check_attack_output(x, x_adv, *, epsilon=None, norm="linf", bounds=None, name="attack"):
+    """Check what an attack returned for the clean batch ``x``.
+
+    A tensor of ``x``'s shape, floating point, finite; inside the ``norm``
+    ball of radius ``epsilon`` around ``x`` (when ``epsilon`` is given) and
+    inside ``bounds`` (when given).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The clean batch.
+    x_adv : object
+        What the attack returned.
+    epsilon : float or None, default=None
+        The attack's budget; ``None`` skips the ball check.
+    norm : {"linf", "l2"}, default="linf"
+        Norm of the ball.
+    bounds : tuple of float or None, default=None
+        The input box; ``None`` skips the box check.
+    name : str, default="attack"
+        The attack's name, for messages.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the attack, what it returned and what was expected.
+    """
+    if not torch.is_tensor(x_adv):
+        raise TypeError(
+            f"{name} returned {type(x_adv).__name__}; attack(module, X, y) must return a "
+            f"tensor shaped like X, {tuple(x.shape)}"
+        )
+    if tuple(x_adv.shape) != tuple(x.shape):
+        raise ValueError(
+            f"{name} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}; "
+            "attack(module, X, y) must return X_adv of the same shape as X"
+        )
+    if not x_adv.is_floating_point():
+        raise TypeError(f"{name} returned dtype {x_adv.dtype}; X_adv must be floating point")
+    if not bool(torch.isfinite(x_adv).all()):
+        raise ValueError(f"{name} returned NaN or infinite values")
+    tol = 1e-5 if x_adv.dtype in (torch.float32, torch.float64) else 1e-2
+    if epsilon is not None and len(x):
+        d = (x_adv.detach().float() - x.detach().float()).reshape(len(x), -1)
+        size = d.abs().amax(dim=1) if norm == "linf" else d.norm(dim=1)
+        worst = float(size.max())
+        if worst > float(epsilon) * (1 + 1e-4) + tol:
+            raise ValueError(
+                f"{name} moved inputs by up to {worst:.4g} in the {norm} norm, outside its "
+                f"epsilon-ball of radius {float(epsilon):g}; project the perturbation onto the "
+                "ball (robustfit.attacks.project) before returning it"
+            )
+    if bounds is not None:
+        lo, hi = float(x_adv.min()), float(x_adv.max())
+        if lo < bounds[0] - tol or hi > bounds[1] + tol:
+            raise ValueError(
+                f"{name} returned values in [{lo:.4g}, {hi:.4g}], outside its input box "
+                f"bounds={tuple(bounds)}; clip X_adv into the box"
+            )
+
+
+class CheckedAttack:
+    """A plain callable attack whose first output is checked.
+
+    :class:`~robustfit.AdversarialClassifier` wraps a callable ``attack`` that
+    is not a robustfit :class:`~robustfit.attacks.Attack` in this object for
+    each ``fit``: the first call's result goes through
+    :func:`check_attack_output` (shape, dtype, finiteness and, when the
+    callable has ``epsilon`` (with ``norm``, default ``"linf"``) or
+    ``bounds`` attributes, the ball and the box); later calls run unchecked.
+
+    Parameters
+    ----------
+    attack : callable
+        ``attack(module, X, y) -> X_adv``.
+    name : str, default="attack"
+        For messages.
+    """
+
+    def __init__(self, attack, name="attack"):
+        self.attack = attack
+        self.name = name
+        self.checked_ = False
+
+    def _threat_model(self):
+        eps = getattr(self.attack, "epsilon", None)
+        if not _is_real(eps) or not np.isfinite(float(eps)) or eps < 0:
+            eps = None
+        norm = getattr(self.attack, "norm", "linf")
+        try:
+            bounds = check_bounds(getattr(self.attack, "bounds", None))
+        except ValueError:
+            bounds = None
+        return eps, norm if norm in ("linf", "l2") else "linf", bounds
+
+    def __call__(self, module, X, y):
+        x_adv = self.attack(module, X, y)
+        if not self.checked_:
+            eps, norm, bounds = self._threat_model()
+            check_attack_output(X, x_adv, epsilon=eps, norm=norm, bounds=bounds,
+                                name=f"{self.name}={self.attack!r}")
+            self.checked_ = True
+        return x_adv
+
+    def __repr__(self):
+        return f"CheckedAttack({self.attack!r})"
 
 
 # --------------------------------------------------------------------------- arrays and labels

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import threading
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -43,10 +44,12 @@ from ._utils import (
     torch_seeded,
 )
 from ._validation import (
+    CheckedAttack,
     Interval,
     Options,
     ParamsValidationMixin,
     check_array,
+    check_attack,
     check_bounds,
     check_device,
     check_in_bounds,
@@ -183,8 +186,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     ----------
     module_ : torch.nn.Module
         The trained network.
-    attack_ : robustfit.attacks.Attack or None
-        The attack used in training (a clone of ``attack``).
+    attack_ : robustfit.attacks.Attack, CheckedAttack or None
+        The attack used in training (a clone of ``attack``; a plain callable
+        is wrapped in :class:`~robustfit._validation.CheckedAttack`, which
+        checks its output on the first training batch: shape, finiteness and,
+        when the callable has ``epsilon``/``norm``/``bounds`` attributes, the
+        epsilon-ball and the box).
     classes_ : numpy.ndarray
         The class labels, in the order of the logits.
     n_features_in_ : int
@@ -353,18 +360,18 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         return callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
     # ---------------------------------------------------------- validation
+    def __setattr__(self, name, value):
+        # skorch takes any torch module set on the net for a component and
+        # refuses it outside initialize(); attack=nn.Linear(...) must instead
+        # reach fit's validation, whose error says what an attack is
+        if name in _NESTED:
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     def _validate_params_extra(self):
         for name in ("attack", "valid_attack"):
-            att = getattr(self, name)
-            if isinstance(att, type):
-                raise self._param_error(
-                    name, f"must be an instance, not the class itself: pass {att.__name__}(...)")
-            if isinstance(att, torch.nn.Module):
-                raise self._param_error(
-                    name, "must be an attack (robustfit.attacks.PGD(...) or a callable "
-                    "attack(module, X, y) -> X_adv), not a torch module")
-            if isinstance(att, Attack):
-                att.validate_params()
+            check_attack(getattr(self, name), name, type(self).__name__)
         if self.objective is not None:
             self.objective.validate_params()
         if self.max_epochs == 0 and not self.warm_start:
@@ -417,6 +424,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.input_shape_ = shape
         self.n_features_in_ = int(np.prod(shape))
         self._fitted_copy("attack", reset)
+        if self.attack_ is not None and not isinstance(self.attack_, Attack):
+            # a plain callable: its output on the first training batch is checked
+            inner = self.attack_.attack if isinstance(self.attack_, CheckedAttack) else self.attack_
+            self.attack_ = CheckedAttack(inner, "attack")
+        if proxy_kind(self.proxy_data) == "arrays" and self.proxy_ratio > 0:
+            self._check_proxy_pair()
         # fitted state that may hold CUDA tensors (a generator, the dual variable,
         # a diffusion model): skorch pickles these with a map_location on load,
         # so a model trained on a GPU unpickles on a CPU-only machine
@@ -430,6 +443,24 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             self.objective_.reset()
             self.proxy_refit_ = True
         return X, y
+
+    def _check_proxy_pair(self):
+        """An ``(X, y)`` pair as ``proxy_data`` must cover every class (as ArrayProxy)."""
+        Xp, yp = self.proxy_data
+        yp = check_labels(yp, len(Xp), "proxy_data y")
+        try:
+            idx = encode_labels(self.classes_, yp)
+        except ValueError as exc:
+            raise ValueError(f"proxy_data: {exc}") from None
+        missing = np.setdiff1d(np.arange(len(self.classes_)), idx)
+        if len(missing):
+            raise ValueError(
+                f"proxy_data (an (X, y) pair) has no samples of classes "
+                f"{self.classes_[missing][:10].tolist()} ({len(missing)} of {len(self.classes_)} "
+                "classes missing); every training batch mixes proxy samples in, so the missing "
+                "classes would be under-represented. Give samples of every class, or "
+                "proxy_data=None"
+            )
 
     def _fitted_copy(self, name, reset):
         attr, params = name + "_", name + "_params_"
@@ -469,10 +500,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
 
     def get_split_datasets(self, X, y=None, **fit_params):
         split = self.train_split
-        if isinstance(split, ValidSplit) and split.random_state is None \
-                and self.random_state is not None and not isinstance(split.cv, numbers.Integral):
-            split = ValidSplit(cv=split.cv, stratified=split.stratified, random_state=self.random_state)
-            train, valid = split(self.get_dataset(X, y), y, **fit_params)
+        if isinstance(split, ValidSplit) and y is not None:
+            if split.random_state is None and self.random_state is not None \
+                    and not isinstance(split.cv, numbers.Integral):
+                split = ValidSplit(cv=split.cv, stratified=split.stratified,
+                                   random_state=self.random_state)
+            train, valid = _valid_split(split, self.get_dataset(X, y), y, **fit_params)
         else:
             train, valid = super().get_split_datasets(X, y, **fit_params)
         # The proxy sees the training part only: never the validation split, and
@@ -784,6 +817,39 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if objective is not None:
             for key, value in objective.on_epoch_end().items():
                 self.history.record(key, value)
+
+
+def _valid_split(split, dataset, y, **fit_params):
+    """Run a ValidSplit; on data too small for it, fall back with a warning.
+
+    A stratified split needs enough samples of each class (the default
+    ``ValidSplit(10)`` needs 10 samples of some class); without them the split
+    becomes non-stratified with the same validation fraction, and when even
+    that is impossible, training uses all data without validation.
+    """
+    try:
+        return split(dataset, y, **fit_params)
+    except ValueError as exc:
+        reason = str(exc)
+    counts = np.unique(to_numpy(y), return_counts=True)[1]
+    what = (f"train_split=ValidSplit(cv={split.cv!r}, stratified={split.stratified}) cannot split "
+            f"these {len(y)} samples (the smallest class has {counts.min()}): {reason.rstrip('.')}")
+    if split.stratified:
+        try:
+            train, valid = ValidSplit(cv=split.cv, stratified=False,
+                                      random_state=split.random_state)(dataset, y, **fit_params)
+        except ValueError:
+            pass
+        else:
+            warnings.warn(
+                f"{what}. Falling back to a non-stratified split with the same validation "
+                "fraction. Pass train_split=None to train on all data, or a train_split of "
+                "your own.", UserWarning, stacklevel=4)
+            return train, valid
+    warnings.warn(
+        f"{what}. Training on all data without a validation split. Pass train_split=None to "
+        "do so without this warning.", UserWarning, stacklevel=4)
+    return dataset, None
 
 
 def _encoded_accuracy(net, X, y):
