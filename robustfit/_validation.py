@@ -27,10 +27,12 @@ what is allowed.
 from __future__ import annotations
 
 import numbers
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.exceptions import DataConversionWarning
 from torch.utils.data import Subset
 
 __all__ = [
@@ -449,7 +451,7 @@ def resolve_device(device):
     -------
     device : str, torch.device or None
     """
-    if device == "auto":
+    if isinstance(device, str) and device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -749,7 +751,8 @@ def check_array(X, name="X", *, ndims=(2, 4), allow_tensor=True):
         )
     if torch.is_tensor(X) and allow_tensor:
         if X.is_complex():
-            raise ValueError(f"{name} is complex; robustfit needs real-valued input")
+            raise ValueError(f"{name} is complex: Complex data not supported; robustfit needs "
+                             "real-valued input")
         if not X.is_floating_point():
             X = X.float()
         elif X.dtype != torch.float32:
@@ -759,18 +762,19 @@ def check_array(X, name="X", *, ndims=(2, 4), allow_tensor=True):
             X = X.detach().cpu().numpy()
         arr = np.asarray(X)
         if np.iscomplexobj(arr):
-            raise ValueError(f"{name} is complex; robustfit needs real-valued input")
-        if arr.dtype == object or arr.dtype.kind in "USV":
-            try:
-                arr = arr.astype(np.float32)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name} must be numeric: {exc}") from None
+            raise ValueError(f"{name} is complex: Complex data not supported; robustfit needs "
+                             "real-valued input")
         try:
             X = np.asarray(arr, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
+        except TypeError as exc:
+            raise TypeError(f"{name} must be numeric: {exc}") from None
+        except ValueError as exc:
             raise ValueError(f"{name} must be numeric: {exc}") from None
     if X.ndim not in ndims:
         hint = " (add a channel axis: X[:, None])" if X.ndim == 3 and 4 in ndims else ""
+        if X.ndim == 1 and 2 in ndims:
+            hint = (". Reshape your data either using X.reshape(-1, 1) if your data has a single "
+                    "feature or X.reshape(1, -1) if it contains a single sample")
         allowed = " or ".join(
             {2: "2 (n_samples, n_features)", 4: "4 (n_samples, channels, height, width)"}.get(d, str(d))
             for d in ndims
@@ -780,9 +784,13 @@ def check_array(X, name="X", *, ndims=(2, 4), allow_tensor=True):
             f"{tuple(X.shape)}{hint}"
         )
     if X.shape[0] == 0:
-        raise ValueError(f"{name} has 0 samples")
+        raise ValueError(
+            f"{name} has 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is required."
+        )
     if any(s == 0 for s in X.shape[1:]):
-        raise ValueError(f"{name} has samples of shape {tuple(X.shape[1:])} with no features")
+        raise ValueError(
+            f"{name} has 0 feature(s) (shape={tuple(X.shape)}) while a minimum of 1 is required."
+        )
     finite = bool(torch.isfinite(X).all()) if torch.is_tensor(X) else bool(np.isfinite(X).all())
     if not finite:
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -805,10 +813,20 @@ def check_labels(y, n_samples=None, name="y"):
     y : numpy.ndarray
     """
     if y is None:
-        raise ValueError(f"{name} is required unless X is a Dataset that holds the labels")
+        raise ValueError(
+            f"this estimator requires {name} to be passed, but the target {name} is None; pass "
+            f"class labels, or X as a Dataset that holds them"
+        )
     if hasattr(y, "tocsr"):
         raise TypeError(f"{name} is a sparse matrix; pass a 1-d array of class labels")
     y = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn(
+            f"A column-vector {name} was passed when a 1d array was expected. Please change "
+            f"the shape of {name} to (n_samples,), for example using ravel().",
+            DataConversionWarning, stacklevel=3,
+        )
+        y = y.ravel()
     if y.ndim != 1:
         raise ValueError(f"{name} must be 1-dimensional, got shape {y.shape}")
     if n_samples is not None and len(y) != n_samples:

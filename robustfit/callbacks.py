@@ -152,6 +152,10 @@ class LRSchedule(ParamsValidationMixin, LRScheduler):
         "kind": [None, Options(SCHEDULES)],
         "warmup": [Interval(Real, 0, 1, closed="left")],
         "event_name": [None, str],
+        # LRScheduler's own parameters, fixed by this class
+        "policy": "no_validation",
+        "monitor": "no_validation",
+        "step_every": "no_validation",
     }
 
     def initialize(self):

@@ -355,7 +355,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         ]
         if self.valid_attack is not None:
             extra.append(("valid_robust_acc", RobustValidation(self.valid_attack)))
-        if self.verbose:
+        if _flag(self.verbose):  # any value set_params may store, arrays included
             extra.append(("progress", Progress()))
         return callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
@@ -384,11 +384,22 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     def _bounds(self):
         return check_bounds(getattr(self.attack, "bounds", None)) if self.attack is not None else None
 
-    def _check_X(self, X, bounds=None):
-        """Validate X; return it as a float32 array or tensor (a Dataset as is)."""
+    def _check_X(self, X, bounds=None, reset=False):
+        """Validate X; return it as a float32 array or tensor (a Dataset as is).
+
+        Unless ``reset``, a fitted classifier also checks the sample shape.
+        """
         if is_dataset(X):
             return X
         X = check_array(X)
+        shape = getattr(self, "input_shape_", None)
+        if not reset and shape is not None and tuple(X.shape[1:]) != shape:
+            name = type(self).__name__
+            if X.ndim == 2 and len(shape) == 1:
+                raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
+                                 f"{shape[0]} features as input")
+            raise ValueError(f"X has samples of shape {tuple(X.shape[1:])}, but {name} was "
+                             f"fitted on samples of shape {shape}")
         check_in_bounds(X, bounds)
         return X
 
@@ -414,7 +425,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             if reset and y is None:
                 super().check_data(X, None)  # infers classes_ from the Dataset
         else:
-            X = self._check_X(X, self._bounds())
+            X = self._check_X(X, self._bounds(), reset=reset)
             y = self._check_y(X, y, reset)
             shape = tuple(X.shape[1:])
         if not reset and getattr(self, "input_shape_", shape) != shape:
@@ -817,6 +828,14 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if objective is not None:
             for key, value in objective.on_epoch_end().items():
                 self.history.record(key, value)
+
+
+def _flag(value):
+    """``bool(value)``; False for a value without one (an array), which fit then rejects."""
+    try:
+        return bool(value)
+    except (TypeError, ValueError):
+        return False
 
 
 def _valid_split(split, dataset, y, **fit_params):
