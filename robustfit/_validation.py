@@ -46,6 +46,7 @@ __all__ = [
     "CheckedAttack",
     "check_array",
     "check_attack",
+    "check_attack_data",
     "check_attack_output",
     "check_bounds",
     "check_param",
@@ -608,6 +609,66 @@ def check_attack(attack, name="attack", owner=None):
     if hasattr(attack, "validate_params"):
         attack.validate_params()
     return attack
+
+
+def check_attack_data(X, y):
+    """Check the ``X`` and ``y`` an attack or an evaluation is called with.
+
+    ``X``: a real numeric array or tensor of shape ``(n_samples, ...)`` with at
+    least one sample and one feature (finiteness is checked by
+    :func:`check_in_bounds`). ``y``: one integer class index per sample.
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor
+    y : array-like or torch.Tensor
+
+    Returns
+    -------
+    X, y
+        Unchanged tensors, or numpy arrays (float32 and int64) for other input.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming the input, what it is and what is expected.
+    """
+    if hasattr(X, "tocsr"):
+        raise TypeError("X is a sparse matrix; attacks need dense input: pass X.toarray()")
+    if torch.is_tensor(X):
+        if X.is_complex():
+            raise ValueError("X is complex: Complex data not supported; attacks need real input")
+    else:
+        arr = np.asarray(X)
+        if np.iscomplexobj(arr):
+            raise ValueError("X is complex: Complex data not supported; attacks need real input")
+        try:
+            X = np.asarray(arr, dtype=np.float32)
+        except TypeError as exc:
+            raise TypeError(f"X must be numeric: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"X must be numeric: {exc}") from None
+    if X.ndim < 2 or X.shape[0] == 0 or any(s == 0 for s in X.shape[1:]):
+        raise ValueError(
+            f"X must have shape (n_samples, ...) with at least one sample and one feature, "
+            f"got shape {tuple(X.shape)}"
+        )
+    if y is None:
+        raise ValueError("y is None: attacks need the true class indices, one per sample")
+    if torch.is_tensor(y):
+        if y.dim() != 1 or y.shape[0] != X.shape[0]:
+            raise ValueError(f"y must be 1-d with one class index per sample ({X.shape[0]}), "
+                             f"got shape {tuple(y.shape)}")
+        if y.is_complex() or (y.is_floating_point() and not bool((y == y.round()).all())):
+            raise ValueError(f"y must hold integer class indices, got dtype {y.dtype}")
+        return X, y
+    y = check_labels(y, X.shape[0])
+    if y.dtype.kind not in "iuf" and y.dtype.kind != "b":
+        raise ValueError(
+            f"y must hold integer class indices, got labels of dtype {y.dtype}; encode them "
+            "(e.g. numpy.unique(y, return_inverse=True)) or score a fitted classifier instead"
+        )
+    return X, y.astype(np.int64)
 
 
 def check_attack_output(x, x_adv, *, epsilon=None, norm="linf", bounds=None, name="attack"):
