@@ -525,7 +525,7 @@ def check_bounds(bounds):
     return lo, hi
 
 
-def check_in_bounds(X, bounds, name="X"):
+def check_in_bounds(X, bounds, name="X", owner="the attack's"):
     """Raise ``ValueError`` if ``X`` holds NaN or infinite values, or any value
     outside ``bounds``.
 
@@ -536,6 +536,8 @@ def check_in_bounds(X, bounds, name="X"):
         As returned by :func:`check_bounds`; ``None`` checks finiteness only.
     name : str, default="X"
         The input's name, for messages.
+    owner : str, default="the attack's"
+        Whose ``bounds`` the message tells to set.
     """
     if isinstance(X, torch.Tensor):
         if X.numel() == 0:
@@ -559,7 +561,7 @@ def check_in_bounds(X, bounds, name="X"):
         raise ValueError(
             f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared "
             f"input box bounds=({lo:g}, {hi:g}). Scale the data into the box, or "
-            "set the attack's bounds (bounds=None for unbounded features)."
+            f"set {owner} bounds (bounds=None for unbounded features)."
         )
 
 
@@ -656,9 +658,11 @@ def check_attack_data(X, y):
     if y is None:
         raise ValueError("y is None: attacks need the true class indices, one per sample")
     if torch.is_tensor(y):
-        if y.dim() != 1 or y.shape[0] != X.shape[0]:
-            raise ValueError(f"y must be 1-d with one class index per sample ({X.shape[0]}), "
-                             f"got shape {tuple(y.shape)}")
+        if y.dim() != 1:
+            raise ValueError(f"y must be 1-d with one class index per sample, got shape "
+                             f"{tuple(y.shape)}")
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"X and y have different lengths: {X.shape[0]} and {y.shape[0]}")
         if y.is_complex() or (y.is_floating_point() and not bool((y == y.round()).all())):
             raise ValueError(f"y must hold integer class indices, got dtype {y.dtype}")
         return X, y
@@ -846,7 +850,7 @@ def check_array(X, name="X", *, ndims=(2, 4), allow_tensor=True):
         )
     if X.shape[0] == 0:
         raise ValueError(
-            f"{name} has 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is required."
+            f"{name} has 0 samples (shape={tuple(X.shape)}) while a minimum of 1 is required."
         )
     if any(s == 0 for s in X.shape[1:]):
         raise ValueError(

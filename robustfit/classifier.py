@@ -399,7 +399,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
                 raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
                                  f"{shape[0]} features as input")
             raise ValueError(f"X has samples of shape {tuple(X.shape[1:])}, but {name} was "
-                             f"fitted on samples of shape {shape}")
+                             f"fitted on {shape}")
         check_in_bounds(X, bounds)
         return X
 

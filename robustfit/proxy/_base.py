@@ -122,7 +122,7 @@ class ProxyDistribution(ParamsValidationMixin, BaseEstimator):
         bounds = check_bounds(getattr(self, "bounds", None))
         X = check_array(X, allow_tensor=False)
         y = check_labels(y, len(X))
-        check_in_bounds(X, bounds)
+        check_in_bounds(X, bounds, owner=f"{type(self).__name__}'s")
         self.classes_, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
         self.class_prior_ = counts / counts.sum()
         self.input_shape_ = tuple(X.shape[1:])
