@@ -33,6 +33,8 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.exceptions import DataConversionWarning
+from skorch.dataset import ValidSplit
+from skorch.utils import to_numpy
 from torch.utils.data import Subset
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "check_attack_output",
     "check_bounds",
     "check_param",
+    "check_proxy_pair",
     "dataset_arrays",
     "check_device",
     "check_in_bounds",
@@ -57,6 +60,8 @@ __all__ = [
     "encode_labels",
     "invalid_value",
     "resolve_device",
+    "truthy",
+    "valid_split_or_fallback",
     "validate_parameter_constraints",
 ]
 
@@ -953,6 +958,83 @@ def encode_labels(classes, y):
             f"classes_ is {np.asarray(classes)[:10].tolist()})"
         )
     return idx.astype(np.int64)
+
+
+def check_proxy_pair(proxy_data, classes):
+    """Check an ``(X, y)`` pair given as ``proxy_data``: labels among ``classes``, every class present.
+
+    The same requirement as :class:`~robustfit.proxy.ArrayProxy`'s: every
+    training batch mixes proxy samples in, so a class without any would be
+    under-represented.
+
+    Parameters
+    ----------
+    proxy_data : tuple
+        ``(X, y)``.
+    classes : numpy.ndarray
+        The classifier's ``classes_``.
+
+    Raises
+    ------
+    ValueError
+        Naming ``proxy_data``, the missing or unknown classes and the fix.
+    """
+    Xp, yp = proxy_data
+    yp = check_labels(yp, len(Xp), "proxy_data y")
+    try:
+        idx = encode_labels(classes, yp)
+    except ValueError as exc:
+        raise ValueError(f"proxy_data: {exc}") from None
+    missing = np.setdiff1d(np.arange(len(classes)), idx)
+    if len(missing):
+        raise ValueError(
+            f"proxy_data (an (X, y) pair) has no samples of classes "
+            f"{np.asarray(classes)[missing][:10].tolist()} ({len(missing)} of {len(classes)} "
+            "classes missing); every training batch mixes proxy samples in, so the missing "
+            "classes would be under-represented. Give samples of every class, or "
+            "proxy_data=None"
+        )
+
+
+def truthy(value):
+    """``bool(value)``; False for a value without one (an array), which fit then rejects."""
+    try:
+        return bool(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def valid_split_or_fallback(split, dataset, y, **fit_params):
+    """Run a skorch ``ValidSplit``; on data too small for it, fall back with a warning.
+
+    A stratified split needs enough samples of each class (the default
+    ``ValidSplit(10)`` needs 10 samples of some class); without them the split
+    becomes non-stratified with the same validation fraction, and when even
+    that is impossible, training uses all data without validation.
+    """
+    try:
+        return split(dataset, y, **fit_params)
+    except ValueError as exc:
+        reason = str(exc)
+    counts = np.unique(to_numpy(y), return_counts=True)[1]
+    what = (f"train_split=ValidSplit(cv={split.cv!r}, stratified={split.stratified}) cannot split "
+            f"these {len(y)} samples (the smallest class has {counts.min()}): {reason.rstrip('.')}")
+    if split.stratified:
+        try:
+            train, valid = ValidSplit(cv=split.cv, stratified=False,
+                                      random_state=split.random_state)(dataset, y, **fit_params)
+        except ValueError:
+            pass
+        else:
+            warnings.warn(
+                f"{what}. Falling back to a non-stratified split with the same validation "
+                "fraction. Pass train_split=None to train on all data, or a train_split of "
+                "your own.", UserWarning, stacklevel=4)
+            return train, valid
+    warnings.warn(
+        f"{what}. Training on all data without a validation split. Pass train_split=None to "
+        "do so without this warning.", UserWarning, stacklevel=4)
+    return dataset, None
 
 
 def dataset_arrays(dataset):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import numbers
 import threading
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -54,9 +53,12 @@ from ._validation import (
     check_device,
     check_in_bounds,
     check_labels,
+    check_proxy_pair,
     dataset_arrays,
     encode_labels,
     resolve_device,
+    truthy,
+    valid_split_or_fallback,
 )
 from .attacks import AutoAttack, resolve_attack
 from .attacks._base import Attack
@@ -355,7 +357,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         ]
         if self.valid_attack is not None:
             extra.append(("valid_robust_acc", RobustValidation(self.valid_attack)))
-        if _flag(self.verbose):  # any value set_params may store, arrays included
+        if truthy(self.verbose):  # any value set_params may store, arrays included
             extra.append(("progress", Progress()))
         return callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
@@ -440,7 +442,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             inner = self.attack_.attack if isinstance(self.attack_, CheckedAttack) else self.attack_
             self.attack_ = CheckedAttack(inner, "attack")
         if proxy_kind(self.proxy_data) == "arrays" and self.proxy_ratio > 0:
-            self._check_proxy_pair()
+            check_proxy_pair(self.proxy_data, self.classes_)
         # fitted state that may hold CUDA tensors (a generator, the dual variable,
         # a diffusion model): skorch pickles these with a map_location on load,
         # so a model trained on a GPU unpickles on a CPU-only machine
@@ -454,24 +456,6 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             self.objective_.reset()
             self.proxy_refit_ = True
         return X, y
-
-    def _check_proxy_pair(self):
-        """An ``(X, y)`` pair as ``proxy_data`` must cover every class (as ArrayProxy)."""
-        Xp, yp = self.proxy_data
-        yp = check_labels(yp, len(Xp), "proxy_data y")
-        try:
-            idx = encode_labels(self.classes_, yp)
-        except ValueError as exc:
-            raise ValueError(f"proxy_data: {exc}") from None
-        missing = np.setdiff1d(np.arange(len(self.classes_)), idx)
-        if len(missing):
-            raise ValueError(
-                f"proxy_data (an (X, y) pair) has no samples of classes "
-                f"{self.classes_[missing][:10].tolist()} ({len(missing)} of {len(self.classes_)} "
-                "classes missing); every training batch mixes proxy samples in, so the missing "
-                "classes would be under-represented. Give samples of every class, or "
-                "proxy_data=None"
-            )
 
     def _fitted_copy(self, name, reset):
         attr, params = name + "_", name + "_params_"
@@ -516,7 +500,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
                     and not isinstance(split.cv, numbers.Integral):
                 split = ValidSplit(cv=split.cv, stratified=split.stratified,
                                    random_state=self.random_state)
-            train, valid = _valid_split(split, self.get_dataset(X, y), y, **fit_params)
+            train, valid = valid_split_or_fallback(split, self.get_dataset(X, y), y, **fit_params)
         else:
             train, valid = super().get_split_datasets(X, y, **fit_params)
         # The proxy sees the training part only: never the validation split, and
@@ -828,47 +812,6 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if objective is not None:
             for key, value in objective.on_epoch_end().items():
                 self.history.record(key, value)
-
-
-def _flag(value):
-    """``bool(value)``; False for a value without one (an array), which fit then rejects."""
-    try:
-        return bool(value)
-    except (TypeError, ValueError):
-        return False
-
-
-def _valid_split(split, dataset, y, **fit_params):
-    """Run a ValidSplit; on data too small for it, fall back with a warning.
-
-    A stratified split needs enough samples of each class (the default
-    ``ValidSplit(10)`` needs 10 samples of some class); without them the split
-    becomes non-stratified with the same validation fraction, and when even
-    that is impossible, training uses all data without validation.
-    """
-    try:
-        return split(dataset, y, **fit_params)
-    except ValueError as exc:
-        reason = str(exc)
-    counts = np.unique(to_numpy(y), return_counts=True)[1]
-    what = (f"train_split=ValidSplit(cv={split.cv!r}, stratified={split.stratified}) cannot split "
-            f"these {len(y)} samples (the smallest class has {counts.min()}): {reason.rstrip('.')}")
-    if split.stratified:
-        try:
-            train, valid = ValidSplit(cv=split.cv, stratified=False,
-                                      random_state=split.random_state)(dataset, y, **fit_params)
-        except ValueError:
-            pass
-        else:
-            warnings.warn(
-                f"{what}. Falling back to a non-stratified split with the same validation "
-                "fraction. Pass train_split=None to train on all data, or a train_split of "
-                "your own.", UserWarning, stacklevel=4)
-            return train, valid
-    warnings.warn(
-        f"{what}. Training on all data without a validation split. Pass train_split=None to "
-        "do so without this warning.", UserWarning, stacklevel=4)
-    return dataset, None
 
 
 def _encoded_accuracy(net, X, y):
