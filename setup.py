@@ -29,7 +29,8 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require={
-        "test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ruff>=0.4"],
+        "test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ruff>=0.4",
+                 "hypothesis>=6"],
         "docs": ["sphinx>=7", "numpydoc>=1.6"],
         "diffusion": ["diffusers>=0.30"],
     },

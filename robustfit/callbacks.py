@@ -19,12 +19,15 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from numbers import Real
 
 import torch
+from sklearn.base import clone
 from skorch.callbacks import Callback, LRScheduler
 from tqdm import tqdm
 
 from ._evaluation import robust_accuracy
+from ._validation import Interval, Options, ParamsValidationMixin, check_attack
 
 #: Learning-rate schedules :class:`LRSchedule` knows.
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -99,7 +102,7 @@ class _EpochCounter(Callback):
         return _schedule_epochs_done(net) + self.batch_in_epoch_ / _batches_per_epoch(net)
 
 
-class LRSchedule(LRScheduler):
+class LRSchedule(ParamsValidationMixin, LRScheduler):
     """The per-batch learning-rate schedule of :class:`~robustfit.AdversarialClassifier`.
 
     A skorch :class:`~skorch.callbacks.LRScheduler` stepping torch's
@@ -147,7 +150,18 @@ class LRSchedule(LRScheduler):
     def kwargs(self):
         return {}
 
+    _parameter_constraints = {
+        "kind": [None, Options(SCHEDULES)],
+        "warmup": [Interval(Real, 0, 1, closed="left")],
+        "event_name": [None, str],
+        # LRScheduler's own parameters, fixed by this class
+        "policy": "no_validation",
+        "monitor": "no_validation",
+        "step_every": "no_validation",
+    }
+
     def initialize(self):
+        self.validate_params()
         super().initialize()
         self.batch_in_epoch_ = 0
         return self
@@ -206,7 +220,7 @@ class LRSchedule(LRScheduler):
         return state
 
 
-class EpsilonWarmup(_EpochCounter):
+class EpsilonWarmup(ParamsValidationMixin, _EpochCounter):
     """Ramp the training attack's ``epsilon`` linearly from 0 over the first epochs.
 
     Installed by :class:`~robustfit.AdversarialClassifier` as
@@ -229,8 +243,14 @@ class EpsilonWarmup(_EpochCounter):
     >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.3), attack_warmup=2)
     """
 
+    _parameter_constraints = {"epochs": [Options(("auto",)), Interval(Real, 0, None)]}
+
     def __init__(self, epochs="auto"):
         self.epochs = epochs
+
+    def initialize(self):
+        self.validate_params()
+        return super().initialize()
 
     def ramp_epochs(self, net):
         """The ramp's length in epochs for ``net``."""
@@ -248,32 +268,58 @@ class EpsilonWarmup(_EpochCounter):
 
 
 
-class RobustValidation(Callback):
+class RobustValidation(ParamsValidationMixin, Callback):
     """Record robust accuracy on the validation split after every epoch.
 
     Added by :class:`~robustfit.AdversarialClassifier` under the name
     ``valid_robust_acc`` when ``valid_attack`` is set; it can also be passed in
     ``callbacks`` directly. The score goes into the history as ``name``.
 
+    The attack is cloned when the callback is initialized (at every ``fit``),
+    and the clone runs: the ``attack`` given is never changed, and an attack
+    with learned state (``GeneratorSynth``) starts afresh in each ``fit``, so
+    refits with the same ``random_state`` record the same scores.
+
     Parameters
     ----------
-    attack : robustfit.attacks.Attack
+    attack : robustfit.attacks.Attack or callable
         The attack run on the validation split.
     name : str, default="valid_robust_acc"
         History key.
     lower_is_better : bool, default=False
         Whether lower scores are better (for checkpointing callbacks).
+
+    Attributes
+    ----------
+    attack_ : robustfit.attacks.Attack or callable
+        The clone that runs (a plain callable is used as is).
     """
+
+    _parameter_constraints = {
+        "attack": ["callable"],
+        "name": [str],
+        "lower_is_better": ["boolean"],
+    }
 
     def __init__(self, attack, name="valid_robust_acc", lower_is_better=False):
         self.attack = attack
         self.name = name
         self.lower_is_better = lower_is_better
 
+    def initialize(self):
+        self.validate_params()
+        check_attack(self.attack, "attack", type(self).__name__)
+        self.attack_ = clone(self.attack) if hasattr(self.attack, "get_params") else self.attack
+        return self
+
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         if dataset_valid is None:
             return
-        score = robust_accuracy(net, dataset_valid, None, attack=self.attack)
+        attack = getattr(self, "attack_", None)
+        if attack is None:  # used without initialize()
+            self.initialize()
+            attack = self.attack_
+        score = robust_accuracy(net, dataset_valid, None, attack=attack)
         net.history.record(self.name, score)
         best = net.history[:-1, self.name] if len(net.history) > 1 else []
         best = [b for b in best if b is not None]

@@ -43,17 +43,22 @@ from ._utils import (
     torch_seeded,
 )
 from ._validation import (
+    CheckedAttack,
     Interval,
     Options,
     ParamsValidationMixin,
     check_array,
+    check_attack,
     check_bounds,
     check_device,
     check_in_bounds,
     check_labels,
+    check_proxy_pair,
     dataset_arrays,
     encode_labels,
     resolve_device,
+    truthy,
+    valid_split_or_fallback,
 )
 from .attacks import AutoAttack, resolve_attack
 from .attacks._base import Attack
@@ -183,8 +188,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     ----------
     module_ : torch.nn.Module
         The trained network.
-    attack_ : robustfit.attacks.Attack or None
-        The attack used in training (a clone of ``attack``).
+    attack_ : robustfit.attacks.Attack, CheckedAttack or None
+        The attack used in training (a clone of ``attack``; a plain callable
+        is wrapped in :class:`~robustfit._validation.CheckedAttack`, which
+        checks its output on the first training batch: shape, finiteness and,
+        when the callable has ``epsilon``/``norm``/``bounds`` attributes, the
+        epsilon-ball and the box).
     classes_ : numpy.ndarray
         The class labels, in the order of the logits.
     n_features_in_ : int
@@ -361,23 +370,23 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         ]
         if self.valid_attack is not None:
             extra.append(("valid_robust_acc", RobustValidation(self.valid_attack)))
-        if self.verbose:
+        if truthy(self.verbose):  # any value set_params may store, arrays included
             extra.append(("progress", Progress()))
         return callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
     # ---------------------------------------------------------- validation
+    def __setattr__(self, name, value):
+        # skorch takes any torch module set on the net for a component and
+        # refuses it outside initialize(); attack=nn.Linear(...) must instead
+        # reach fit's validation, whose error says what an attack is
+        if name in _NESTED:
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     def _validate_params_extra(self):
         for name in ("attack", "valid_attack"):
-            att = getattr(self, name)
-            if isinstance(att, type):
-                raise self._param_error(
-                    name, f"must be an instance, not the class itself: pass {att.__name__}(...)")
-            if isinstance(att, torch.nn.Module):
-                raise self._param_error(
-                    name, "must be an attack (robustfit.attacks.PGD(...) or a callable "
-                    "attack(module, X, y) -> X_adv), not a torch module")
-            if isinstance(att, Attack):
-                att.validate_params()
+            check_attack(getattr(self, name), name, type(self).__name__)
         if self.objective is not None:
             self.objective.validate_params()
         if self.max_epochs == 0 and not self.warm_start:
@@ -390,11 +399,22 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     def _bounds(self):
         return check_bounds(getattr(self.attack, "bounds", None)) if self.attack is not None else None
 
-    def _check_X(self, X, bounds=None):
-        """Validate X; return it as a float32 array or tensor (a Dataset as is)."""
+    def _check_X(self, X, bounds=None, reset=False):
+        """Validate X; return it as a float32 array or tensor (a Dataset as is).
+
+        Unless ``reset``, a fitted classifier also checks the sample shape.
+        """
         if is_dataset(X):
             return X
         X = check_array(X)
+        shape = getattr(self, "input_shape_", None)
+        if not reset and shape is not None and tuple(X.shape[1:]) != shape:
+            name = type(self).__name__
+            if X.ndim == 2 and len(shape) == 1:
+                raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
+                                 f"{shape[0]} features as input")
+            raise ValueError(f"X has samples of shape {tuple(X.shape[1:])}, but {name} was "
+                             f"fitted on {shape}")
         check_in_bounds(X, bounds)
         return X
 
@@ -420,7 +440,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             if reset and y is None:
                 super().check_data(X, None)  # infers classes_ from the Dataset
         else:
-            X = self._check_X(X, self._bounds())
+            X = self._check_X(X, self._bounds(), reset=reset)
             y = self._check_y(X, y, reset)
             shape = tuple(X.shape[1:])
         if not reset and getattr(self, "input_shape_", shape) != shape:
@@ -430,6 +450,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.input_shape_ = shape
         self.n_features_in_ = int(np.prod(shape))
         self._fitted_copy("attack", reset)
+        if self.attack_ is not None and not isinstance(self.attack_, Attack):
+            # a plain callable: its output on the first training batch is checked
+            inner = self.attack_.attack if isinstance(self.attack_, CheckedAttack) else self.attack_
+            self.attack_ = CheckedAttack(inner, "attack")
+        if proxy_kind(self.proxy_data) == "arrays" and self.proxy_ratio > 0:
+            check_proxy_pair(self.proxy_data, self.classes_)
         # fitted state that may hold CUDA tensors (a generator, the dual variable,
         # a diffusion model): skorch pickles these with a map_location on load,
         # so a model trained on a GPU unpickles on a CPU-only machine
@@ -482,10 +508,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
 
     def get_split_datasets(self, X, y=None, **fit_params):
         split = self.train_split
-        if isinstance(split, ValidSplit) and split.random_state is None \
-                and self.random_state is not None and not isinstance(split.cv, numbers.Integral):
-            split = ValidSplit(cv=split.cv, stratified=split.stratified, random_state=self.random_state)
-            train, valid = split(self.get_dataset(X, y), y, **fit_params)
+        if isinstance(split, ValidSplit) and y is not None:
+            if split.random_state is None and self.random_state is not None \
+                    and not isinstance(split.cv, numbers.Integral):
+                split = ValidSplit(cv=split.cv, stratified=split.stratified,
+                                   random_state=self.random_state)
+            train, valid = valid_split_or_fallback(split, self.get_dataset(X, y), y, **fit_params)
         else:
             train, valid = super().get_split_datasets(X, y, **fit_params)
         # The proxy sees the training part only: never the validation split, and

@@ -256,7 +256,7 @@ def _bad_inputs(X, y):
         "1d": (X[:, 0, 0, 0], y, r"got 1 with shape \(40,\)"),
         "length": (X, y[:-1], r"different lengths: 40 and 39"),
         "one-class": (X, np.zeros_like(y), r"1 class\(es\), \[0\].*at least 2"),
-        "2d-y": (X, y[:, None], r"y must be 1-dimensional"),
+        "2d-y": (X, np.stack([y, y], 1), r"y must be 1-dimensional"),
         "box": (X * 2 - 0.5, y, r"values in \[-0\.5, 1\.5\], outside .* bounds=\(0, 1\)"),
         "empty": (X[:0], y[:0], r"0 samples"),
     }

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
-from .._validation import check_bounds, check_in_bounds, dataset_arrays, encode_labels
+from .._validation import (
+    CheckedAttack,
+    Interval,
+    check_attack,
+    check_bounds,
+    check_in_bounds,
+    check_labels,
+    check_param,
+    dataset_arrays,
+    encode_labels,
+)
 from ..attacks._base import Attack, _as_tensors, eval_mode
 from ..attacks.autoattack import ATTACK_ALIASES, resolve_attack
 
@@ -41,7 +53,7 @@ def resolve_estimator(estimator, X):
 def encode_for(classifier, y):
     """Labels as class indices of ``classifier`` (unchanged for a bare module)."""
     classes = getattr(classifier, "classes_", None)
-    y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
+    y = check_labels(y)
     if classes is None:
         return y.astype(np.int64)
     return encode_labels(classes, y)
@@ -94,6 +106,7 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
     >>> 0.0 <= robust_accuracy(net, X, y, attack="autoattack", epsilon=0.1) <= 1.0
     True
     """
+    check_param(batch_size, "batch_size", [Interval(Integral, 1, None)], "robust_accuracy")
     module, X, clf = resolve_estimator(estimator, X)
     if y is None:
         arrays = dataset_arrays(X)
@@ -101,27 +114,40 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
             raise ValueError("y is None: pass labels, or a dataset that holds them")
         X, y_idx = arrays
     else:
-        y_idx = encode_for(clf, y) if clf is not None else y
+        y_idx = encode_for(clf, y) if clf is not None else check_labels(y)
+        if clf is None and y_idx.dtype.kind not in "iuf":
+            raise ValueError(
+                f"y must hold class indices (integers) for a bare torch module, got dtype "
+                f"{y_idx.dtype}; pass a fitted classifier to use other labels"
+            )
     attack = resolve_attack(attack, epsilon=epsilon, norm=norm, estimator=clf)
     if attack is None:
         if clf is None or not hasattr(clf, "default_evaluation_attack"):
             raise ValueError("attack is None and the estimator has no default attack; pass attack=...")
         attack = clf.default_evaluation_attack()
+    check_attack(attack, "attack", "robust_accuracy")
     x, y_t = _as_tensors(module, X, y_idx)
+    if len(x) == 0:
+        raise ValueError("robust_accuracy: X has 0 samples")
     if isinstance(attack, Attack):
-        attack.validate_params()
         check_in_bounds(x, check_bounds(attack.bounds))
         run = attack.perturb
-    elif callable(attack):
-        run = attack
     else:
-        raise TypeError(f"attack must be an Attack or a callable, got {attack!r}")
+        check_in_bounds(x, None)  # NaN and inf
+        run = CheckedAttack(attack, "attack")  # checks its first output
+    y_range = (int(y_t.min()), int(y_t.max())) if len(y_t) else (0, 0)
     robust = torch.zeros((), dtype=torch.long, device=x.device)
     with eval_mode(module):
         for start in range(0, len(x), batch_size):
             xb, yb = x[start:start + batch_size], y_t[start:start + batch_size]
             with torch.no_grad():
-                clean_ok = module(xb).argmax(1) == yb
+                logits = module(xb)
+                if start == 0 and (y_range[0] < 0 or y_range[1] >= logits.shape[-1]):
+                    raise ValueError(
+                        f"y has class indices in [{y_range[0]}, {y_range[1]}], but the module "
+                        f"returns {logits.shape[-1]} logits per sample"
+                    )
+                clean_ok = logits.argmax(1) == yb
             x_adv = run(module, xb, yb)
             with torch.no_grad():
                 adv_ok = module(x_adv).argmax(1) == yb
@@ -197,6 +223,7 @@ def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
     >>> scorer = make_robust_scorer(PGD(epsilon=0.3, steps=20))
     >>> scorer = make_robust_scorer("autoattack", epsilon=0.3)
     """
+    check_param(batch_size, "batch_size", [Interval(Integral, 1, None)], "make_robust_scorer")
     # Fail early on an unknown name or a misplaced epsilon/norm. A name without
     # epsilon is resolved per candidate, in its training threat model.
     if isinstance(attack, str) and epsilon is None:

@@ -86,8 +86,10 @@ def _flatten(X, name):
     X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X)
     if X.ndim < 2:
         raise ValueError(f"{name} must have shape (n, ...) with at least 2 dimensions, got {X.shape}")
-    if not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
+    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
+        raise ValueError(f"{name} must be real-valued numeric, got dtype {X.dtype}")
+    if X.shape[0] == 0 or X[0].size == 0:
+        raise ValueError(f"{name} must hold at least one sample with one feature, got shape {X.shape}")
     X = X.reshape(X.shape[0], -1).astype(np.float64, copy=False)
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -163,7 +165,8 @@ def _check_params(metric, method, max_samples_per_class, n_bootstrap, confidence
             "Use method='exact' or 'sinkhorn' (with max_samples_per_class for large sets)."
         )
     if max_samples_per_class is not None and (
-        not isinstance(max_samples_per_class, numbers.Integral) or max_samples_per_class < 1
+        not isinstance(max_samples_per_class, numbers.Integral) or isinstance(max_samples_per_class, bool)
+        or max_samples_per_class < 1
     ):
         raise ValueError(f"max_samples_per_class must be None or an integer >= 1, got {max_samples_per_class!r}")
     if not isinstance(n_bootstrap, numbers.Integral) or isinstance(n_bootstrap, bool) or n_bootstrap < 0:
