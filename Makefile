@@ -38,7 +38,11 @@ INSTALL_DEPS := setup.py pyproject.toml constraints.txt $(CONSTRAINTS)
 
 .PHONY: venv install quickstart docs lint pytest test clean
 
+# Python 3.11 or later (docs/install.rst says why); checked before pip downloads anything.
 $(BIN)/python:
+	@$(PYTHON) -c "import sys; sys.exit(sys.version_info < (3, 11))" || { echo "robustfit needs" \
+	  "Python 3.11 or later, and $(PYTHON) is $$($(PYTHON) --version 2>&1): pass" \
+	  "PYTHON=python3.11 (or later)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 # Step 1, the PyTorch build; $(1) names the packages (torch, or torch torchvision).

@@ -13,6 +13,7 @@ naming the extra, so the suite runs on the core install. With
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,23 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def _missing_extra(exc):
-    """The robustfit extra whose absence raised ``exc``, or None."""
+    """The robustfit extra whose absence raised ``exc``, or None.
+
+    Also for an error raised in a notebook's kernel (nbclient's
+    CellExecutionError carries only the error's class name and message).
+    """
     if isinstance(exc, OptionalDependencyError):
         return exc.extra or exc.package
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         entry = OPTIONAL.get(exc.name.split(".")[0])
+        return entry[1] if entry else None
+    ename, evalue = getattr(exc, "ename", None), str(getattr(exc, "evalue", ""))
+    if ename == "OptionalDependencyError":
+        found = re.search(r"robustfit\[(\w+)\]", evalue)
+        return found[1] if found else None
+    if ename == "ModuleNotFoundError":
+        found = re.search(r"No module named '([\w.]+)'", evalue)
+        entry = OPTIONAL.get(found[1].split(".")[0]) if found else None
         return entry[1] if entry else None
     return None
 
@@ -47,12 +60,14 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if call.excinfo is None or os.environ.get("ROBUSTFIT_REQUIRE_EXTRAS") == "1":
         return
-    extra = _missing_extra(call.excinfo.value)
+    exc = call.excinfo.value
+    extra = _missing_extra(exc)
     if extra is not None:
         path, line, _ = item.reportinfo()
+        # a notebook's error: its class and message, not the whole cell and traceback
+        message = f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename") else str(exc)
         report.outcome = "skipped"
-        report.longrepr = (str(path), (line or 0) + 1,
-                           f"Skipped: needs robustfit[{extra}]: {call.excinfo.value}")
+        report.longrepr = (str(path), (line or 0) + 1, f"Skipped: needs robustfit[{extra}]: {message}")
 
 
 def _has_mnist_test_split(root):

@@ -107,3 +107,23 @@ print(len(names))
                           cwd=Path(robustfit.__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.split()[-1]) > 20
+
+
+def test_conftest_recognizes_a_missing_extra():
+    """The suite skips a test of a missing extra (conftest.py): each form of the error is recognized."""
+    from conftest import _missing_extra
+
+    class CellError(Exception):  # the fields of nbclient's CellExecutionError
+        def __init__(self, ename, evalue):
+            self.ename, self.evalue = ename, evalue
+
+    assert _missing_extra(OptionalDependencyError("m", package="pot", extra="ot", feature="f")) == "ot"
+    assert _missing_extra(ModuleNotFoundError("No module named 'matplotlib.pyplot'",
+                                              name="matplotlib.pyplot")) == "plot"
+    assert _missing_extra(CellError("OptionalDependencyError", "... pip install 'robustfit[diffusion]'")) \
+        == "diffusion"
+    assert _missing_extra(CellError("ModuleNotFoundError", "No module named 'geomloss'")) == "ot"
+    # anything else is a real failure
+    assert _missing_extra(ModuleNotFoundError("No module named 'numpyy'", name="numpyy")) is None
+    assert _missing_extra(CellError("ValueError", "robustfit[ot]")) is None
+    assert _missing_extra(ValueError("x")) is None
