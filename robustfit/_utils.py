@@ -10,18 +10,20 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-#: Optional dependencies: top-level import name -> (pip name, robustfit extra, install note).
+#: Optional dependencies: top-level import name -> (pip name, robustfit extra).
 #: setup.py's ``extras_require`` lists the same packages under the same extras.
 OPTIONAL = {
-    "geomloss": ("geomloss", "ot", ""),
-    "ot": ("pot", "ot", ""),
-    "matplotlib": ("matplotlib", "plot", ""),
-    "diffusers": ("diffusers", "diffusion", ""),
-    "torchvision": (
-        "torchvision", "vision",
-        "; it must be the build that matches your torch, e.g. with "
-        "--index-url https://download.pytorch.org/whl/cpu for a CPU-only torch",
-    ),
+    "geomloss": ("geomloss", "ot"),
+    "ot": ("pot", "ot"),
+    "matplotlib": ("matplotlib", "plot"),
+    "diffusers": ("diffusers", "diffusion"),
+    "torchvision": ("torchvision", "vision"),
+}
+
+#: What else the install hint of a package says.
+_INSTALL_NOTES = {
+    "torchvision": "; it must be the build that matches your torch, e.g. with "
+                   "--index-url https://download.pytorch.org/whl/cpu for a CPU-only torch",
 }
 
 
@@ -69,7 +71,8 @@ def optional_import(name, feature):
         return importlib.import_module(name)
     except ImportError as exc:
         top = name.split(".")[0]
-        pip_name, extra, note = OPTIONAL.get(top, (top, None, ""))
+        pip_name, extra = OPTIONAL.get(top, (top, None))
+        note = _INSTALL_NOTES.get(top, "")
         hint = (f"pip install 'robustfit[{extra}]' (or pip install {pip_name}{note})" if extra
                 else f"pip install {pip_name}")
         absent = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == top

@@ -83,7 +83,7 @@ def test_optional_import():
 def test_extras_match_the_table():
     """setup.py's extras list every package of OPTIONAL under the same extra, and 'all' has them all."""
     text = SETUP.read_text()
-    for pip_name, extra, _ in OPTIONAL.values():
+    for pip_name, extra in OPTIONAL.values():
         assert re.search(rf'"{extra}": \[[^\]]*"{pip_name}[>=<]', text, re.IGNORECASE), (pip_name, extra)
     assert '"all": sorted(' in text
 
