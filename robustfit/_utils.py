@@ -63,20 +63,21 @@ def optional_import(name, feature):
     Raises
     ------
     OptionalDependencyError
-        A subclass of ImportError, when the import fails: the message names
-        the feature, the package and the extra to install, e.g.
-        ``pip install 'robustfit[ot]'``.
+        A subclass of ImportError, when the import fails (the package is
+        missing, or installed but broken, such as a torchvision built for
+        another torch): the message names the feature, the package and the
+        extra to install, e.g. ``pip install 'robustfit[ot]'``.
     """
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
+    except Exception as exc:  # a broken install can raise anything, e.g. a RuntimeError
         top = name.split(".")[0]
         pip_name, extra = OPTIONAL.get(top, (top, None))
         note = _INSTALL_NOTES.get(top, "")
         hint = (f"pip install 'robustfit[{extra}]' (or pip install {pip_name}{note})" if extra
                 else f"pip install {pip_name}")
         absent = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == top
-        cause = "" if absent else f" (it is installed but failed to import: {exc})"
+        cause = "" if absent else f" (it is installed but failed to import: {type(exc).__name__}: {exc})"
         raise OptionalDependencyError(
             f"{feature} needs the optional package {pip_name}: {hint}{cause}",
             package=pip_name, extra=extra, feature=feature,

@@ -73,6 +73,18 @@ def test_load_mnist_download_needs_vision(monkeypatch, tmp_path):
         load_mnist(root=tmp_path)
 
 
+def test_broken_package_names_the_extra(monkeypatch):
+    """An installed package that fails to import (as PyPI's torchvision does next to a CPU-only
+    torch: RuntimeError, operator torchvision::nms does not exist) gets the same hint, and the cause."""
+    def broken(name):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr("robustfit._utils.importlib.import_module", broken)
+    with pytest.raises(ImportError, match=r"robustfit\[vision\].*matches your torch.*installed but failed "
+                                          r"to import: RuntimeError: operator torchvision::nms"):
+        ResNet18()
+
+
 def test_optional_import():
     assert optional_import("numpy", "a test") is np
     with pytest.raises(ImportError, match="a test needs the optional package no_such_pkg_xyz: "
