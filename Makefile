@@ -46,14 +46,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Step 1, the PyTorch build; $(1) names the packages (torch, or torch torchvision).
-# cpu: PyTorch's CPU index is given as an extra index, so that where it cannot be reached pip
-# falls back to PyPI's build (and says so below). $(VENV)/.torch records the build.
+# cpu: PyTorch's CPU index is given as an extra index (its +cpu builds win over PyPI's of the same
+# version; torch's dependencies come from PyPI at the pinned versions). Where the index cannot be
+# reached (probed first, since pip would retry it for every package), make says so and installs
+# PyPI's build. $(VENV)/.torch records the build.
 ifeq ($(TORCH),cpu)
 define install_torch
-	$(PIP_INSTALL) --extra-index-url $(TORCH_CPU_INDEX) $(1)
+	@if $(BIN)/python -c "import urllib.request as r; r.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=20)" \
+	    2>/dev/null; then set -x; $(PIP_INSTALL) --extra-index-url $(TORCH_CPU_INDEX) $(1); \
+	else echo "WARNING: $(TORCH_CPU_INDEX) cannot be reached: installing PyPI's torch, which on" \
+	  "Linux is the CUDA build (about 4.5 GB more)"; set -x; $(PIP_INSTALL) $(1); fi
 	@$(BIN)/python -c "import torch; raise SystemExit(torch.version.cuda is not None)" || echo \
-	  "WARNING: TORCH=cpu installed a CUDA build of torch ($(TORCH_CPU_INDEX) could not be" \
-	  "reached, so pip took PyPI's build)"
+	  "WARNING: TORCH=cpu installed a CUDA build of torch"
 endef
 else ifeq ($(TORCH),cuda)
 define install_torch
