@@ -3,8 +3,9 @@
 The order, bottom to top (also in the README's layout section and in
 docs/developers.rst):
 
-0. ``_validation`` - parameter constraints, devices, boxes, arrays, labels
-1. ``_utils``, ``datasets`` - seeding, cloning, optional imports; data loaders
+0. ``_validation``, ``_utils`` - parameter constraints, devices, boxes, arrays,
+   labels; seeding, cloning, optional imports
+1. ``datasets`` - data loaders (torchvision through ``_utils.optional_import``)
 2. ``_ot``, ``models`` - the OT divergence; networks (classifiers, generators)
 3. ``attacks`` - attack algorithms
 4. ``losses`` - training objectives
@@ -33,8 +34,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "robustfit"
 
 LAYERS = [
-    {"_validation"},
-    {"_utils", "datasets"},
+    {"_validation", "_utils"},
+    {"datasets"},
     {"_ot", "models"},
     {"attacks"},
     {"losses"},

@@ -9,6 +9,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from .._evaluation import robust_accuracy
+from .._utils import optional_import
 from ..attacks import APGD
 from ..attacks._base import Attack
 
@@ -210,8 +211,7 @@ def plot_robustness_curve(curves, ax=None, **plot_kwargs):
     """
     items = _as_curves(curves)
     if ax is None:
-        import matplotlib.pyplot as plt
-
+        plt = optional_import("matplotlib.pyplot", "plot_robustness_curve")
         _, ax = plt.subplots(figsize=(5, 3.5))
     kwargs = {"marker": "o"}
     kwargs.update(plot_kwargs)

@@ -22,6 +22,8 @@ import numpy as np
 from scipy.spatial.distance import cdist
 from sklearn.utils import check_random_state
 
+from .._utils import optional_import
+
 #: Ground costs and the scipy ``cdist`` metric computing each.
 METRICS = {"l2": "euclidean", "linf": "chebyshev", "l1": "cityblock"}
 METHODS = ("auto", "exact", "sinkhorn", "sliced")
@@ -125,7 +127,7 @@ def _ot_value(a, b, M, method, reg, num_iter):
     """Transport cost of ``a -> b`` under costs ``M``: exact (network simplex)
     or the cost ``<P, M>`` of the entropic plan (an upper bound of the exact
     value, since that plan is feasible)."""
-    import ot
+    ot = optional_import("ot", "conditional_wasserstein_distance")
 
     if method == "exact":
         value = ot.emd2(a, b, M, numItermax=num_iter)
@@ -147,7 +149,7 @@ def _interval(estimate, replicates, confidence, ci_method="normal"):
 
 
 def _sliced(A, B, a, b, n_projections, seed):
-    import ot
+    ot = optional_import("ot", "conditional_wasserstein_distance")
 
     return float(ot.sliced_wasserstein_distance(A, B, a, b, n_projections=n_projections, p=1, seed=seed))
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._utils import torch_seeded
+from .._utils import optional_import, torch_seeded
 from .._validation import InstanceOf, Interval, Options, resolve_device
 from ._base import ProxyDistribution
 
@@ -19,14 +19,7 @@ _SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def _import_diffusers():
-    try:
-        import diffusers
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "DiffusionProxy needs the diffusers library: pip install 'robustfit[diffusion]' "
-            "(or pip install diffusers)"
-        ) from exc
-    return diffusers
+    return optional_import("diffusers", "DiffusionProxy")
 
 
 class DiffusionProxy(ProxyDistribution):
