@@ -22,6 +22,7 @@ import warnings
 import torch
 from skorch.callbacks import Callback, LRScheduler
 
+from ._distributed import is_main
 from ._evaluation import robust_accuracy
 
 #: Learning-rate schedules :class:`LRSchedule` knows.
@@ -252,6 +253,10 @@ class RobustValidation(Callback):
     Added by :class:`~robustfit.AdversarialClassifier` under the name
     ``valid_robust_acc`` when ``valid_attack`` is set; it can also be passed in
     ``callbacks`` directly. The score goes into the history as ``name``.
+    In data-parallel training the validation points are sharded across the
+    ranks and the per-point results gathered
+    (:func:`~robustfit.metrics.robust_accuracy`), so every rank records the
+    same score.
 
     Parameters
     ----------
@@ -286,7 +291,8 @@ class Progress(Callback):
 
     Added by :class:`~robustfit.AdversarialClassifier` when ``verbose >= 1``.
     The outer bar counts epochs and shows the last train loss and validation
-    accuracies; the inner bar counts the batches of the current epoch.
+    accuracies; the inner bar counts the batches of the current epoch. In
+    data-parallel training (torchrun) only rank 0 shows them.
     """
 
     def initialize(self):
@@ -297,12 +303,18 @@ class Progress(Callback):
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         from tqdm.auto import tqdm
 
-        self.epoch_bar_ = tqdm(total=net.max_epochs, desc="epochs", position=0)
+        self.epoch_bar_ = self.batch_bar_ = None
+        if is_main():
+            self.epoch_bar_ = tqdm(total=net.max_epochs, desc="epochs", position=0)
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         from tqdm.auto import tqdm
 
-        n = -(-len(dataset_train) // net.batch_size) if dataset_train is not None else None
+        if self.epoch_bar_ is None:
+            return
+        n = getattr(net, "train_batches_", None)
+        if n is None and dataset_train is not None:
+            n = -(-len(dataset_train) // net.batch_size)
         self.batch_bar_ = tqdm(total=n, desc="batches", position=1, leave=False)
 
     def on_batch_end(self, net, training=False, **kwargs):
@@ -312,6 +324,8 @@ class Progress(Callback):
     def on_epoch_end(self, net, **kwargs):
         if self.batch_bar_ is not None:
             self.batch_bar_.close()
+        if self.epoch_bar_ is None:
+            return
         row = net.history[-1]
         shown = {k: f"{row[k]:.4f}" for k in ("train_loss", "valid_acc", "valid_robust_acc")
                  if isinstance(row.get(k), float)}

@@ -3,7 +3,8 @@
 The order, bottom to top (also in the README's layout section and in
 docs/developers.rst):
 
-0. ``_validation`` - parameter constraints, devices, boxes, arrays, labels
+0. ``_validation``, ``_distributed`` - parameter constraints, devices, boxes,
+   arrays, labels; process-group helpers and batch shards (torch.distributed)
 1. ``_utils``, ``datasets`` - seeding, cloning, optional imports; data loaders
 2. ``_ot``, ``models`` - the OT divergence; networks (classifiers, generators)
 3. ``attacks`` - attack algorithms
@@ -33,7 +34,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "robustfit"
 
 LAYERS = [
-    {"_validation"},
+    {"_validation", "_distributed"},
     {"_utils", "datasets"},
     {"_ot", "models"},
     {"attacks"},

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
+from .._distributed import all_reduce_sum, broadcast_object, rank, world_size
+from .._utils import randint, random_source
 from .._validation import check_bounds, check_in_bounds, dataset_arrays, encode_labels
 from ..attacks._base import Attack, _as_tensors, eval_mode
 from ..attacks.autoattack import ATTACK_ALIASES, resolve_attack
@@ -38,6 +40,54 @@ def encode_for(classifier, y):
     if classes is None:
         return y.astype(np.int64)
     return encode_labels(classes, y)
+
+
+def robust_mask(module, x, y, run, batch_size):
+    """Per point: classified correctly both clean and on ``run``'s output.
+
+    The points are cut into batches of ``batch_size``, and batch ``b`` is
+    attacked with robustfit's random draws seeded by ``base + b``, where
+    ``base`` is drawn once from the current random source. The result
+    therefore does not depend on which process attacks which batch: under
+    ``torchrun`` (an initialized process group) the batches are dealt to
+    the ranks in turn (batch ``b`` to rank ``b % world_size``) and the
+    per-point results are summed over the ranks (one all-reduce), so every
+    rank gets the mask one process computes on the same points. Every rank
+    must call it, with the same points.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network, in eval mode.
+    x, y : torch.Tensor
+        Inputs and class indices on the module's device.
+    run : callable
+        ``run(module, x, y) -> x_adv``.
+    batch_size : int
+        Points attacked at once.
+
+    Returns
+    -------
+    mask : torch.Tensor of bool, shape (n,)
+    """
+    n = len(x)
+    base = broadcast_object(int(randint(0, 2**31, (), device="cpu")))  # rank 0's draw
+    world, me = world_size(), rank()
+    ok_all = torch.zeros(n, dtype=torch.int32, device=x.device)
+    for b, start in enumerate(range(0, n, batch_size)):
+        if b % world != me:
+            continue
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        with random_source(base + b):
+            with torch.no_grad():
+                ok = module(xb).argmax(1) == yb
+            x_adv = run(module, xb, yb)
+            with torch.no_grad():
+                ok &= module(x_adv).argmax(1) == yb
+        ok_all[start:start + len(xb)] = ok.to(torch.int32)
+    if world > 1:
+        ok_all = all_reduce_sum(ok_all)
+    return ok_all > 0
 
 
 def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None):
@@ -75,6 +125,16 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
         Robust accuracy in [0, 1]. A sample counts as robust only if it is
         classified correctly without the attack as well.
 
+    Notes
+    -----
+    Each batch of ``batch_size`` points is attacked with random draws seeded
+    from one draw of the current random source plus the batch's index, so
+    the figure does not depend on how batches are spread over processes.
+    Under ``torchrun`` (a :mod:`torch.distributed` process group is
+    initialized) the batches are dealt to the ranks and the per-point results
+    gathered: the figure equals the one-process figure on the same points,
+    and every rank must call the function with the same points.
+
     Examples
     --------
     >>> import torch
@@ -109,17 +169,9 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
         run = attack
     else:
         raise TypeError(f"attack must be an Attack or a callable, got {attack!r}")
-    robust = torch.zeros((), dtype=torch.long, device=x.device)
     with eval_mode(module):
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start:start + batch_size], y_t[start:start + batch_size]
-            with torch.no_grad():
-                clean_ok = module(xb).argmax(1) == yb
-            x_adv = run(module, xb, yb)
-            with torch.no_grad():
-                adv_ok = module(x_adv).argmax(1) == yb
-            robust += (clean_ok & adv_ok).sum()
-    return robust.item() / max(len(x), 1)
+        mask = robust_mask(module, x, y_t, run, batch_size)
+    return int(mask.sum()) / max(len(x), 1)
 
 
 class RobustScorer:
