@@ -55,7 +55,8 @@ def load(args):
     X, y = load_digits_images()
     perm = np.random.RandomState(0).permutation(len(X))
     X, y = X[perm], y[perm]
-    return (X[:1500], y[:1500]), (X[1500:], y[1500:]), args.epsilon or 0.1
+    n_train = 500 if args.quick else 1500
+    return (X[:n_train], y[:n_train]), (X[1500:], y[1500:]), args.epsilon or 0.1
 
 
 def main(argv=None):

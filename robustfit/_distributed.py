@@ -21,6 +21,7 @@ process, the default) every helper is a no-op: ``world_size()`` is 1,
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import os
@@ -76,7 +77,9 @@ def init_from_env(device="cpu"):
     started by ``torchrun`` with more than one worker. The backend is NCCL for
     a CUDA ``device`` and gloo otherwise. On CUDA, the current device is set to
     ``cuda:LOCAL_RANK`` when the script has not chosen one, so that
-    ``device="cuda"`` means this rank's GPU.
+    ``device="cuda"`` means this rank's GPU. A group initialized here is
+    destroyed when the interpreter exits (a group left alive at exit can
+    abort the process).
 
     Parameters
     ----------
@@ -93,12 +96,24 @@ def init_from_env(device="cpu"):
         if cuda:
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+        atexit.register(_destroy)
     if not is_initialized():
         return False
     if cuda and torch.device(device).index is None and torch.cuda.current_device() != local_rank() \
             and local_rank() < torch.cuda.device_count():
         torch.cuda.set_device(local_rank())
     return world_size() > 1
+
+
+def barrier():
+    """Wait until every rank gets here (no-op on one process)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def _destroy():
+    if is_initialized():
+        dist.destroy_process_group()
 
 
 def comm_device():

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from ._distributed import (
     all_gather_object,
     all_reduce_sum,
+    barrier,
     batch_shard,
     broadcast_object,
     init_from_env,
@@ -1031,6 +1032,13 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             module, device_ids=[device.index] if device.type == "cuda" else None)
         if not is_main():
             run.silence([cb for _, cb in self.callbacks_])
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        super().on_train_end(net, X=X, y=y, **kwargs)
+        if self._distributed_run() is not None:
+            # rank 0 has written its last checkpoint before any rank's callbacks
+            # run on_train_end (e.g. Checkpoint(load_best=True) reading it back)
+            barrier()
 
     def _end_distributed(self):
         run = self.__dict__.get("_ddp_run")

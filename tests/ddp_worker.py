@@ -19,7 +19,7 @@ from skorch.callbacks import Checkpoint
 from torch.utils.data import TensorDataset
 
 from robustfit import AdversarialClassifier
-from robustfit.attacks import PGD, GeneratorSynth, Langevin
+from robustfit.attacks import PGD, AutoAttack, GeneratorSynth, Langevin
 from robustfit.datasets import load_digits_images
 from robustfit.losses import PrimalDual
 from robustfit.metrics import robust_accuracy, robustness_curve
@@ -105,7 +105,8 @@ def fit_checkpointed(dirname):
 
 
 def evaluate(clf):
-    """Robust accuracy and a robustness curve on 300 points, batches of 64."""
+    """Robust accuracy, a robustness curve, the AutoAttack-style ensemble and
+    robust_score on 300 points."""
     X, y = digits(300, offset=1400)
     attack = PGD(epsilon=0.1, steps=5, random_start=True)
     torch.manual_seed(0)  # the random starts: unseeded evaluations follow torch's generator
@@ -113,6 +114,9 @@ def evaluate(clf):
         "robust_accuracy": robust_accuracy(clf, X, y, attack=attack, batch_size=64),
         "curve": robustness_curve(clf, X, y, [0.0, 0.05, 0.2], attack=attack,
                                   batch_size=64).accuracies.tolist(),
+        "autoattack": robust_accuracy(clf, X, y, attack=AutoAttack(epsilon=0.1, steps=10),
+                                      batch_size=64),
+        "robust_score": clf.robust_score(X, y, attack=attack, check=False),
     }
 
 

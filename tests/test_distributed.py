@@ -113,6 +113,8 @@ def test_distributed_evaluation_equals_one_process(two_ranks, one_process):
     assert r0["eval"]["robust_accuracy"] == pytest.approx(one_process["eval"]["robust_accuracy"],
                                                          abs=1 / 300 + 1e-9)
     np.testing.assert_allclose(r0["eval"]["curve"], one_process["eval"]["curve"], atol=1 / 300 + 1e-9)
+    for key in ("autoattack", "robust_score"):
+        assert r0["eval"][key] == pytest.approx(one_process["eval"][key], abs=1 / 300 + 1e-9)
 
 
 @needs_gloo
