@@ -335,3 +335,8 @@ class Progress(Callback):
     def on_train_end(self, net, **kwargs):
         if self.epoch_bar_ is not None:
             self.epoch_bar_.close()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()  # tqdm bars hold the terminal's stream
+        state["epoch_bar_"] = state["batch_bar_"] = None
+        return state
