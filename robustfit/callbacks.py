@@ -26,6 +26,7 @@ from sklearn.base import clone
 from skorch.callbacks import Callback, LRScheduler
 from tqdm import tqdm
 
+from ._distributed import is_main
 from ._evaluation import robust_accuracy
 from ._validation import Interval, Options, ParamsValidationMixin, check_attack
 
@@ -274,6 +275,10 @@ class RobustValidation(ParamsValidationMixin, Callback):
     Added by :class:`~robustfit.AdversarialClassifier` under the name
     ``valid_robust_acc`` when ``valid_attack`` is set; it can also be passed in
     ``callbacks`` directly. The score goes into the history as ``name``.
+    In data-parallel training the validation points are sharded across the
+    ranks and the per-point results gathered
+    (:func:`~robustfit.metrics.robust_accuracy`), so every rank records the
+    same score.
 
     The attack is cloned when the callback is initialized (at every ``fit``),
     and the clone runs: the ``attack`` given is never changed, and an attack
@@ -346,7 +351,8 @@ class Progress(Callback):
     runs included); it is closed at the end of each epoch, before skorch prints
     that epoch's row of the history table, so the bar never lands inside the
     table. Where the output cannot redraw a bar (a log file, a pipe), no bar is
-    drawn and the table alone reports progress.
+    drawn and the table alone reports progress. In data-parallel training
+    (torchrun) only rank 0 draws it.
 
     Parameters
     ----------
@@ -372,6 +378,8 @@ class Progress(Callback):
         return self
 
     def _enabled(self):
+        if not is_main():  # data-parallel training: rank 0 alone draws
+            return False
         if self.disable is not None:
             return not self.disable
         return _interactive(self.file if self.file is not None else sys.stderr)

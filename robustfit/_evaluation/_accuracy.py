@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
+from .._distributed import all_reduce_sum, broadcast_object, rank, world_size
+from .._utils import randint, random_source
 from .._validation import (
     CheckedAttack,
     Interval,
@@ -59,6 +61,54 @@ def encode_for(classifier, y):
     return encode_labels(classes, y)
 
 
+def robust_mask(module, x, y, run, batch_size):
+    """Per point: classified correctly both clean and on ``run``'s output.
+
+    The points are cut into batches of ``batch_size``, and batch ``b`` is
+    attacked with robustfit's random draws seeded by ``base + b``, where
+    ``base`` is drawn once from the current random source. The result
+    therefore does not depend on which process attacks which batch: under
+    ``torchrun`` (an initialized process group) the batches are dealt to
+    the ranks in turn (batch ``b`` to rank ``b % world_size``) and the
+    per-point results are summed over the ranks (one all-reduce), so every
+    rank gets the mask one process computes on the same points. Every rank
+    must call it, with the same points.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network, in eval mode.
+    x, y : torch.Tensor
+        Inputs and class indices on the module's device.
+    run : callable
+        ``run(module, x, y) -> x_adv``.
+    batch_size : int
+        Points attacked at once.
+
+    Returns
+    -------
+    mask : torch.Tensor of bool, shape (n,)
+    """
+    n = len(x)
+    base = broadcast_object(int(randint(0, 2**31, (), device="cpu")))  # rank 0's draw
+    world, me = world_size(), rank()
+    ok_all = torch.zeros(n, dtype=torch.int32, device=x.device)
+    for b, start in enumerate(range(0, n, batch_size)):
+        if b % world != me:
+            continue
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        with random_source(base + b):
+            with torch.no_grad():
+                ok = module(xb).argmax(1) == yb
+            x_adv = run(module, xb, yb)
+            with torch.no_grad():
+                ok &= module(x_adv).argmax(1) == yb
+        ok_all[start:start + len(xb)] = ok.to(torch.int32)
+    if world > 1:
+        ok_all = all_reduce_sum(ok_all)
+    return ok_all > 0
+
+
 def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None):
     """Fraction of samples classified correctly both clean and under attack.
 
@@ -93,6 +143,16 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
     accuracy : float
         Robust accuracy in [0, 1]. A sample counts as robust only if it is
         classified correctly without the attack as well.
+
+    Notes
+    -----
+    Each batch of ``batch_size`` points is attacked with random draws seeded
+    from one draw of the current random source plus the batch's index, so
+    the figure does not depend on how batches are spread over processes.
+    Under ``torchrun`` (a :mod:`torch.distributed` process group is
+    initialized) the batches are dealt to the ranks and the per-point results
+    gathered: the figure equals the one-process figure on the same points,
+    and every rank must call the function with the same points.
 
     Examples
     --------
@@ -135,24 +195,21 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
     else:
         check_in_bounds(x, None)  # NaN and inf
         run = CheckedAttack(attack, "attack")  # checks its first output
-    y_range = (int(y_t.min()), int(y_t.max())) if len(y_t) else (0, 0)
-    robust = torch.zeros((), dtype=torch.long, device=x.device)
     with eval_mode(module):
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start:start + batch_size], y_t[start:start + batch_size]
-            with torch.no_grad():
-                logits = module(xb)
-                if start == 0 and (y_range[0] < 0 or y_range[1] >= logits.shape[-1]):
-                    raise ValueError(
-                        f"y has class indices in [{y_range[0]}, {y_range[1]}], but the module "
-                        f"returns {logits.shape[-1]} logits per sample"
-                    )
-                clean_ok = logits.argmax(1) == yb
-            x_adv = run(module, xb, yb)
-            with torch.no_grad():
-                adv_ok = module(x_adv).argmax(1) == yb
-            robust += (clean_ok & adv_ok).sum()
-    return robust.item() / max(len(x), 1)
+        _check_label_range(module, x, y_t)
+        mask = robust_mask(module, x, y_t, run, batch_size)
+    return int(mask.sum()) / max(len(x), 1)
+
+
+def _check_label_range(module, x, y):
+    """Class indices must index the module's logits."""
+    with torch.no_grad():
+        n_logits = module(x[:1]).shape[-1]
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= n_logits:
+        raise ValueError(
+            f"y has class indices in [{low}, {high}], but the module returns {n_logits} logits per sample"
+        )
 
 
 class RobustScorer:

@@ -91,7 +91,9 @@ def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, 
     :func:`~robustfit.metrics.robust_accuracy`. Each budget is attacked
     independently, so a curve that *rises* somewhere is itself a warning sign:
     a larger ball contains the smaller one, and a working attack can only do
-    better in it.
+    better in it. Under ``torchrun`` every point of the curve is evaluated
+    across the ranks (see :func:`~robustfit.metrics.robust_accuracy`): every
+    rank must call it, with the same points, and gets the one-process curve.
 
     Parameters
     ----------
