@@ -57,14 +57,20 @@ class AverageRobustness:
     Attributes
     ----------
     mean : float
-        ``Rob_d``: the (weighted) mean of ``distances``.
+        ``Rob_d``: the (weighted) mean of ``distances`` over **every** sample.
     distances : numpy.ndarray of shape (n,)
         Per sample, the ``norm`` of the smallest verified adversarial
-        perturbation found (0 where the clean point is misclassified; ``inf``
-        where none was found up to the largest budget tried). Each finite value
-        is an **upper bound** of the true distance to the decision boundary.
+        perturbation found (0 where the clean point is misclassified), or
+        ``upper_limit`` where the search found none. Each value where
+        ``found`` is an **upper bound** of the true distance to the decision
+        boundary; the others are censored at the search's limit.
     found : numpy.ndarray of bool, shape (n,)
         Where an adversarial point (or a clean misclassification) was found.
+    upper_limit : float
+        The value counted for a sample without an adversarial point: the
+        largest budget the search can reach, the diameter of ``bounds`` in
+        ``norm`` (``width`` for l_inf, ``width * sqrt(d)`` for l_2), or
+        without bounds ``eps_init * 2 ** (search_steps - 1)``.
     ci : tuple of float
         ``(low, high)``: normal interval of ``mean`` from the per-sample
         standard deviation (class-stratified when weighted).
@@ -80,6 +86,7 @@ class AverageRobustness:
     ci: tuple
     norm: str
     misclassified: float
+    upper_limit: float = float("inf")
 
     def __float__(self):
         return float(self.mean)
@@ -216,6 +223,14 @@ def average_robustness(
     kept as a candidate, and the final adversarial points are re-checked: a
     reported distance always comes with a point that is really misclassified.
 
+    Every sample counts in the mean: one for which the search found no
+    adversarial point counts at the search's upper limit
+    (``result.upper_limit``: the diameter of ``bounds`` in ``norm``, or
+    ``eps_init * 2 ** (search_steps - 1)`` without bounds), with a
+    ``RuntimeWarning`` saying how many. So the mean is over the samples given,
+    with their weights unchanged, and both sides of the transfer bound are
+    computed on the same samples.
+
     Parameters
     ----------
     estimator : AdversarialClassifier, Pipeline or torch.nn.Module
@@ -298,8 +313,10 @@ def average_robustness(
     n_features = x[0].numel()
     if bounds is None:
         eps_max = float("inf")
+        upper_limit = float(eps_init) * 2.0 ** (search_steps - 1)
     else:
         eps_max = width if norm == "linf" else width * n_features ** 0.5
+        upper_limit = float(eps_max)
     out = []
     with eval_mode(module), torch.enable_grad():
         for s in range(0, len(x), batch_size):
@@ -312,19 +329,21 @@ def average_robustness(
     if not found.all():
         warnings.warn(
             f"average_robustness: no adversarial point found for {int((~found).sum())} of {len(d)} "
-            "samples; they are left out of the mean", RuntimeWarning, stacklevel=2,
+            f"samples; they count at the search's upper limit {upper_limit:.4g}", RuntimeWarning,
+            stacklevel=2,
         )
+        d[~found] = upper_limit
     w = np.ones(len(d)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
     if w.shape != d.shape:
         raise ValueError(f"sample_weight must have shape {d.shape}, got {w.shape}")
-    wf = w[found] / w[found].sum()
-    mean = float(np.sum(wf * d[found]))
+    wn = w / w.sum() if len(d) else w
+    mean = float(np.sum(wn * d))
     # standard error of a weighted mean of independent samples
-    se = float(np.sqrt(np.sum(wf ** 2 * (d[found] - mean) ** 2)))
+    se = float(np.sqrt(np.sum(wn ** 2 * (d - mean) ** 2)))
     half = float(scipy_norm.ppf(0.5 + confidence / 2)) * se
     return AverageRobustness(
         mean=mean, distances=d, found=found, ci=(mean - half, mean + half), norm=norm,
-        misclassified=float(np.mean(d == 0)) if len(d) else 0.0,
+        misclassified=float(np.mean(d == 0)) if len(d) else 0.0, upper_limit=upper_limit,
     )
 
 
