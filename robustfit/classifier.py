@@ -49,7 +49,7 @@ from ._distributed import (
 )
 from ._evaluation import check_gradient_masking, robust_accuracy
 from ._loader import MixedLoader, TensorLoader
-from ._proxy_pool import build_proxy_pool, proxy_kind
+from ._proxy_pool import PROXY_MIXINGS, build_proxy_pool, proxy_kind
 from ._utils import (
     amp_dtype,
     autocast,
@@ -149,6 +149,16 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     proxy_ratio : float, default=0.5
         Fraction of every training batch taken from the proxy data, in
         ``[0, 1)``. An epoch stays one pass over the real training data.
+    proxy_mixing : {"split", "append"}, default="split"
+        ``"split"``: the proxy samples take ``proxy_ratio`` of the
+        ``batch_size`` samples of a batch. ``"append"``: they are added to a
+        full batch of ``batch_size`` real samples, so the batch grows to
+        ``batch_size / (1 - proxy_ratio)`` (at 0.5, a full real batch plus a
+        full synthetic one, as Sehwag et al. train). Either way the loss is
+        the mean over all samples of the batch, so real and proxy samples
+        weigh ``1 - proxy_ratio`` and ``proxy_ratio`` of it; ``"append"``
+        takes ``1 / (1 - proxy_ratio)`` times the compute per step for the
+        same number of steps per epoch.
     proxy_samples : int or None, default=None
         Samples drawn from a ProxyDistribution per ``fit``. ``None`` draws as
         many as one epoch uses, so no proxy sample repeats within an epoch.
@@ -265,6 +275,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         proxy_ratio=0.5,
         proxy_samples=None,
         proxy_memory=None,
+        proxy_mixing="split",
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
         lr=3e-3,
@@ -302,6 +313,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.proxy_ratio = proxy_ratio
         self.proxy_samples = proxy_samples
         self.proxy_memory = proxy_memory
+        self.proxy_mixing = proxy_mixing
         self.lr_schedule = lr_schedule
         self.attack_warmup = attack_warmup
         self.valid_attack = valid_attack
@@ -327,6 +339,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         "objective": [None, Objective],
         "proxy_ratio": [Interval(Real, 0, 1, closed="left")],
         "proxy_samples": [None, Interval(Integral, 1, None)],
+        "proxy_mixing": [Options(PROXY_MIXINGS)],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "lr_schedule": [None, Options(SCHEDULES)],
         "attack_warmup": [Options(("auto",)), Interval(Real, 0, None)],
@@ -574,6 +587,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             self.proxy_data, dataset_train, classes=self.classes_, input_shape=self.input_shape_,
             bounds=self._bounds(), batch_size=self.batch_size, proxy_ratio=self.proxy_ratio,
             proxy_samples=self.proxy_samples, memory=self.proxy_memory, seed=self._seed(),
+            mixing=self.proxy_mixing,
         ))
 
     # ---------------------------------------------------------- fit / predict
@@ -808,6 +822,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
                     "as iterator_train__num_workers=... etc.)")
         if training and getattr(self, "proxy_X_", None) is not None:
             loader = MixedLoader(dataset, self.proxy_X_, self.proxy_y_, self.proxy_ratio,
+                                 mixing=self.proxy_mixing,
                                  **self._iterator_kwargs("iterator_train", dataset, True))
         elif isinstance(iterator, type) and issubclass(iterator, TensorLoader):
             prefix = "iterator_train" if training else "iterator_valid"
