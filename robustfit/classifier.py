@@ -24,6 +24,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
@@ -65,8 +66,9 @@ from .attacks._base import Attack
 from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
 from .losses import AdversarialCE, Objective
 from .models import default_module, fill_module_arguments
+from .recipes import AWP, EMA, CollapseGuard
 
-_NESTED = ("attack", "valid_attack", "objective", "proxy_data")
+_NESTED = ("attack", "valid_attack", "objective", "proxy_data", "ema", "awp", "guard")
 _GLOBAL_RNG_LOCK = threading.RLock()
 _ATTACK = [None, Attack, "callable"]
 
@@ -160,10 +162,25 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         How skorch holds out validation data for the per-epoch history (here
         10%, the same split every time). ``None`` trains on all data;
         ``skorch.helper.predefined_split(dataset)`` uses a given set.
-    valid_attack : robustfit.attacks.Attack or None, default=None
+    valid_attack : robustfit.attacks.Attack, RobustValidation or None, default=None
         If set, robust accuracy on the validation split under this attack is
         recorded every epoch as ``valid_robust_acc`` (opt-in: it costs an attack
-        pass over the validation data per epoch).
+        pass over the validation data per epoch). A
+        :class:`~robustfit.callbacks.RobustValidation` measures every n epochs
+        on a fixed subset, keeps and restores the most robust epoch's weights
+        (``restore_best=True``) and stops early (``patience``).
+    ema : robustfit.recipes.EMA or None, default=None
+        Keep an exponential moving average of the weights; prediction,
+        scoring and pickling use it (see :doc:`/recipes`). Grid-searchable as
+        ``ema__decay``.
+    awp : robustfit.recipes.AWP or None, default=None
+        Adversarial weight perturbation (Wu et al. 2020): every step's
+        gradient is taken at weights perturbed to raise the objective.
+        Grid-searchable as ``awp__gamma``; the fitted copy is ``awp_``.
+    guard : robustfit.recipes.CollapseGuard or None, default=None
+        The catastrophic-overfitting guard for fast (FGSM) training: a PGD
+        check on a training subset after every epoch that restores the last
+        good weights on a collapse.
     random_state : int, numpy RandomState or None, default=None
         Seeds weight initialization, shuffling, validation split and the
         attacks' random starts. The global torch generator is restored after
@@ -241,6 +258,9 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         batch_size=128,
         train_split=ValidSplit(10, stratified=True),
         valid_attack=None,
+        ema=None,
+        awp=None,
+        guard=None,
         random_state=None,
         device="auto",
         amp="auto",
@@ -272,6 +292,9 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.lr_schedule = lr_schedule
         self.attack_warmup = attack_warmup
         self.valid_attack = valid_attack
+        self.ema = ema
+        self.awp = awp
+        self.guard = guard
         self.random_state = random_state
         self.amp = amp
 
@@ -290,7 +313,10 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
 
     _parameter_constraints = {
         "attack": _ATTACK,
-        "valid_attack": _ATTACK,
+        "valid_attack": _ATTACK + [RobustValidation],
+        "ema": [None, EMA],
+        "awp": [None, AWP],
+        "guard": [None, CollapseGuard],
         "objective": [None, Objective],
         "proxy_ratio": [Interval(Real, 0, 1, closed="left")],
         "proxy_samples": [None, Interval(Integral, 1, None)],
@@ -368,11 +394,17 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             ("lr_schedule", LRSchedule(self.lr_schedule)),
             ("attack_warmup", EpsilonWarmup(self.attack_warmup)),
         ]
-        if self.valid_attack is not None:
-            extra.append(("valid_robust_acc", RobustValidation(self.valid_attack)))
+        valid = self.valid_attack
+        if valid is not None:
+            extra.append(("valid_robust_acc", clone(valid) if isinstance(valid, RobustValidation)
+                          else RobustValidation(valid)))
+        if self.guard is not None:
+            extra.append(("guard", clone(self.guard)))
         if truthy(self.verbose):  # any value set_params may store, arrays included
             extra.append(("progress", Progress()))
-        return callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
+        # the weight average goes first: every later callback sees the averaged weights
+        first = [("ema", clone(self.ema))] if self.ema is not None else []
+        return first + callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
     # ---------------------------------------------------------- validation
     def __setattr__(self, name, value):
@@ -385,10 +417,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         super().__setattr__(name, value)
 
     def _validate_params_extra(self):
-        for name in ("attack", "valid_attack"):
-            check_attack(getattr(self, name), name, type(self).__name__)
-        if self.objective is not None:
-            self.objective.validate_params()
+        check_attack(self.attack, "attack", type(self).__name__)
+        if not isinstance(self.valid_attack, RobustValidation):
+            check_attack(self.valid_attack, "valid_attack", type(self).__name__)
+        for name in ("objective", "valid_attack", "ema", "awp", "guard"):
+            if getattr(getattr(self, name), "validate_params", None) is not None:
+                getattr(self, name).validate_params()
         if self.max_epochs == 0 and not self.warm_start:
             raise self._param_error(
                 "max_epochs", "= 0 trains nothing; use max_epochs >= 1 (0 is allowed only with "
@@ -463,6 +497,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if extra:
             self.cuda_dependent_attributes_ = list(self.cuda_dependent_attributes_) + extra
         self._fitted_copy("objective", reset)
+        self._fitted_copy("awp", reset)
         if self.objective_ is None:
             self.objective_ = AdversarialCE()
         if reset:
@@ -806,6 +841,9 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
                 else:
                     X_adv = attack(self.module_, Xi, yi)
         self._set_training(True)
+        # adversarial weight perturbation: the gradient is taken at perturbed weights
+        if self.awp_ is not None:
+            self.awp_.perturb(self, Xi, X_adv, yi, **fit_params)
         y_pred = self.infer(X_adv, **fit_params)
         logits_clean = None
         if objective.needs_clean:
@@ -817,6 +855,8 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             if extra is not None:
                 loss = loss + extra
         loss.backward()
+        if self.awp_ is not None:
+            self.awp_.restore(self)  # the weights go back exactly; the gradient stays
         return {"loss": loss, "y_pred": y_pred}
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):

@@ -12,12 +12,13 @@ docs/developers.rst):
 5. ``_evaluation`` - robust accuracy, scorers, gradient-masking checks
 6. ``_proxy_pool`` - the pool of proxy samples of one fit
 7. ``_loader`` - device-resident batch iterators, real/proxy mixing
-8. ``callbacks`` - schedules, robust validation, progress
-9. ``classifier`` - AdversarialClassifier
-10. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
+8. ``callbacks`` - schedules, robust validation, progress, weight snapshots
+9. ``recipes`` - training recipes: weight averaging, AWP, the collapse guard
+10. ``classifier`` - AdversarialClassifier
+11. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
     bound, ARC (which trains discriminators with the classifier)
-11. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
-12. ``robustfit/__init__`` - the public names
+12. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
+13. ``robustfit/__init__`` - the public names
 
 A module may import from any lower layer and from its own package; imports of
 robustfit modules sit at module level only (no import deferred into a
@@ -43,6 +44,7 @@ LAYERS = [
     {"_proxy_pool"},
     {"_loader"},
     {"callbacks"},
+    {"recipes"},
     {"classifier"},
     {"metrics"},
     {"proxy", "certify"},
