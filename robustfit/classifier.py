@@ -220,9 +220,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     history : skorch.history.History
         Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``; with
         ``valid_attack``, ``valid_robust_acc``; with ``objective=PrimalDual(...)``,
-        ``dual_nu`` and ``clean_loss``; per-batch losses.
+        ``dual_nu`` and ``clean_loss``; with ``guard``, ``guard_robust_acc`` (and
+        ``guard_collapse`` at a collapse); per-batch losses.
     objective_ : robustfit.losses.Objective
         The objective used in training, with its state.
+    awp_ : robustfit.recipes.AWP or None
+        The weight perturbation used in training (a clone of ``awp``).
     proxy_ : ProxyDistribution or None
         The proxy distribution fitted on the training data, when
         ``proxy_data`` is one.

@@ -48,7 +48,7 @@ def _documented_names():
 def _public_names():
     names = {"robustfit.classifier.resolve_device"}
     packages = ("robustfit", "robustfit.attacks", "robustfit.metrics", "robustfit.losses",
-                "robustfit.proxy")
+                "robustfit.proxy", "robustfit.recipes")
     for package in packages:
         mod = importlib.import_module(package)
         names |= {f"{package}.{n}" for n in mod.__all__ if not n.startswith("__")}
@@ -69,7 +69,8 @@ def test_api_page_lists_every_public_name():
     assert not stale, f"not public (any more), remove from docs/api.rst: {stale}"
 
 
-@pytest.mark.parametrize("page,min_blocks", [("getting_started.rst", 5), ("skorch_tools.rst", 5)])
+@pytest.mark.parametrize("page,min_blocks", [("getting_started.rst", 5), ("skorch_tools.rst", 5),
+                                             ("recipes.rst", 8)])
 def test_page_code_runs(tmp_path, page, min_blocks):
     """Every Python block of a docs page, run in order as one script."""
     text = (DOCS / page).read_text()
