@@ -60,6 +60,7 @@ def build(name, args, seed):
     kw = {}
     if spec.get("attack") == "fgsm":
         attack = FGSM(epsilon=EPS, step_size=args.fgsm_step)
+        kw["attack_warmup"] = args.fgsm_warmup
     if spec.get("objective") == "trades":
         attack = PGD(epsilon=EPS, steps=args.steps, loss="kl")
         kw["objective"] = TRADES(beta=args.beta)
@@ -194,6 +195,8 @@ def main():
     p.add_argument("--awp-gamma-at", type=float, default=1e-2)
     p.add_argument("--awp-gamma-trades", type=float, default=5e-3)
     p.add_argument("--fgsm-step", type=float, default=0.6, help="FGSM step size (2 * epsilon)")
+    p.add_argument("--fgsm-warmup", default="auto", type=lambda v: v if v == "auto" else float(v),
+                   help="epsilon warm-up of the FGSM runs, in epochs, or 'auto'")
     p.add_argument("--n-valid-robust", type=int, default=500)
     p.add_argument("--n-eval", type=int, default=2000, help="evaluation images (of the last 2,000)")
     p.add_argument("--out", default=str(RESULTS / "recipes.json"))

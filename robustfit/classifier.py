@@ -401,12 +401,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if valid is not None:
             extra.append(("valid_robust_acc", clone(valid) if isinstance(valid, RobustValidation)
                           else RobustValidation(valid)))
-        if self.guard is not None:
+        if isinstance(self.guard, CollapseGuard):  # other values: fit's checks raise
             extra.append(("guard", clone(self.guard)))
         if truthy(self.verbose):  # any value set_params may store, arrays included
             extra.append(("progress", Progress()))
         # the weight average goes first: every later callback sees the averaged weights
-        first = [("ema", clone(self.ema))] if self.ema is not None else []
+        first = [("ema", clone(self.ema))] if isinstance(self.ema, EMA) else []
         return first + callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
     # ---------------------------------------------------------- validation
