@@ -58,9 +58,11 @@ def build(name, args, seed):
     _, spec = CONFIGS[name]
     attack = PGD(epsilon=EPS, steps=args.steps)
     kw = {}
+    lr = args.lr
     if spec.get("attack") == "fgsm":
-        attack = FGSM(epsilon=EPS, step_size=args.fgsm_step)
+        attack = FGSM(epsilon=EPS, step_size=args.fgsm_step, random_start=not args.fgsm_zero_init)
         kw["attack_warmup"] = args.fgsm_warmup
+        lr = args.fgsm_lr or args.lr
     if spec.get("objective") == "trades":
         attack = PGD(epsilon=EPS, steps=args.steps, loss="kl")
         kw["objective"] = TRADES(beta=args.beta)
@@ -78,7 +80,7 @@ def build(name, args, seed):
                              restore_best=True)
     return AdversarialClassifier(
         MnistCNN, module__width=args.width, module__hidden=args.hidden, attack=attack,
-        valid_attack=valid, max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        valid_attack=valid, max_epochs=args.epochs, lr=lr, batch_size=args.batch_size,
         device=args.device, random_state=seed, callbacks=[("last", KeepLast())], **kw,
     )
 
@@ -106,6 +108,11 @@ def run(name, seed, args, data):
         "valid_robust_acc": [row.get("valid_robust_acc") for row in hist],
         "train_loss": [row.get("train_loss") for row in hist],
         "best_epoch": rv.restored_epoch_,
+        "settings": {"lr": args.lr, "steps": args.steps, "beta": args.beta,
+                     "ema_decay": args.ema_decay, "awp_gamma_at": args.awp_gamma_at,
+                     "awp_gamma_trades": args.awp_gamma_trades, "fgsm_step": args.fgsm_step,
+                     "fgsm_warmup": args.fgsm_warmup, "fgsm_lr": args.fgsm_lr,
+                     "fgsm_zero_init": args.fgsm_zero_init},
     }
     if "guard" in dict(clf.callbacks_):
         guard = dict(clf.callbacks_)["guard"]
@@ -195,6 +202,8 @@ def main():
     p.add_argument("--awp-gamma-at", type=float, default=1e-2)
     p.add_argument("--awp-gamma-trades", type=float, default=5e-3)
     p.add_argument("--fgsm-step", type=float, default=0.6, help="FGSM step size (2 * epsilon)")
+    p.add_argument("--fgsm-lr", type=float, default=None, help="learning rate of the FGSM runs")
+    p.add_argument("--fgsm-zero-init", action="store_true", help="FGSM without random start")
     p.add_argument("--fgsm-warmup", default="auto", type=lambda v: v if v == "auto" else float(v),
                    help="epsilon warm-up of the FGSM runs, in epochs, or 'auto'")
     p.add_argument("--n-valid-robust", type=int, default=500)

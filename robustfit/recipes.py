@@ -75,7 +75,9 @@ class EMA(_ParamsRepr, ParamsValidationMixin, _EpochCounter):
     The callback swaps the two sets of weights in place (twice per epoch, a
     copy each time) and keeps the set that is not in the module;
     ``partial_fit`` swaps the raw weights back in at its first batch and goes
-    on from them.
+    on from them. skorch's ``Checkpoint`` saves the module, so it saves the
+    average; a run resumed from it with ``LoadInitState`` goes on from the
+    averaged weights (the raw ones are not in the checkpoint).
 
     **Batch normalization.** The running statistics are averaged like the
     parameters (an EMA of the buffers, as ``AveragedModel(use_buffers=True)``
