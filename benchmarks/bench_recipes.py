@@ -75,7 +75,7 @@ def build(name, args, seed):
     if spec.get("awp") == "awp_trades":
         kw["awp"] = AWP(gamma=args.awp_gamma_trades)
     if spec.get("guard"):
-        kw["guard"] = CollapseGuard(max_samples=512, drop=0.2, on_collapse="stop")
+        kw["guard"] = CollapseGuard(max_samples=512, drop=args.guard_drop, on_collapse=args.guard_mode)
     valid = RobustValidation(PGD(epsilon=EPS, steps=10), max_samples=args.n_valid_robust,
                              restore_best=True)
     return AdversarialClassifier(
@@ -112,7 +112,8 @@ def run(name, seed, args, data):
                      "ema_decay": args.ema_decay, "awp_gamma_at": args.awp_gamma_at,
                      "awp_gamma_trades": args.awp_gamma_trades, "fgsm_step": args.fgsm_step,
                      "fgsm_warmup": args.fgsm_warmup, "fgsm_lr": args.fgsm_lr,
-                     "fgsm_zero_init": args.fgsm_zero_init},
+                     "fgsm_zero_init": args.fgsm_zero_init, "guard_mode": args.guard_mode,
+                     "guard_drop": args.guard_drop},
     }
     if "guard" in dict(clf.callbacks_):
         guard = dict(clf.callbacks_)["guard"]
@@ -202,6 +203,8 @@ def main():
     p.add_argument("--awp-gamma-at", type=float, default=1e-2)
     p.add_argument("--awp-gamma-trades", type=float, default=5e-3)
     p.add_argument("--fgsm-step", type=float, default=0.6, help="FGSM step size (2 * epsilon)")
+    p.add_argument("--guard-mode", default="stop", choices=["stop", "restore"])
+    p.add_argument("--guard-drop", type=float, default=0.2)
     p.add_argument("--fgsm-lr", type=float, default=None, help="learning rate of the FGSM runs")
     p.add_argument("--fgsm-zero-init", action="store_true", help="FGSM without random start")
     p.add_argument("--fgsm-warmup", default="auto", type=lambda v: v if v == "auto" else float(v),
