@@ -11,7 +11,8 @@ At the end it reports clean accuracy and robust accuracy under
 ``clf.robust_score`` (APGD-CE + APGD-T) for the last and the best epoch.
 
 Each finished run is appended to a JSON file, so an interrupted benchmark keeps
-what it measured; ``--report`` prints the table (mean +- std over seeds) and
+what it measured; ``--report`` prints the table (mean +- sample std over seeds, and the
+differences with PGD-AT on the same seed) and
 draws the robust-overfitting plot from those files.
 
     python benchmarks/bench_recipes.py --seeds 0,1,2            # every configuration
@@ -139,26 +140,46 @@ def _load(paths):
     return records
 
 
+def _ms(values):
+    """'mean ± std' in percent (sample std, ddof=1); a single value as it is."""
+    v = np.asarray(values, dtype=float) * 100
+    return f"{v.mean():6.2f} ± {v.std(ddof=1):4.2f}" if len(v) > 1 else f"{v[0]:6.2f} (1 seed)"
+
+
 def report(records, plot=None):
-    print(f"{'configuration':<28}{'n':>3}{'epochs':>8}{'clean':>15}{'robust (last)':>17}"
+    """Prints mean ± std over seeds (sample std) and the paired differences with PGD-AT."""
+    print(f"{'configuration':<28}{'seeds':>7}{'epochs':>9}{'clean':>17}{'robust (last)':>17}"
           f"{'robust (best ckpt)':>20}{'train s':>9}")
     for name, (label, _) in CONFIGS.items():
-        rs = [r for r in records if r["config"] == name]
+        rs = sorted((r for r in records if r["config"] == name), key=lambda r: r["seed"])
         if not rs:
             continue
-
-        def ms(key, rs=rs):
-            v = np.array([r[key] for r in rs]) * 100
-            return f"{v.mean():6.2f} ± {v.std():4.2f}"
-
+        seeds = ",".join(str(r["seed"]) for r in rs)
         ep = "/".join(str(r["epochs_trained"]) for r in rs)
-        print(f"{label:<28}{len(rs):>3}{ep:>8}{ms('clean_last'):>15}{ms('robust_last'):>17}"
-              f"{ms('robust_best'):>20}{np.mean([r['train_s'] for r in rs]):9.0f}")
+        print(f"{label:<28}{seeds:>7} {ep:>8}{_ms([r['clean_last'] for r in rs]):>17}"
+              f"{_ms([r['robust_last'] for r in rs]):>17}{_ms([r['robust_best'] for r in rs]):>20}"
+              f"{np.mean([r['train_s'] for r in rs]):9.0f}")
         for r in rs:
             curve = " ".join("  -  " if v is None else f"{v:.3f}" for v in r["valid_robust_acc"])
             extra = f" collapses={r['collapses']}" if "collapses" in r else ""
             print(f"    seed {r['seed']}: best epoch {r['best_epoch']}, robust valid per epoch: "
                   f"{curve}{extra}")
+    base = {r["seed"]: r for r in records if r["config"] == "pgd"}
+    rows = []
+    for name, (label, _) in CONFIGS.items():
+        rs = sorted((r for r in records if r["config"] == name and r["seed"] in base),
+                    key=lambda r: r["seed"])
+        if name == "pgd" or not rs:
+            continue
+        diff = {k: [r[k] - base[r["seed"]][k] for r in rs]
+                for k in ("clean_last", "robust_last", "robust_best")}
+        per_seed = " ".join(f"{d * 100:+.2f}" for d in diff["robust_last"])
+        rows.append(f"{label:<28}{_ms(diff['clean_last']):>17}{_ms(diff['robust_last']):>17}"
+                    f"{_ms(diff['robust_best']):>20}   robust (last) per seed: {per_seed}")
+    if rows:
+        print(f"\npaired with PGD-AT, same seed (points){'clean':>7}{'robust (last)':>17}"
+              f"{'robust (best ckpt)':>20}")
+        print("\n".join(rows))
     if plot:
         _plot(records, plot)
 
