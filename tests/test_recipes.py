@@ -220,7 +220,7 @@ def test_mart_margin_term_is_exact_for_confident_wrong_predictions():
     zc = torch.zeros(1, 3)
     loss = MART(beta=1.0).loss(_Net(), za, torch.tensor([1]), zc)
     # CE = 40 + log(1 + e^-40 + 1) ~ 40, margin = -log(1 - p_0) = 40 - log 2
-    assert float(loss) > 79
+    assert loss.item() > 79
     loss.backward()
     assert torch.isfinite(za.grad).all()
 
