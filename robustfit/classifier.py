@@ -173,6 +173,17 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     amp : {"auto", "bf16", None}, default="auto"
         Mixed precision. ``"auto"`` uses bfloat16 autocast (and channels-last
         memory for images) on CUDA and full precision on the CPU.
+    compile : bool, default=False
+        skorch's parameter: run the module (and the criterion) through
+        :func:`torch.compile`, with ``compile__*`` parameters passed on
+        (``compile__mode="max-autotune"``, ``compile__dynamic=True``, ...).
+        The training attack, the training step and the evaluation attacks all
+        call the same compiled ``module_``; each combination of train/eval
+        mode, gradient mode and batch shape compiles once, on first use.
+        ``GeneratorSynth(feature_layer=...)`` reads a layer through a forward
+        hook that compiled code does not run, so it needs ``compile=False``.
+        Whether compiling pays depends on the model and device: see the
+        "Scaling out" docs page.
     iterator_train, iterator_valid : class, default=TensorLoader
         Batch iterators. :class:`~robustfit._loader.TensorLoader` keeps the data
         on the device and slices batches; pass
@@ -302,6 +313,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         "random_state": ["random_state"],
         "amp": [None, Options(("auto", "bf16", False))],
         "device": [None, str, torch.device],
+        "compile": ["boolean"],
         "train_split": [None, "callable"],
         "verbose": [Interval(Integral, 0, None), "boolean"],
     }
@@ -395,6 +407,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
                 "warm_start=True, where fit then leaves a fitted model unchanged)")
         proxy_kind(self.proxy_data)
         check_device(self.__dict__.get("device"))
+        if self.compile and getattr(self.attack, "feature_layer", None) is not None:
+            raise self._param_error(
+                "compile", "cannot be True together with the attack's feature_layer="
+                f"{self.attack.feature_layer!r}: that layer's output is read through "
+                "a forward hook, which the compiled module does not run; use compile=False, or "
+                "feature_layer=None")
 
     def _bounds(self):
         return check_bounds(getattr(self.attack, "bounds", None)) if self.attack is not None else None
