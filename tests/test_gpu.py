@@ -27,6 +27,7 @@ import torch
 
 from robustfit import AdversarialClassifier
 from robustfit.attacks import FGSM, PGD, Langevin
+from robustfit.attacks._base import eval_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -84,14 +85,14 @@ def test_bf16_autocast_and_channels_last_by_default(cuda_clf, split):
     convs = [m for m in cuda_clf.module_.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     x = torch.as_tensor(split[1][0][:64], device="cuda")
-    with cuda_clf._autocast():
+    with cuda_clf._autocast(), eval_mode(cuda_clf.module_), torch.no_grad():
         assert cuda_clf.module_(x).dtype == torch.bfloat16
     assert cuda_clf.predict_proba(split[1][0][:64]).dtype == np.float32
     fp32 = AdversarialClassifier(attack=PGD(epsilon=EPS, steps=2), max_epochs=1, amp=None,
                                  random_state=0).fit(*split[0])
     assert not any(m.weight.is_contiguous(memory_format=torch.channels_last)
                    for m in fp32.module_.modules() if isinstance(m, torch.nn.Conv2d))
-    with fp32._autocast():
+    with fp32._autocast(), eval_mode(fp32.module_), torch.no_grad():
         assert fp32.module_(x).dtype == torch.float32
 
 
