@@ -8,6 +8,10 @@
 * ``valid_robust_acc`` - :class:`RobustValidation`, with ``valid_attack``;
 * ``progress`` - :class:`Progress`, with ``verbose >= 1``.
 
+:class:`ResumableCheckpoint` is not installed by default: it checkpoints every
+epoch and resumes a killed run from its last checkpoint (skorch's
+``Checkpoint`` and ``LoadInitState`` in one callback).
+
 Both schedules compute their position from ``net.history`` (the epochs the
 history holds since the schedule started) and the batches seen in the current
 epoch, so a run resumed from a checkpoint with skorch's ``LoadInitState``
@@ -18,9 +22,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import suppress
 
 import torch
-from skorch.callbacks import Callback, LRScheduler
+from skorch.callbacks import Callback, Checkpoint, LRScheduler
+from skorch.utils import noop
 
 from ._evaluation import robust_accuracy
 
@@ -279,6 +285,65 @@ class RobustValidation(Callback):
             score < min(best) if self.lower_is_better else score > max(best)
         )
         net.history.record(self.name + "_best", bool(is_best))
+
+
+class ResumableCheckpoint(Checkpoint):
+    """Checkpoint every epoch into ``dirname``, and resume from there when a fit starts.
+
+    skorch's :class:`~skorch.callbacks.Checkpoint` (``monitor=None``: every
+    epoch) and :class:`~skorch.callbacks.LoadInitState` in one callback. Run
+    the same script again after a crash or a kill, with the same parameters,
+    and ``fit`` continues from the last completed epoch and ends with
+    ``max_epochs`` epochs of history, where the uninterrupted run would have
+    ended (on the CPU, with ``random_state`` set: the same weights and
+    history). With :class:`~robustfit.AdversarialClassifier`, every checkpoint
+    also holds the training state skorch's files lack (the attack's and the
+    objective's state, the random generators; see
+    :meth:`~robustfit.AdversarialClassifier.save_params`), and every file is
+    written atomically. Files are read back with
+    ``torch.load(weights_only=True)``; see :doc:`/persistence`.
+
+    Parameters
+    ----------
+    dirname : str, default="checkpoints"
+        Folder of the checkpoint files (created if needed). Use one folder
+        per run: a folder holding a finished run makes ``fit`` train nothing.
+    f_params, f_optimizer, f_criterion, f_history : str or None
+        File names, as in skorch's ``Checkpoint``.
+    fn_prefix : str, default=""
+        Prefix of the file names.
+    event_name : str or None, default="event_cp"
+        History column marking the checkpointed epochs.
+    sink : callable, default=skorch.utils.noop
+        Receives a line per checkpoint (``print`` to see them).
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.callbacks import ResumableCheckpoint
+    >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.1), max_epochs=20, random_state=0,
+    ...                             callbacks=[ResumableCheckpoint("run1")])
+    """
+
+    def __init__(self, dirname="checkpoints", *, f_params="params.pt", f_optimizer="optimizer.pt",
+                 f_criterion="criterion.pt", f_history="history.json", fn_prefix="",
+                 event_name="event_cp", sink=noop):
+        super().__init__(monitor=None, f_params=f_params, f_optimizer=f_optimizer,
+                         f_criterion=f_criterion, f_history=f_history, fn_prefix=fn_prefix,
+                         dirname=dirname, event_name=event_name, sink=sink)
+
+    def initialize(self):
+        super().initialize()
+        self.did_load_ = False
+        return self
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        if self.did_load_:  # once per callback, as LoadInitState
+            return
+        self.did_load_ = True
+        with suppress(FileNotFoundError):
+            net.load_params(checkpoint=self)
 
 
 class Progress(Callback):

@@ -4,7 +4,8 @@ The order, bottom to top (also in the README's layout section and in
 docs/developers.rst):
 
 0. ``_validation`` - parameter constraints, devices, boxes, arrays, labels
-1. ``_utils``, ``datasets`` - seeding, cloning, optional imports; data loaders
+1. ``_utils``, ``_persist``, ``datasets`` - seeding, cloning, optional imports;
+   files without pickle; data loaders
 2. ``_ot``, ``models`` - the OT divergence; networks (classifiers, generators)
 3. ``attacks`` - attack algorithms
 4. ``losses`` - training objectives
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1] / "robustfit"
 
 LAYERS = [
     {"_validation"},
-    {"_utils", "datasets"},
+    {"_utils", "_persist", "datasets"},
     {"_ot", "models"},
     {"attacks"},
     {"losses"},

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
+from .._utils import random_source, seed_of
 from .._validation import check_bounds, check_in_bounds, dataset_arrays, encode_labels
 from ..attacks._base import Attack, _as_tensors, eval_mode
 from ..attacks.autoattack import ATTACK_ALIASES, resolve_attack
@@ -40,7 +43,22 @@ def encode_for(classifier, y):
     return encode_labels(classes, y)
 
 
-def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None):
+def evaluation_seed(random_state, classifier):
+    """The seed of an evaluation: ``random_state``, else the classifier's own (or None)."""
+    if random_state is None and classifier is not None:
+        random_state = getattr(classifier, "random_state", None)
+    return seed_of(random_state)
+
+
+def evaluation_copy(attack):
+    """The attack an evaluation runs: a private copy of an :class:`Attack`, so
+    that state it builds on first use (a generator) never lands on the caller's
+    object; other callables as they are."""
+    return copy.deepcopy(attack) if isinstance(attack, Attack) else attack
+
+
+def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None,
+                    random_state=None):
     """Fraction of samples classified correctly both clean and under attack.
 
     Parameters
@@ -68,6 +86,14 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
         of the estimator's training attack.
     norm : {"linf", "l2"}, default=None
         Norm of a named attack, or a new ``norm`` for a given Attack.
+    random_state : int, numpy RandomState or None, default=None
+        Seeds the attack's random draws (random starts, Square's proposals),
+        through a random source private to this call: the same evaluation
+        gives the same figure in any process and any thread. ``None`` uses
+        the estimator's ``random_state`` (an
+        :class:`~robustfit.AdversarialClassifier`'s), and for a bare module or
+        an unseeded estimator the enclosing source or torch's global
+        generator. The attack passed in is never changed (a copy runs).
 
     Returns
     -------
@@ -104,13 +130,13 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
     if isinstance(attack, Attack):
         attack.validate_params()
         check_in_bounds(x, check_bounds(attack.bounds))
-        run = attack.perturb
+        run = evaluation_copy(attack).perturb
     elif callable(attack):
         run = attack
     else:
         raise TypeError(f"attack must be an Attack or a callable, got {attack!r}")
     robust = torch.zeros((), dtype=torch.long, device=x.device)
-    with eval_mode(module):
+    with eval_mode(module), random_source(evaluation_seed(random_state, clf)):
         for start in range(0, len(x), batch_size):
             xb, yb = x[start:start + batch_size], y_t[start:start + batch_size]
             with torch.no_grad():
@@ -136,20 +162,23 @@ class RobustScorer:
         Samples attacked at once.
     epsilon, norm : float and str, or None
         Threat model of a named attack (see :func:`robust_accuracy`).
+    random_state : int, RandomState or None, default=None
+        Seed of the attack's draws; ``None``: each estimator's own.
     """
 
-    def __init__(self, attack=None, batch_size=256, epsilon=None, norm=None):
+    def __init__(self, attack=None, batch_size=256, epsilon=None, norm=None, random_state=None):
         self.attack = attack
         self.batch_size = batch_size
         self.epsilon = epsilon
         self.norm = norm
+        self.random_state = random_state
 
     def __call__(self, estimator, X, y, sample_weight=None):
         if sample_weight is not None:
             raise ValueError("RobustScorer does not support sample_weight")
         return robust_accuracy(
             estimator, X, y, attack=self.attack, batch_size=self.batch_size,
-            epsilon=self.epsilon, norm=self.norm,
+            epsilon=self.epsilon, norm=self.norm, random_state=self.random_state,
         )
 
     def __repr__(self):
@@ -159,7 +188,7 @@ class RobustScorer:
         return f"make_robust_scorer(attack={self.attack!r}{extra})"
 
 
-def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
+def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None, random_state=None):
     """Make a scorer for :class:`~sklearn.model_selection.GridSearchCV`,
     :func:`~sklearn.model_selection.cross_validate` and friends.
 
@@ -177,6 +206,9 @@ def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
         Set it for a name when the candidates' training budgets differ.
     norm : {"linf", "l2"}, default=None
         Norm of a named attack, or a new ``norm`` for a given Attack.
+    random_state : int, numpy RandomState or None, default=None
+        Seed of the attack's random draws; ``None`` uses each candidate's own
+        ``random_state`` (see :func:`robust_accuracy`).
 
     Returns
     -------
@@ -197,4 +229,5 @@ def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
             raise ValueError(f"unknown attack name {attack!r}; choose among {ATTACK_ALIASES}")
     else:
         resolve_attack(attack, epsilon=epsilon, norm=norm)
-    return RobustScorer(attack=attack, batch_size=batch_size, epsilon=epsilon, norm=norm)
+    return RobustScorer(attack=attack, batch_size=batch_size, epsilon=epsilon, norm=norm,
+                        random_state=random_state)

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .._utils import random_source
 from .._validation import check_bounds, check_in_bounds
 from ..attacks import PGD, AutoAttack, Square
 from ..attacks._base import Attack, _as_tensors, eval_mode
-from ._accuracy import encode_for, resolve_estimator
+from ._accuracy import encode_for, evaluation_copy, evaluation_seed, resolve_estimator
 
 CHECKS = ("steps", "large_epsilon", "blackbox", "gradients")
 
@@ -259,7 +260,7 @@ def _default_large_epsilon(epsilon, norm, bounds, x):
 def check_gradient_masking(
     estimator, X, y, epsilon, norm="linf", *, bounds=(0.0, 1.0), attack=None,
     steps=10, restarts=5, large_epsilon=None, n_queries=1000, tolerance=0.02,
-    checks=CHECKS, max_samples=None, batch_size=256,
+    checks=CHECKS, max_samples=None, batch_size=256, random_state=None,
 ):
     """Look for the symptoms of gradient masking in a robustness evaluation.
 
@@ -318,6 +319,10 @@ def check_gradient_masking(
         Run on the first ``max_samples`` points only.
     batch_size : int, default=256
         Samples attacked at once.
+    random_state : int, numpy RandomState or None, default=None
+        Seeds the attacks' random draws through a source private to this call
+        (see :func:`~robustfit.metrics.robust_accuracy`); ``None`` uses the
+        estimator's ``random_state``. ``attack`` is never changed (a copy runs).
 
     Returns
     -------
@@ -356,10 +361,10 @@ def check_gradient_masking(
     def run_of(att):
         if isinstance(att, Attack):
             att.validate_params()
-            return att.perturb
+            return evaluation_copy(att).perturb
         return att
 
-    with eval_mode(module):
+    with eval_mode(module), random_source(evaluation_seed(random_state, clf)):
         with torch.no_grad():
             logits = module(x)
         report = GradientMaskingReport(
