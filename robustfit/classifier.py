@@ -137,8 +137,11 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         many as one epoch uses, so no proxy sample repeats within an epoch.
     proxy_memory : str, joblib.Memory or None, default=None
         Cache for fitting a ProxyDistribution and sampling from it (a
-        directory or a :class:`joblib.Memory`), keyed on the proxy's
-        parameters, the training data, ``proxy_samples`` and the seed.
+        directory, or a :class:`joblib.Memory` of which only the location is
+        used), keyed on the proxy's class and parameters, the training data,
+        ``proxy_samples`` and the seed. Entries hold tensors and plain values
+        and are read with ``torch.load(weights_only=True)``, never unpickled
+        (see :doc:`/persistence`).
     criterion : torch loss class, default=torch.nn.CrossEntropyLoss
         Loss on the module's logits.
     optimizer : torch optimizer class, default=torch.optim.Adam
@@ -166,8 +169,9 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     max_epochs : int, default=10
         Passes over the training data per ``fit``. A ``fit`` whose history was
         restored by skorch's ``LoadInitState`` (a resumed run) trains only the
-        epochs that remain, so it ends with ``max_epochs`` epochs of history;
-        ``partial_fit`` always trains ``max_epochs`` more.
+        epochs that remain, so it ends with ``max_epochs`` epochs of history
+        where plain skorch would train ``max_epochs`` more (see
+        :doc:`/persistence`); ``partial_fit`` always trains ``max_epochs`` more.
     batch_size : int, default=128
         Samples per training and inference batch.
     train_split : callable or None, default=ValidSplit(10, stratified=True)
@@ -180,8 +184,11 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         pass over the validation data per epoch).
     random_state : int, numpy RandomState or None, default=None
         Seeds weight initialization, shuffling, validation split and the
-        attacks' random starts. The global torch generator is restored after
-        ``fit``, so seeding here does not affect other code.
+        attacks' random starts, through generators private to each call (so
+        seeded fits repeat in threads too). The global torch generator is
+        restored after ``fit``, so seeding here does not affect other code.
+        It is also the default seed of :meth:`robust_score` and the
+        :mod:`robustfit.metrics` evaluations.
     device : {"auto", "cpu", "cuda", ...}, default="auto"
         Compute device. ``"auto"`` picks CUDA when it is available.
     amp : {"auto", "bf16", None}, default="auto"

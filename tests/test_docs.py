@@ -46,7 +46,7 @@ def _documented_names():
 
 
 def _public_names():
-    names = {"robustfit.classifier.resolve_device"}
+    names = {"robustfit.classifier.resolve_device", "robustfit.classifier.training_state_path"}
     packages = ("robustfit", "robustfit.attacks", "robustfit.metrics", "robustfit.losses",
                 "robustfit.proxy")
     for package in packages:
