@@ -551,8 +551,6 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         fresh = not (self.warm_start and self.initialized_)
         X, y = self._prepare_fit(X, y, reset=fresh)
         self.schedule_origin_ = 0 if fresh else len(self.history)
-        for key in ("_resume_rng_", "_resume_proxy_"):  # left by a load_params before fit
-            self.__dict__.pop(key, None)
         with self._seeded(0):
             return super().fit(X, y, **fit_params)
 
@@ -1007,10 +1005,13 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     def load_training_state(self, path):
         """Restore what :meth:`save_training_state` wrote into an initialized classifier.
 
-        The weights, optimizer, criterion and history are replaced, the
-        fitted attack and objective get their state back, and the random
-        number generators are restored when the next epoch begins (inside a
-        ``fit``, the generators of that call), so the run continues exactly.
+        The weights, optimizer, criterion and history are replaced, and the
+        fitted attack and objective get their state back. Loaded while a
+        ``fit`` or ``partial_fit`` starts (by ``LoadInitState`` or
+        :class:`~robustfit.callbacks.ResumableCheckpoint`), the random number
+        generators of that call are restored when its first epoch begins, and
+        the proxy pool it builds is checked against the checkpoint's, so the
+        run continues exactly.
 
         Parameters
         ----------
@@ -1114,6 +1115,14 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
                 if row.get(name + "_best") is True and name in row:
                     cb.best_score_ = row[name]
                     break
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        # state loaded outside this call (before it, or by load_best at the end
+        # of the last one) is not this call's to resume; LoadInitState loads
+        # after this hook, in its own on_train_begin
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+        for key in ("_resume_rng_", "_resume_proxy_"):
+            self.__dict__.pop(key, None)
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)

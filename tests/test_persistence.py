@@ -30,7 +30,7 @@ from robustfit.callbacks import ResumableCheckpoint
 from robustfit.classifier import training_state_path
 from robustfit.losses import PrimalDual
 from robustfit.models import MLP
-from robustfit.proxy import ArrayProxy, GaussianMixtureProxy
+from robustfit.proxy import ArrayProxy, DiffusionProxy, GaussianMixtureProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,6 +310,27 @@ def test_planted_array_proxy_npz_runs_nothing(data, tmp_path):
         AdversarialClassifier(proxy_data=ArrayProxy(path=path), max_epochs=1,
                               device="cpu").fit(Xtr, ytr)
     assert not marker.exists()
+
+
+def test_fitted_proxies_round_trip_without_pickle(data):
+    from robustfit._persist import decode, encode
+
+    pytest.importorskip("diffusers")
+    Xtr, ytr, _, _ = data
+    proxies = [
+        GaussianMixtureProxy(pca_components=6, mixture_components=2, random_state=0),
+        DiffusionProxy(block_out_channels=(16, 32), max_epochs=1, batch_size=100, sampling_steps=2,
+                       sample_batch_size=64, random_state=0),
+    ]
+    for proxy in proxies:
+        proxy.fit(Xtr, ytr)
+        tensors = {}
+        spec = json.loads(json.dumps(encode(proxy, tensors)))  # through JSON text, as on disk
+        copy = decode(spec, tensors)
+        assert type(copy) is type(proxy) and copy.get_params() == proxy.get_params()
+        a, b = proxy.sample(12, random_state=0), copy.sample(12, random_state=0)
+        np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+        np.testing.assert_array_equal(a[1], b[1])
 
 
 # --------------------------------------------------------------------------- resuming

@@ -232,21 +232,8 @@ class DiffusionProxy(ProxyDistribution):
         self.pad_ = (0, (-W) % m, 0, (-H) % m)  # F.pad order: left, right, top, bottom
         n_classes = len(self.classes_)
         self.null_class_ = n_classes
-        down = ["DownBlock2D"] * len(channels)
-        up = ["UpBlock2D"] * len(channels)
-        if self.attention:
-            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
         with self._torch_seed(0):
-            unet = diffusers.UNet2DModel(
-                sample_size=(H + self.pad_[3], W + self.pad_[1]), in_channels=C, out_channels=C,
-                block_out_channels=channels, layers_per_block=self.layers_per_block,
-                down_block_types=tuple(down), up_block_types=tuple(up),
-                norm_num_groups=self.norm_num_groups, num_class_embeds=n_classes + 1,
-            ).to(device)
-            self.scheduler_ = diffusers.DDPMScheduler(
-                num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
-                prediction_type="epsilon", clip_sample=True,
-            )
+            unet, self.scheduler_ = self._build(diffusers, device)
             x0 = self._to_model_space(torch.as_tensor(X)).to(device)
             labels = torch.as_tensor(y, dtype=torch.long, device=device)
             ema = None
@@ -291,6 +278,65 @@ class DiffusionProxy(ProxyDistribution):
                           flush=True)
         self.unet_ = (ema.module if ema is not None else unet).eval()
         self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def _build(self, diffusers, device):
+        """The UNet (untrained) and the noise scheduler for the fitted shape and classes."""
+        channels = self._channels()
+        C, H, W = self.input_shape_
+        down = ["DownBlock2D"] * len(channels)
+        up = ["UpBlock2D"] * len(channels)
+        if self.attention:
+            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        unet = diffusers.UNet2DModel(
+            sample_size=(H + self.pad_[3], W + self.pad_[1]), in_channels=C, out_channels=C,
+            block_out_channels=channels, layers_per_block=self.layers_per_block,
+            down_block_types=tuple(down), up_block_types=tuple(up),
+            norm_num_groups=self.norm_num_groups, num_class_embeds=self.null_class_ + 1,
+        ).to(device)
+        scheduler = diffusers.DDPMScheduler(
+            num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
+            prediction_type="epsilon", clip_sample=True,
+        )
+        return unet, scheduler
+
+    def get_fitted_state(self):
+        """The fitted state as plain values and tensors (the UNet as its ``state_dict()``).
+
+        What the ``proxy_memory`` cache and
+        :meth:`robustfit.AdversarialClassifier.save` store, without pickle.
+
+        Returns
+        -------
+        state : dict
+        """
+        state = {k: v for k, v in vars(self).items()
+                 if k.endswith("_") and not k.startswith("_") and k not in ("unet_", "scheduler_")}
+        if getattr(self, "unet_", None) is not None:
+            state["unet_"] = self.unet_.state_dict()
+        return state
+
+    def set_fitted_state(self, state):
+        """Restore :meth:`get_fitted_state`'s state: the UNet is rebuilt, then loaded.
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`get_fitted_state`.
+
+        Returns
+        -------
+        self : DiffusionProxy
+        """
+        state = dict(state)
+        weights = state.pop("unet_", None)
+        for key, value in state.items():
+            setattr(self, key, value)
+        if weights is not None:
+            with torch_seeded(0):  # initial weights, overwritten at once: from a fork
+                unet, self.scheduler_ = self._build(_import_diffusers(), resolve_device(self.device))
+            unet.load_state_dict(weights)
+            self.unet_ = unet.eval()
         return self
 
     def _to_model_space(self, x):
