@@ -47,6 +47,14 @@ class Hang(Callback):
             time.sleep(300)
 
 
+class RecordEpsilon(Callback):
+    """The training attack's epsilon at every batch (the warm-up's position), in the history."""
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            net.history.record_batch("attack_epsilon", float(net.attack_.epsilon))
+
+
 class CountEpochs(Callback):
     def initialize(self):
         self.trained_ = []
@@ -59,12 +67,15 @@ class CountEpochs(Callback):
 def make(method, dirname, hang=None):
     cp = Checkpoint(dirname=dirname, monitor=None)
     counter = CountEpochs()
-    callbacks = [cp, LoadInitState(cp), counter] + ([hang] if hang is not None else [])
+    callbacks = [cp, LoadInitState(cp), counter, RecordEpsilon()]
+    callbacks += [hang] if hang is not None else []
     common = dict(max_epochs=MAX_EPOCHS, batch_size=32, lr=3e-3, random_state=0, device="cpu",
                   callbacks=callbacks)
-    if method == "pgd":  # PGD, with proxy samples mixed into every batch
+    if method == "pgd":  # PGD, with proxy samples mixed into every batch; the epsilon
+        # warm-up lasts 3.5 epochs, so the kill in epoch 3 interrupts it
         clf = AdversarialClassifier(
             attack=PGD(epsilon=0.1, steps=3), valid_attack=PGD(epsilon=0.1, steps=2),
+            attack_warmup=3.5,
             proxy_data=GaussianMixtureProxy(pca_components=8, mixture_components=1),
             proxy_ratio=0.25, **common)
     elif method == "dale":  # Langevin sampler and the primal-dual objective (dual variable)

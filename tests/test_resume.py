@@ -128,3 +128,6 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(runs, method):
         assert resumed["attack"]["n_generator_steps_"] == reference["attack"]["n_generator_steps_"] > 0
     if method == "pgd":
         assert all("valid_robust_acc" in r for r in h_res)
+        # the epsilon warm-up was under way at the kill and continued where it stopped
+        eps = [b["attack_epsilon"] for b in h_res[KILL_EPOCH - 1]["batches"] if "attack_epsilon" in b]
+        assert 0 < eps[0] < eps[-1] < 0.1
