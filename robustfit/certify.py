@@ -353,12 +353,12 @@ class SmoothedClassifier(ParamsValidationMixin, ClassifierMixin, MetaEstimatorMi
 
     def _noise_trained_estimator(self):
         seed = self._seed()
-        est = AdversarialClassifier() if self.estimator is None else clone(self.estimator)
-        if isinstance(est, torch.nn.Module):
+        if isinstance(self.estimator, torch.nn.Module):
             raise ValueError(
                 "SmoothedClassifier cannot train a bare torch module: wrap it as "
                 "AdversarialClassifier(module=...), or pass prefit=True to smooth it as it is"
             )
+        est = AdversarialClassifier() if self.estimator is None else clone(self.estimator)
         params = est.get_params(deep=False)
         if "attack" not in params:
             raise ValueError(

@@ -48,7 +48,7 @@ def _documented_names():
 def _public_names():
     names = {"robustfit.classifier.resolve_device"}
     packages = ("robustfit", "robustfit.attacks", "robustfit.metrics", "robustfit.losses",
-                "robustfit.proxy")
+                "robustfit.proxy", "robustfit.certify")
     for package in packages:
         mod = importlib.import_module(package)
         names |= {f"{package}.{n}" for n in mod.__all__ if not n.startswith("__")}
