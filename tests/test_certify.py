@@ -128,6 +128,14 @@ def test_constant_base_gets_the_bound_radius_everywhere():
     np.testing.assert_array_equal(smooth.vote_counts(X), np.tile([0, n, 0], (7, 1)))
 
 
+def test_bf16_forward_passes_are_optional():
+    X = np.random.RandomState(0).rand(5, 1, 4, 4).astype(np.float32)
+    full = SmoothedClassifier(Constant(), prefit=True, n=300, random_state=0).fit(X)
+    half = SmoothedClassifier(Constant(), prefit=True, n=300, random_state=0, amp="bf16").fit(X)
+    for a, b in zip(full.certify(X), half.certify(X)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_radius_of_a_halfspace_is_sound_and_close_to_the_exact_one():
     # For a linear base classifier the smoothed classifier's exact robust radius
     # is the distance to the hyperplane (Cohen et al., Section 3.1).
