@@ -168,7 +168,7 @@ class SmoothedClassifier(ParamsValidationMixin, ClassifierMixin, MetaEstimatorMi
         robustfit classifier (something with an ``attack`` parameter).
     sigma : float, default=0.25
         Standard deviation of the smoothing noise, ``> 0``. Larger values
-        certify larger radii (up to about ``4 * sigma`` at ``n = 100,000``) at
+        certify larger radii (up to 3.8 ``sigma`` at ``n = 100,000``) at
         the cost of clean accuracy.
     n0 : int, default=100
         Noise draws that select the class to certify (CERTIFY's first step).
