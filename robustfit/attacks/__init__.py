@@ -19,6 +19,7 @@ from ._steps import margin
 from .apgd import APGD, apgd_checkpoints, dlr_loss
 from .autoattack import AutoAttack, resolve_attack
 from .langevin import Langevin
+from .minimum_norm import MinimumNorm
 from .pgd import FGSM, PGD
 from .square import Square
 from .synth import GeneratorSynth
@@ -30,6 +31,7 @@ __all__ = [
     "FGSM",
     "GeneratorSynth",
     "Langevin",
+    "MinimumNorm",
     "PGD",
     "Square",
     "apgd_checkpoints",
