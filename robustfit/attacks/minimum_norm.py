@@ -193,11 +193,11 @@ class MinimumNorm(Attack):
         the bracket.
     eps_init : float or None, default=None
         First radius: ``None`` is 0.1 (l_inf) or 1.0 (l_2) times the width of
-        ``bounds`` (1 without bounds).
+        ``bounds`` (1 without bounds); at most ``max_epsilon``.
     max_epsilon : float or None, default=None
         Largest radius tried: ``None`` is the diameter of the input box (its
         width for l_inf, width times ``sqrt(n_features)`` for l_2), unbounded
-        without bounds. A point with no adversarial example within this
+        without bounds. A point with no adversarial example found within this
         radius gets distance ``inf``.
     bounds : tuple of float or None, default=(0.0, 1.0)
         The input box the adversarial points stay in; ``None`` for unbounded
@@ -259,12 +259,14 @@ class MinimumNorm(Attack):
         """The first and the largest radius of the search for inputs shaped like ``x``."""
         bounds = self._bounds
         width = 1.0 if bounds is None else bounds[1] - bounds[0]
-        eps_init = (0.1 if self.norm == "linf" else 1.0) * width if self.eps_init is None else self.eps_init
         if self.max_epsilon is not None:
-            return eps_init, float(self.max_epsilon)
-        if bounds is None:
-            return eps_init, float("inf")
-        return eps_init, width if self.norm == "linf" else width * x[0].numel() ** 0.5
+            eps_max = float(self.max_epsilon)
+        elif bounds is None:
+            eps_max = float("inf")
+        else:
+            eps_max = width if self.norm == "linf" else width * x[0].numel() ** 0.5
+        eps_init = (0.1 if self.norm == "linf" else 1.0) * width if self.eps_init is None else self.eps_init
+        return min(eps_init, eps_max), eps_max
 
     def run(self, module, X, y, check_input=True):
         """Minimum-norm adversarial examples and their distances.
