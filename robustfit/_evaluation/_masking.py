@@ -245,10 +245,12 @@ def _robust_mask(module, x, y, run, batch_size):
 
 
 def _mean(mask):
+    """Fraction of ``True`` in a boolean tensor (0 when empty)."""
     return int(mask.sum()) / mask.numel() if mask.numel() else 0.0
 
 
 def _default_large_epsilon(epsilon, norm, bounds, x):
+    """The budget that reaches every point of the box (``10 * epsilon`` without a box)."""
     if bounds is None:
         return 10.0 * float(epsilon)
     width = bounds[1] - bounds[0]

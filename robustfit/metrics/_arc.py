@@ -64,6 +64,7 @@ class ARCResult:
 
 
 def _as_float_array(X, name):
+    """``X`` as a float32 array of at least 4 samples with at least 2 dimensions."""
     X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X, dtype=np.float32)
     if X.ndim < 2 or len(X) < 4:
         raise ValueError(f"{name} must have shape (n, ...) with n >= 4, got {X.shape}")

@@ -101,6 +101,7 @@ class WassersteinResult:
 
 
 def _flatten(X, name):
+    """``X`` as a finite float64 array of shape (n, n_features)."""
     X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X)
     if X.ndim < 2:
         raise ValueError(f"{name} must have shape (n, ...) with at least 2 dimensions, got {X.shape}")
@@ -113,6 +114,7 @@ def _flatten(X, name):
 
 
 def _labels(y, n, name):
+    """``y`` as a 1-d array of ``n`` labels."""
     y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
     if y.ndim != 1 or len(y) != n:
         raise ValueError(f"{name} must be 1-d with one label per sample ({n}), got shape {y.shape}")
