@@ -204,12 +204,14 @@ class DiffusionProxy(ProxyDistribution):
 
     @contextlib.contextmanager
     def _torch_seed(self, offset):
+        """Seed torch's generators with ``random_state + offset`` inside the block (nothing when None)."""
         seed = None if self.random_state is None else int(self.random_state) + offset
         with torch_seeded(seed):
             yield
 
     # ------------------------------------------------------------ fitting
     def _fit(self, X, y):
+        """Validate, then build and train the denoising UNet on ``(X, y)`` under the seed."""
         diffusers = _import_diffusers()
         self.validate_params()
         if X.ndim != 4:
