@@ -527,7 +527,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         rs = self.random_state
         if rs is None:
             # data-parallel fit without a seed: one seed drawn on rank 0, shared
-            return getattr(self, "_shared_seed", None)
+            return getattr(self, "_shared_seed_", None)
         return int(rs) if isinstance(rs, numbers.Integral) else int(check_random_state(rs).randint(2**31))
 
     @contextlib.contextmanager
@@ -1012,14 +1012,14 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     # ---------------------------------------------------- data-parallel training
     def _distributed_run(self):
         """The state of the data-parallel fit in progress, or None."""
-        run = self.__dict__.get("_ddp_run")
+        run = self.__dict__.get("_ddp_run_")
         return run if run is not None and run.active else None
 
     def _prepare_distributed(self, X, y):
         """Join the process group (from torchrun's variables if the script did
         not) and check that every rank passed the same data; no-op on one process."""
-        self._ddp_run = _DistributedRun()
-        self._shared_seed = None
+        self._ddp_run_ = _DistributedRun()
+        self._shared_seed_ = None
         if not init_from_env(self.device):
             return
         world = world_size()
@@ -1045,8 +1045,8 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             raise ValueError(
                 f"X has {n} samples, fewer than the {world} ranks training on it")
         if self.random_state is None:  # one shared seed, so every rank shuffles alike
-            self._shared_seed = broadcast_object(int(np.random.randint(2**31)))
-        self._ddp_run.active = True
+            self._shared_seed_ = broadcast_object(int(np.random.randint(2**31)))
+        self._ddp_run_.active = True
 
     def _check_shardable(self, dataset):
         n, world = len(dataset), world_size()
@@ -1082,7 +1082,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             barrier()
 
     def _end_distributed(self):
-        run = self.__dict__.get("_ddp_run")
+        run = self.__dict__.get("_ddp_run_")
         if run is not None:
             run.close()
 
