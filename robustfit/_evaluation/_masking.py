@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .._validation import Interval, check_bounds, check_in_bounds, check_param
 from ..attacks import PGD, AutoAttack, Square
 from ..attacks._base import Attack, _as_tensors, eval_mode
-from ._accuracy import encode_for, resolve_estimator
+from ._accuracy import encode_for, resolve_estimator, robust_mask
 
 CHECKS = ("steps", "large_epsilon", "blackbox", "gradients")
 
@@ -231,17 +231,9 @@ class GradientMaskingReport:
 
 
 def _robust_mask(module, x, y, run, batch_size):
-    """Per point: classified correctly both clean and on ``run``'s output."""
-    out = []
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        with torch.no_grad():
-            ok = module(xb).argmax(1) == yb
-        x_adv = run(module, xb, yb)
-        with torch.no_grad():
-            ok &= module(x_adv).argmax(1) == yb
-        out.append(ok)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=x.device)
+    """Per point: classified correctly both clean and on ``run``'s output
+    (sharded over the ranks under torchrun, see :func:`robust_mask`)."""
+    return robust_mask(module, x, y, run, batch_size)
 
 
 def _mean(mask):

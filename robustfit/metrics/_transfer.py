@@ -27,7 +27,16 @@ from sklearn.utils import check_random_state
 
 from .._evaluation import encode_for, resolve_estimator
 from .._utils import clone_keeping_fitted
-from .._validation import Interval, Options, check_param, validate_parameter_constraints
+from .._validation import (
+    HasMethods,
+    InstanceOf,
+    Interval,
+    Options,
+    ParamsValidationMixin,
+    check_labels,
+    check_param,
+    validate_parameter_constraints,
+)
 from ..attacks import MinimumNorm
 from ..attacks._base import NORMS, _as_tensors, eval_mode
 from ._wasserstein import conditional_wasserstein_distance
@@ -375,7 +384,7 @@ def _proxy_samples(proxy, n, random_state):
     )
 
 
-class TransferBound(BaseEstimator):
+class TransferBound(ParamsValidationMixin, BaseEstimator):
     """Robustness-transfer diagnostics of proxies against one real data set.
 
     ``fit`` stores the real data (and, with an ``estimator``, its average
@@ -440,6 +449,25 @@ class TransferBound(BaseEstimator):
         self.random_state = random_state
         self.robustness_params = robustness_params
 
+    _parameter_constraints = {
+        "estimator": [None, torch.nn.Module, HasMethods(("predict_proba",))],
+        "norm": [Options(("linf", "l2", "l1"))],
+        "method": [Options(("auto", "exact", "sinkhorn", "sliced"))],
+        "n_samples": [None, Interval(Integral, 1, None)],
+        "max_samples_per_class": [None, Interval(Integral, 1, None)],
+        "n_bootstrap": [Interval(Integral, 0, None)],
+        "random_state": ["random_state"],
+        "robustness_params": [None, InstanceOf(dict, "a dict of average_robustness arguments")],
+    }
+
+    def _validate_params_extra(self):
+        if self.estimator is not None and self.norm == "l1":
+            raise self._param_error(
+                "norm", "'l1' has no attack for average_robustness; use 'linf' or 'l2' with an "
+                "estimator (or estimator=None for distances only)")
+        if self.method == "sliced" and self.norm != "l2":
+            raise self._param_error("method", f"'sliced' needs norm='l2' (norm is {self.norm!r})")
+
     def fit(self, X, y):
         """Store the real data; compute ``Rob_d`` of ``estimator`` on it.
 
@@ -454,14 +482,18 @@ class TransferBound(BaseEstimator):
         -------
         self : TransferBound
         """
-        if self.norm not in ("linf", "l2", "l1"):
-            raise ValueError(f"norm must be one of ('linf', 'l2', 'l1'), got {self.norm!r}")
-        if self.estimator is not None and self.norm == "l1":
-            raise ValueError("norm='l1' has no attack for average_robustness; use 'linf' or 'l2' with an estimator")
-        self.X_real_ = np.asarray(X, dtype=np.float32)
-        self.y_real_ = np.asarray(y)
-        if len(self.X_real_) != len(self.y_real_):
-            raise ValueError(f"X and y have different lengths: {len(self.X_real_)} and {len(self.y_real_)}")
+        self.validate_params()
+        try:
+            X = np.asarray(X.detach().cpu() if torch.is_tensor(X) else X, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"TransferBound: X must be a numeric array: {exc}") from None
+        if X.ndim < 2 or X.shape[0] == 0 or X[0].size == 0:
+            raise ValueError(f"TransferBound: X must have shape (n_samples, ...) with n >= 1 and "
+                             f"at least one feature, got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError("TransferBound: X contains NaN or infinite values")
+        self.y_real_ = check_labels(y, len(X))
+        self.X_real_ = X
         self.rob_real_ = None
         if self.estimator is not None:
             self.rob_real_ = average_robustness(self.estimator, self.X_real_, self.y_real_, self.norm,

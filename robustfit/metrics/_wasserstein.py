@@ -105,8 +105,10 @@ def _flatten(X, name):
     X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X)
     if X.ndim < 2:
         raise ValueError(f"{name} must have shape (n, ...) with at least 2 dimensions, got {X.shape}")
-    if not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
+    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
+        raise ValueError(f"{name} must be real-valued numeric, got dtype {X.dtype}")
+    if X.shape[0] == 0 or X[0].size == 0:
+        raise ValueError(f"{name} must hold at least one sample with one feature, got shape {X.shape}")
     X = X.reshape(X.shape[0], -1).astype(np.float64, copy=False)
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{name} contains NaN or infinite values")
