@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 
 import torch
@@ -10,7 +11,10 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-#: Optional dependencies: import name -> (pip name, robustfit extra).
+from ._distributed import current_shard
+
+#: Optional dependencies: top-level import name -> (pip name, robustfit extra).
+#: setup.py's ``extras_require`` lists the same packages under the same extras.
 OPTIONAL = {
     "geomloss": ("geomloss", "ot"),
     "ot": ("pot", "ot"),
@@ -19,28 +23,68 @@ OPTIONAL = {
     "torchvision": ("torchvision", "vision"),
 }
 
+#: What else the install hint of a package says.
+_INSTALL_NOTES = {
+    "torchvision": "; it must be the build that matches your torch, e.g. with "
+                   "--index-url https://download.pytorch.org/whl/cpu for a CPU-only torch",
+}
+
+
+class OptionalDependencyError(ImportError):
+    """An optional package that a feature needs is not installed (or fails to import).
+
+    An :class:`ImportError`, so ``except ImportError`` catches it. ``package``
+    is the pip name, ``extra`` the robustfit extra that installs it (or None)
+    and ``feature`` what needed it.
+    """
+
+    def __init__(self, message, *, package, extra, feature):
+        super().__init__(message, name=package)
+        self.package = package
+        self.extra = extra
+        self.feature = feature
+
 
 def optional_import(name, feature):
     """Import an optional dependency, or raise an ImportError naming the extra.
 
+    Call it where the package is needed, not at module level, so that
+    ``import robustfit`` works with the core dependencies alone.
+
     Parameters
     ----------
     name : str
-        The module to import (a key of ``OPTIONAL``).
+        The module to import, e.g. ``"ot"`` or ``"matplotlib.pyplot"``; its
+        top-level package is a key of ``OPTIONAL``.
     feature : str
         What needs it, for the message (e.g. ``"GeneratorSynth's OT term"``).
 
     Returns
     -------
     module : module
+
+    Raises
+    ------
+    OptionalDependencyError
+        A subclass of ImportError, when the import fails (the package is
+        missing, or installed but broken, such as a torchvision built for
+        another torch): the message names the feature, the package and the
+        extra to install, e.g. ``pip install 'robustfit[ot]'``.
     """
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
-        pip_name, extra = OPTIONAL.get(name, (name, None))
-        hint = f"pip install 'robustfit[{extra}]' (or pip install {pip_name})" if extra \
-            else f"pip install {pip_name}"
-        raise ImportError(f"{feature} needs the optional package {pip_name}: {hint}") from exc
+    except Exception as exc:  # a broken install can raise anything, e.g. a RuntimeError
+        top = name.split(".")[0]
+        pip_name, extra = OPTIONAL.get(top, (top, None))
+        note = _INSTALL_NOTES.get(top, "")
+        hint = (f"pip install 'robustfit[{extra}]' (or pip install {pip_name}{note})" if extra
+                else f"pip install {pip_name}")
+        absent = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == top
+        cause = "" if absent else f" (it is installed but failed to import: {type(exc).__name__}: {exc})"
+        raise OptionalDependencyError(
+            f"{feature} needs the optional package {pip_name}: {hint}{cause}",
+            package=pip_name, extra=extra, feature=feature,
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -90,3 +134,205 @@ def clone_keeping_fitted(estimator, names):
         else:
             new[key] = clone(value, safe=False)
     return type(estimator)(**new)
+
+
+def amp_dtype(amp, device):
+    """The autocast dtype for an ``amp`` setting on ``device``, or None.
+
+    ``"bf16"`` is bfloat16 everywhere; ``"auto"`` is bfloat16 on CUDA and full
+    precision elsewhere; ``None``/``False`` is full precision.
+    """
+    if amp == "bf16" or (amp == "auto" and torch.device(device).type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(amp, device):
+    """A context manager: autocast for ``amp`` on ``device``, or a no-op."""
+    dtype = amp_dtype(amp, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def fitted_copy(value, current, previous_params, reset):
+    """The fitted copy of a parameter object (an attack, an objective).
+
+    Returns ``(copy, params)``: a fresh ``clone(value)`` when ``reset`` is true
+    (a new ``fit``), when there is no ``current`` copy, or when ``value``'s
+    parameters differ from ``previous_params``; otherwise ``current``, so that
+    learned state (a generator, a dual variable) carries over ``partial_fit``.
+    A value without ``get_params`` (a plain callable) is used as is.
+    """
+    if value is None:
+        return None, None
+    params = value.get_params() if hasattr(value, "get_params") else None
+    if params is None:
+        return value, None
+    if reset or current is None or type(current) is not type(value) or previous_params != params:
+        return clone(value), params
+    return current, params
+
+
+def split_nested_params(params, heads):
+    """Split ``{"attack__epsilon": 0.1, "lr": 1}`` into the nested parameters
+    of the objects named in ``heads`` and the rest.
+
+    Returns
+    -------
+    nested : dict
+        Head name to a dict of its parameters.
+    rest : dict
+        The other parameters.
+    """
+    nested, rest = {}, {}
+    for key, value in params.items():
+        head, sep, tail = key.partition("__")
+        if sep and head in heads:
+            nested.setdefault(head, {})[tail] = value
+        else:
+            rest[key] = value
+    return nested, rest
+
+
+# --------------------------------------------------------------------------- random numbers
+# Every random draw in robustfit goes through the functions below. Inside a
+# ``random_source(seed)`` block they use that source's generators (one per
+# device); outside, torch's global generator. The current source is a context
+# variable, so two fits in two threads never share a generator: seeded fits
+# repeat exactly in threads too (torch's global generator is process-wide).
+# In data-parallel training the per-sample draws of a batch shard are made for
+# the global batch and sliced (``_sharded``), so N ranks draw what one process
+# draws; randint and randperm are never sharded.
+_CURRENT_SOURCE = contextvars.ContextVar("robustfit_random_source", default=None)
+
+
+def _device_key(device):
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class RandomSource:
+    """Seeded torch generators, one per device, for one fit or one evaluation.
+
+    Parameters
+    ----------
+    seed : int
+        The seed; the generator of each device is seeded with ``seed`` plus a
+        fixed offset per device, so CPU and GPU streams differ.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from robustfit._utils import RandomSource, random_source, rand_like
+    >>> with random_source(RandomSource(0)):
+    ...     a = rand_like(torch.zeros(3))
+    >>> with random_source(0):
+    ...     b = rand_like(torch.zeros(3))
+    >>> bool(torch.equal(a, b))
+    True
+    """
+
+    def __init__(self, seed):
+        self.seed = int(seed)
+        self._generators = {}
+
+    def generator(self, device="cpu"):
+        """The generator for ``device`` (created and seeded on first use)."""
+        key = _device_key(device)
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=key)
+            offset = 0 if key.type == "cpu" else 7919 * (1 + (key.index or 0))
+            gen.manual_seed((self.seed + offset) % 2**63)
+            self._generators[key] = gen
+        return gen
+
+    def get_state(self):
+        """The generators' states, as ``{device string: uint8 CPU tensor}``."""
+        return {str(k): g.get_state().cpu() for k, g in self._generators.items()}
+
+    def set_state(self, state):
+        """Restore states from :meth:`get_state` (devices absent here are skipped)."""
+        for name, value in state.items():
+            key = torch.device(name)
+            if key.type == "cuda" and not torch.cuda.is_available():
+                continue
+            self.generator(key).set_state(value.cpu() if key.type == "cpu" else value)
+
+
+@contextlib.contextmanager
+def random_source(source):
+    """Use ``source`` (a :class:`RandomSource`, an int seed, or None) for every
+    robustfit draw inside the block; None keeps the enclosing source."""
+    if source is None:
+        yield _CURRENT_SOURCE.get()
+        return
+    if not isinstance(source, RandomSource):
+        source = RandomSource(source)
+    token = _CURRENT_SOURCE.set(source)
+    try:
+        yield source
+    finally:
+        _CURRENT_SOURCE.reset(token)
+
+
+def current_generator(device):
+    """The current source's generator for ``device``, or None (torch's global one)."""
+    source = _CURRENT_SOURCE.get()
+    return None if source is None else source.generator(device)
+
+
+def _sharded(draw, size):
+    """``draw(size)``, except that while a :func:`~robustfit._distributed.batch_shard`
+    is active, a per-sample draw (leading dimension = the shard's size) is made
+    for the whole global batch and this rank's rows are kept. Every rank then
+    draws the numbers one process would draw for the same global batch."""
+    shard = current_shard()
+    size = tuple(size)
+    if shard is None or not size or size[0] != shard.size or shard.size == shard.total:
+        return draw(size)
+    return shard.select(draw((shard.total, *size[1:])))
+
+
+def rand_like(t):
+    """Uniform [0, 1) numbers shaped like ``t`` (same device and dtype)."""
+    gen = current_generator(t.device)
+    return _sharded(lambda s: torch.rand(s, generator=gen, device=t.device, dtype=t.dtype), t.shape)
+
+
+def randn_like(t):
+    """Standard normal numbers shaped like ``t``."""
+    gen = current_generator(t.device)
+    return _sharded(lambda s: torch.randn(s, generator=gen, device=t.device, dtype=t.dtype), t.shape)
+
+
+def rand(size, device="cpu", dtype=None):
+    """Uniform [0, 1) numbers of shape ``size``."""
+    gen = current_generator(device)
+    return _sharded(lambda s: torch.rand(s, generator=gen, device=device, dtype=dtype), size)
+
+
+def randn(size, device="cpu", dtype=None):
+    """Standard normal numbers of shape ``size``."""
+    gen = current_generator(device)
+    return _sharded(lambda s: torch.randn(s, generator=gen, device=device, dtype=dtype), size)
+
+
+def randint(low, high, size, device="cpu"):
+    """Integers uniform in ``[low, high)`` of shape ``size``."""
+    return torch.randint(low, high, size, generator=current_generator(device), device=device)
+
+
+def randperm(n, device="cpu"):
+    """A random permutation of ``range(n)``."""
+    return torch.randperm(n, generator=current_generator(device), device=device)
+
+
+def exponential_like(t):
+    """Standard exponential numbers shaped like ``t``."""
+    gen = current_generator(t.device)
+    return _sharded(
+        lambda s: torch.empty(s, device=t.device, dtype=t.dtype).exponential_(generator=gen), t.shape)

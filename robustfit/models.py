@@ -8,10 +8,14 @@ the data when they are not given as ``module__n_classes`` or
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._utils import optional_import
 
 
 class MLP(nn.Module):
@@ -153,12 +157,54 @@ def ResNet18(n_classes=10, in_channels=3):
     -------
     module : torchvision.models.ResNet
     """
-    from torchvision.models import resnet18
-
+    resnet18 = optional_import("torchvision.models", "robustfit.models.ResNet18").resnet18
     net = resnet18(weights=None, num_classes=n_classes)
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     return net
+
+
+def fill_module_arguments(factory, kwargs, input_shape, n_classes):
+    """Fill a module factory's ``n_classes``, ``in_channels`` and ``n_features``
+    from the data, where its signature has them and ``kwargs`` does not.
+
+    :class:`~robustfit.AdversarialClassifier` calls this for a ``module`` given
+    as a class or factory, so ``module=MnistCNN`` needs no ``module__n_classes``.
+
+    Parameters
+    ----------
+    factory : callable
+        A module class or function.
+    kwargs : dict
+        The ``module__*`` arguments given by the user (not modified).
+    input_shape : tuple of int or None
+        Shape of one sample.
+    n_classes : int or None
+        Number of classes.
+
+    Returns
+    -------
+    kwargs : dict
+        A new dict with the filled-in arguments.
+
+    Examples
+    --------
+    >>> from robustfit.models import MnistCNN, fill_module_arguments
+    >>> fill_module_arguments(MnistCNN, {}, (1, 28, 28), 10)
+    {'n_classes': 10, 'in_channels': 1}
+    """
+    try:
+        sig = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    kwargs = dict(kwargs)
+    if "n_classes" in sig and "n_classes" not in kwargs and n_classes is not None:
+        kwargs["n_classes"] = n_classes
+    if "in_channels" in sig and "in_channels" not in kwargs and input_shape and len(input_shape) == 3:
+        kwargs["in_channels"] = input_shape[0]
+    if "n_features" in sig and "n_features" not in kwargs and input_shape:
+        kwargs["n_features"] = int(np.prod(input_shape))
+    return kwargs
 
 
 def default_module(input_shape, n_classes, **kwargs):

@@ -19,6 +19,7 @@ from ._steps import margin
 from .apgd import APGD, apgd_checkpoints, dlr_loss
 from .autoattack import AutoAttack, resolve_attack
 from .langevin import Langevin
+from .minimum_norm import MinimumNorm
 from .noise import GaussianNoise, gaussian_copies
 from .pgd import FGSM, PGD
 from .smoothadv import SmoothAdv, smoothed_nll
@@ -33,6 +34,7 @@ __all__ = [
     "GaussianNoise",
     "GeneratorSynth",
     "Langevin",
+    "MinimumNorm",
     "PGD",
     "SmoothAdv",
     "Square",

@@ -13,10 +13,12 @@ from numbers import Real
 import torch
 from sklearn.base import BaseEstimator
 
+from .._utils import rand, rand_like, randn_like
 from .._validation import (
     Interval,
     Options,
     ParamsValidationMixin,
+    check_attack_data,
     check_bounds,
     check_in_bounds,
 )
@@ -77,12 +79,12 @@ def project(x, delta, epsilon, norm, bounds):
 def random_init(x, epsilon, norm, bounds):
     """Draw a perturbation uniformly from the ``norm`` ball, then fit the box."""
     if norm == "linf":
-        delta = (torch.rand_like(x) * 2 - 1) * epsilon
+        delta = (rand_like(x) * 2 - 1) * epsilon
     else:
-        direction = torch.randn_like(x)
+        direction = randn_like(x)
         direction = direction / _flat_norm(direction, "l2").clamp_min(1e-12)
         d = x[0].numel()
-        radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1.0 / d)
+        radius = rand((x.shape[0],), device=x.device, dtype=x.dtype) ** (1.0 / d)
         delta = direction * (epsilon * radius).view(-1, *([1] * (x.dim() - 1)))
     return project_box(x, delta, bounds)
 
@@ -254,6 +256,7 @@ def _module_device(module):
 
 
 def _as_tensors(module, X, y):
+    X, y = check_attack_data(X, y)
     device = _module_device(module)
     x = torch.as_tensor(X, dtype=torch.float32 if not torch.is_tensor(X) else None)
     if x.device != device:

@@ -7,6 +7,7 @@ from numbers import Integral, Real
 
 import torch
 
+from .._utils import exponential_like, randn_like
 from .._validation import Interval, Options
 from ._base import Attack
 from ._steps import ascent_steps, ce_potential, multistep_size, start
@@ -30,7 +31,7 @@ def _log1m_potential(logits, y):
 def _laplace_like(t):
     """Standard Laplace noise (density ``exp(-|u|) / 2``) shaped like ``t``:
     the difference of two standard exponentials."""
-    return torch.empty_like(t).exponential_() - torch.empty_like(t).exponential_()
+    return exponential_like(t) - exponential_like(t)
 
 
 class Langevin(Attack):
@@ -166,7 +167,7 @@ class Langevin(Attack):
             return None, None  # T = 0: no draw at all, so the RNG stream is PGD's
         if self.noise == "laplace":
             return (lambda g: scale * _laplace_like(g)), None
-        return None, (lambda d: scale * torch.randn_like(d))
+        return None, (lambda d: scale * randn_like(d))
 
     def _perturb(self, module, x, y):
         if self.epsilon == 0:

@@ -16,6 +16,7 @@ from numbers import Integral, Real
 
 import torch
 
+from .._utils import rand, randint
 from .._validation import Interval
 from ._base import Attack, normalize_gradient, project, project_box
 from ._steps import best_of_restarts, margin
@@ -50,19 +51,19 @@ def _eta(s, device):
     delta[: s // 2] = _eta_rectangles(s // 2, s, device)
     delta[s // 2:] = -_eta_rectangles(s - s // 2, s, device)
     delta = delta / (delta.norm() + 1e-12)
-    if torch.rand(()) > 0.5:
+    if rand(()) > 0.5:
         delta = delta.t()
     return delta
 
 
 def _random_sign(shape, device):
-    return torch.randint(0, 2, shape, device=device).float() * 2 - 1
+    return randint(0, 2, shape, device=device).float() * 2 - 1
 
 
 def _window(h, w, s):
     """A uniformly random top-left corner for an ``s`` x ``s`` window."""
-    vh = int(torch.randint(0, h - s + 1, ()))
-    vw = int(torch.randint(0, w - s + 1, ()))
+    vh = int(randint(0, h - s + 1, ()))
+    vw = int(randint(0, w - s + 1, ()))
     return slice(vh, vh + s), slice(vw, vw + s)
 
 
