@@ -21,14 +21,20 @@ continues where it stopped.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from contextlib import suppress
+from numbers import Real
 
 import torch
+from sklearn.base import clone
 from skorch.callbacks import Callback, Checkpoint, LRScheduler
 from skorch.utils import noop
+from tqdm import tqdm
 
+from ._distributed import is_main
 from ._evaluation import robust_accuracy
+from ._validation import Interval, Options, ParamsValidationMixin, check_attack
 
 #: Learning-rate schedules :class:`LRSchedule` knows.
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -103,7 +109,7 @@ class _EpochCounter(Callback):
         return _schedule_epochs_done(net) + self.batch_in_epoch_ / _batches_per_epoch(net)
 
 
-class LRSchedule(LRScheduler):
+class LRSchedule(ParamsValidationMixin, LRScheduler):
     """The per-batch learning-rate schedule of :class:`~robustfit.AdversarialClassifier`.
 
     A skorch :class:`~skorch.callbacks.LRScheduler` stepping torch's
@@ -151,7 +157,18 @@ class LRSchedule(LRScheduler):
     def kwargs(self):
         return {}
 
+    _parameter_constraints = {
+        "kind": [None, Options(SCHEDULES)],
+        "warmup": [Interval(Real, 0, 1, closed="left")],
+        "event_name": [None, str],
+        # LRScheduler's own parameters, fixed by this class
+        "policy": "no_validation",
+        "monitor": "no_validation",
+        "step_every": "no_validation",
+    }
+
     def initialize(self):
+        self.validate_params()
         super().initialize()
         self.batch_in_epoch_ = 0
         return self
@@ -210,7 +227,7 @@ class LRSchedule(LRScheduler):
         return state
 
 
-class EpsilonWarmup(_EpochCounter):
+class EpsilonWarmup(ParamsValidationMixin, _EpochCounter):
     """Ramp the training attack's ``epsilon`` linearly from 0 over the first epochs.
 
     Installed by :class:`~robustfit.AdversarialClassifier` as
@@ -233,8 +250,14 @@ class EpsilonWarmup(_EpochCounter):
     >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.3), attack_warmup=2)
     """
 
+    _parameter_constraints = {"epochs": [Options(("auto",)), Interval(Real, 0, None)]}
+
     def __init__(self, epochs="auto"):
         self.epochs = epochs
+
+    def initialize(self):
+        self.validate_params()
+        return super().initialize()
 
     def ramp_epochs(self, net):
         """The ramp's length in epochs for ``net``."""
@@ -252,32 +275,62 @@ class EpsilonWarmup(_EpochCounter):
 
 
 
-class RobustValidation(Callback):
+class RobustValidation(ParamsValidationMixin, Callback):
     """Record robust accuracy on the validation split after every epoch.
 
     Added by :class:`~robustfit.AdversarialClassifier` under the name
     ``valid_robust_acc`` when ``valid_attack`` is set; it can also be passed in
     ``callbacks`` directly. The score goes into the history as ``name``.
+    In data-parallel training the validation points are sharded across the
+    ranks and the per-point results gathered
+    (:func:`~robustfit.metrics.robust_accuracy`), so every rank records the
+    same score.
+
+    The attack is cloned when the callback is initialized (at every ``fit``),
+    and the clone runs: the ``attack`` given is never changed, and an attack
+    with learned state (``GeneratorSynth``) starts afresh in each ``fit``, so
+    refits with the same ``random_state`` record the same scores.
 
     Parameters
     ----------
-    attack : robustfit.attacks.Attack
+    attack : robustfit.attacks.Attack or callable
         The attack run on the validation split.
     name : str, default="valid_robust_acc"
         History key.
     lower_is_better : bool, default=False
         Whether lower scores are better (for checkpointing callbacks).
+
+    Attributes
+    ----------
+    attack_ : robustfit.attacks.Attack or callable
+        The clone that runs (a plain callable is used as is).
     """
+
+    _parameter_constraints = {
+        "attack": ["callable"],
+        "name": [str],
+        "lower_is_better": ["boolean"],
+    }
 
     def __init__(self, attack, name="valid_robust_acc", lower_is_better=False):
         self.attack = attack
         self.name = name
         self.lower_is_better = lower_is_better
 
+    def initialize(self):
+        self.validate_params()
+        check_attack(self.attack, "attack", type(self).__name__)
+        self.attack_ = clone(self.attack) if hasattr(self.attack, "get_params") else self.attack
+        return self
+
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         if dataset_valid is None:
             return
-        score = robust_accuracy(net, dataset_valid, None, attack=self.attack)
+        attack = getattr(self, "attack_", None)
+        if attack is None:  # used without initialize()
+            self.initialize()
+            attack = self.attack_
+        score = robust_accuracy(net, dataset_valid, None, attack=attack)
         net.history.record(self.name, score)
         best = net.history[:-1, self.name] if len(net.history) > 1 else []
         best = [b for b in best if b is not None]
@@ -346,43 +399,82 @@ class ResumableCheckpoint(Checkpoint):
             net.load_params(checkpoint=self)
 
 
-class Progress(Callback):
-    """Progress bars over epochs and over the batches of each epoch (tqdm).
+def _interactive(stream):
+    """Whether ``stream`` redraws a progress bar: a terminal or a Jupyter output."""
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return True
+    return type(stream).__module__.startswith("ipykernel")
 
-    Added by :class:`~robustfit.AdversarialClassifier` when ``verbose >= 1``.
-    The outer bar counts epochs and shows the last train loss and validation
-    accuracies; the inner bar counts the batches of the current epoch.
+
+class Progress(Callback):
+    """A progress bar over the training batches of each epoch (tqdm).
+
+    Added by :class:`~robustfit.AdversarialClassifier` as ``progress`` when
+    ``verbose >= 1``. The bar reads ``epoch k/N`` and counts the batches the
+    iterator really yields (mixed proxy batches, ``batch_size=-1`` and resumed
+    runs included); it is closed at the end of each epoch, before skorch prints
+    that epoch's row of the history table, so the bar never lands inside the
+    table. Where the output cannot redraw a bar (a log file, a pipe), no bar is
+    drawn and the table alone reports progress. In data-parallel training
+    (torchrun) only rank 0 draws it.
+
+    Parameters
+    ----------
+    file : file-like or None, default=None
+        Where the bar is drawn (``None``: standard error).
+    disable : bool or None, default=None
+        ``None`` draws the bar only on a terminal or in Jupyter; ``True``
+        never, ``False`` always.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> clf = AdversarialClassifier(verbose=1)              # installs Progress()
+    >>> clf = AdversarialClassifier(verbose=1, callbacks__progress=None)  # table only
     """
 
+    def __init__(self, file=None, disable=None):
+        self.file = file
+        self.disable = disable
+
     def initialize(self):
-        self.epoch_bar_ = None
-        self.batch_bar_ = None
+        self.bar_ = None
         return self
 
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        from tqdm.auto import tqdm
-
-        self.epoch_bar_ = tqdm(total=net.max_epochs, desc="epochs", position=0)
+    def _enabled(self):
+        if not is_main():  # data-parallel training: rank 0 alone draws
+            return False
+        if self.disable is not None:
+            return not self.disable
+        return _interactive(self.file if self.file is not None else sys.stderr)
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        from tqdm.auto import tqdm
-
-        n = -(-len(dataset_train) // net.batch_size) if dataset_train is not None else None
-        self.batch_bar_ = tqdm(total=n, desc="batches", position=1, leave=False)
+        self._close()
+        if not self._enabled():
+            return
+        total_epochs = getattr(net, "schedule_origin_", 0) + net.max_epochs
+        self.bar_ = tqdm(
+            total=getattr(net, "train_batches_", None), desc=f"epoch {len(net.history)}/{total_epochs}",
+            leave=False, file=self.file if self.file is not None else sys.stderr, dynamic_ncols=True,
+        )
 
     def on_batch_end(self, net, training=False, **kwargs):
-        if training and self.batch_bar_ is not None:
-            self.batch_bar_.update(1)
+        if training and self.bar_ is not None:
+            self.bar_.update(1)
 
     def on_epoch_end(self, net, **kwargs):
-        if self.batch_bar_ is not None:
-            self.batch_bar_.close()
-        row = net.history[-1]
-        shown = {k: f"{row[k]:.4f}" for k in ("train_loss", "valid_acc", "valid_robust_acc")
-                 if isinstance(row.get(k), float)}
-        self.epoch_bar_.set_postfix(shown)
-        self.epoch_bar_.update(1)
+        self._close()
 
     def on_train_end(self, net, **kwargs):
-        if self.epoch_bar_ is not None:
-            self.epoch_bar_.close()
+        self._close()
+
+    def _close(self):
+        if getattr(self, "bar_", None) is not None:
+            self.bar_.close()
+            self.bar_ = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["bar_"] = None
+        return state

@@ -25,6 +25,7 @@ import os
 import pickle
 import threading
 import warnings
+from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
@@ -33,10 +34,25 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EpochScoring
-from skorch.dataset import ValidSplit, unpack_data
+from skorch.dataset import ValidSplit, get_len, unpack_data
 from skorch.history import History
 from skorch.utils import is_dataset, to_numpy, to_tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
+from ._distributed import (
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    batch_shard,
+    broadcast_object,
+    init_from_env,
+    is_main,
+    rank,
+    run_on_main,
+    silent,
+    world_size,
+)
 from ._evaluation import check_gradient_masking, robust_accuracy
 from ._loader import MixedLoader, TensorLoader
 from ._persist import (
@@ -62,17 +78,22 @@ from ._utils import (
     torch_seeded,
 )
 from ._validation import (
+    CheckedAttack,
     Interval,
     Options,
     ParamsValidationMixin,
     check_array,
+    check_attack,
     check_bounds,
     check_device,
     check_in_bounds,
     check_labels,
+    check_proxy_pair,
     dataset_arrays,
     encode_labels,
     resolve_device,
+    truthy,
+    valid_split_or_fallback,
 )
 from .attacks import AutoAttack, resolve_attack
 from .attacks._base import Attack
@@ -99,6 +120,21 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     dropout is off. Gradients are taken with respect to the input only, so an
     attack never changes parameters, their ``.grad`` or BatchNorm buffers.
     The parameter update that follows runs in train mode as usual.
+
+    **Data-parallel training.** Under ``torchrun`` (a :mod:`torch.distributed`
+    process group initialized by the script, or by ``fit`` from torchrun's
+    variables), the same ``fit`` trains data-parallel: every rank passes the
+    same data, each global batch of ``batch_size`` is split across the ranks,
+    the module is wrapped in ``DistributedDataParallel`` for the training
+    step (the attack runs on the plain module, on each rank's share), and
+    every rank ends with the same estimator, whose ``module_`` is the plain
+    module. With the same seed, N ranks train the model one process trains.
+    See :doc:`/scaling`.
+
+    **Batch losses** stay on the device during an epoch; they are read every
+    ``loss_check_every`` batches and at the epoch's end (no host-device
+    synchronization per batch). A NaN or infinite training loss stops
+    ``fit`` with a ``ValueError`` naming the epoch and the batch.
 
     Parameters
     ----------
@@ -173,7 +209,8 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         where plain skorch would train ``max_epochs`` more (see
         :doc:`/persistence`); ``partial_fit`` always trains ``max_epochs`` more.
     batch_size : int, default=128
-        Samples per training and inference batch.
+        Samples per training and inference batch. In data-parallel training
+        it is the global batch, all ranks together.
     train_split : callable or None, default=ValidSplit(10, stratified=True)
         How skorch holds out validation data for the per-epoch history (here
         10%, the same split every time). ``None`` trains on all data;
@@ -209,8 +246,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     ----------
     module_ : torch.nn.Module
         The trained network.
-    attack_ : robustfit.attacks.Attack or None
-        The attack used in training (a clone of ``attack``).
+    attack_ : robustfit.attacks.Attack, CheckedAttack or None
+        The attack used in training (a clone of ``attack``; a plain callable
+        is wrapped in :class:`~robustfit._validation.CheckedAttack`, which
+        checks its output on the first training batch: shape, finiteness and,
+        when the callable has ``epsilon``/``norm``/``bounds`` attributes, the
+        epsilon-ball and the box).
     classes_ : numpy.ndarray
         The class labels, in the order of the logits.
     n_features_in_ : int
@@ -220,7 +261,8 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     history : skorch.history.History
         Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``; with
         ``valid_attack``, ``valid_robust_acc``; with ``objective=PrimalDual(...)``,
-        ``dual_nu`` and ``clean_loss``; per-batch losses.
+        ``dual_nu`` and ``clean_loss``; per-batch ``train_loss`` and
+        ``train_batch_size`` (of the global batch in data-parallel training).
     objective_ : robustfit.losses.Objective
         The objective used in training, with its state.
     proxy_ : ProxyDistribution or None
@@ -291,6 +333,19 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.valid_attack = valid_attack
         self.random_state = random_state
         self.amp = amp
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # skorch's AccelerateMixin replaces train_step_single with a clean step:
+        # the attack would silently never run
+        owner = next(k for k in cls.__mro__ if "train_step_single" in vars(k))
+        if owner is not AdversarialClassifier and owner.__name__ == "AccelerateMixin":
+            raise TypeError(
+                f"{cls.__name__} mixes skorch's AccelerateMixin into AdversarialClassifier: its "
+                "train_step_single trains on clean data, so the attack would never run. robustfit "
+                "trains data-parallel without it (torchrun; see the 'Scaling out' docs page), and "
+                "uses bf16 autocast on CUDA by default (amp='auto')."
+            )
 
     _parameter_constraints = {
         "attack": _ATTACK,
@@ -374,23 +429,23 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         ]
         if self.valid_attack is not None:
             extra.append(("valid_robust_acc", RobustValidation(self.valid_attack)))
-        if self.verbose:
+        if truthy(self.verbose):  # any value set_params may store, arrays included
             extra.append(("progress", Progress()))
         return callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
     # ---------------------------------------------------------- validation
+    def __setattr__(self, name, value):
+        # skorch takes any torch module set on the net for a component and
+        # refuses it outside initialize(); attack=nn.Linear(...) must instead
+        # reach fit's validation, whose error says what an attack is
+        if name in _NESTED:
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     def _validate_params_extra(self):
         for name in ("attack", "valid_attack"):
-            att = getattr(self, name)
-            if isinstance(att, type):
-                raise self._param_error(
-                    name, f"must be an instance, not the class itself: pass {att.__name__}(...)")
-            if isinstance(att, torch.nn.Module):
-                raise self._param_error(
-                    name, "must be an attack (robustfit.attacks.PGD(...) or a callable "
-                    "attack(module, X, y) -> X_adv), not a torch module")
-            if isinstance(att, Attack):
-                att.validate_params()
+            check_attack(getattr(self, name), name, type(self).__name__)
         if self.objective is not None:
             self.objective.validate_params()
         if self.max_epochs == 0 and not self.warm_start:
@@ -403,11 +458,22 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     def _bounds(self):
         return check_bounds(getattr(self.attack, "bounds", None)) if self.attack is not None else None
 
-    def _check_X(self, X, bounds=None):
-        """Validate X; return it as a float32 array or tensor (a Dataset as is)."""
+    def _check_X(self, X, bounds=None, reset=False):
+        """Validate X; return it as a float32 array or tensor (a Dataset as is).
+
+        Unless ``reset``, a fitted classifier also checks the sample shape.
+        """
         if is_dataset(X):
             return X
         X = check_array(X)
+        shape = getattr(self, "input_shape_", None)
+        if not reset and shape is not None and tuple(X.shape[1:]) != shape:
+            name = type(self).__name__
+            if X.ndim == 2 and len(shape) == 1:
+                raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
+                                 f"{shape[0]} features as input")
+            raise ValueError(f"X has samples of shape {tuple(X.shape[1:])}, but {name} was "
+                             f"fitted on {shape}")
         check_in_bounds(X, bounds)
         return X
 
@@ -433,7 +499,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             if reset and y is None:
                 super().check_data(X, None)  # infers classes_ from the Dataset
         else:
-            X = self._check_X(X, self._bounds())
+            X = self._check_X(X, self._bounds(), reset=reset)
             y = self._check_y(X, y, reset)
             shape = tuple(X.shape[1:])
         if not reset and getattr(self, "input_shape_", shape) != shape:
@@ -443,6 +509,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.input_shape_ = shape
         self.n_features_in_ = int(np.prod(shape))
         self._fitted_copy("attack", reset)
+        if self.attack_ is not None and not isinstance(self.attack_, Attack):
+            # a plain callable: its output on the first training batch is checked
+            inner = self.attack_.attack if isinstance(self.attack_, CheckedAttack) else self.attack_
+            self.attack_ = CheckedAttack(inner, "attack")
+        if proxy_kind(self.proxy_data) == "arrays" and self.proxy_ratio > 0:
+            check_proxy_pair(self.proxy_data, self.classes_)
         # fitted state that may hold CUDA tensors (a generator, the dual variable,
         # a diffusion model): skorch pickles these with a map_location on load,
         # so a model trained on a GPU unpickles on a CPU-only machine
@@ -480,25 +552,33 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     def _seed(self):
         rs = self.random_state
         if rs is None:
-            return None
+            # data-parallel fit without a seed: one seed drawn on rank 0, shared
+            return getattr(self, "_shared_seed_", None)
         return int(rs) if isinstance(rs, numbers.Integral) else int(check_random_state(rs).randint(2**31))
 
     @contextlib.contextmanager
     def _seeded(self, offset=0):
         # robustfit's own draws (attack starts, shuffling, noise) come from a
         # RandomSource private to this call, so seeded fits repeat in threads;
-        # torch's global generator (weight init, dropout) is forked and seeded too
+        # torch's global generator (weight init, dropout) is forked and seeded too.
+        # In data-parallel training the RandomSource is the same on every rank
+        # (shared shuffling, per-sample draws sliced from the global batch's),
+        # while torch's global generator differs per rank, so dropout masks
+        # are independent across ranks.
         seed = self._seed()
         seed = None if seed is None else seed + offset
-        with torch_seeded(seed), random_source(seed):
+        torch_seed = None if seed is None else seed + 1_000_003 * rank()
+        with torch_seeded(torch_seed), random_source(seed):
             yield
 
     def get_split_datasets(self, X, y=None, **fit_params):
         split = self.train_split
-        if isinstance(split, ValidSplit) and split.random_state is None \
-                and self.random_state is not None and not isinstance(split.cv, numbers.Integral):
-            split = ValidSplit(cv=split.cv, stratified=split.stratified, random_state=self.random_state)
-            train, valid = split(self.get_dataset(X, y), y, **fit_params)
+        if isinstance(split, ValidSplit) and y is not None:
+            if split.random_state is None and self.random_state is not None \
+                    and not isinstance(split.cv, numbers.Integral):
+                split = ValidSplit(cv=split.cv, stratified=split.stratified,
+                                   random_state=self.random_state)
+            train, valid = valid_split_or_fallback(split, self.get_dataset(X, y), y, **fit_params)
         else:
             train, valid = super().get_split_datasets(X, y, **fit_params)
         # The proxy sees the training part only: never the validation split, and
@@ -514,11 +594,13 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if not getattr(self, "proxy_refit_", True) and getattr(self, "proxy_X_", None) is not None:
             return  # partial_fit: keep the pool of the first call
         self.proxy_refit_ = False
-        self.proxy_, self.proxy_X_, self.proxy_y_ = build_proxy_pool(
+        # data-parallel: the pool is built once, on rank 0, and sent to the
+        # other ranks (each trains on its own share of every batch's proxy part)
+        self.proxy_, self.proxy_X_, self.proxy_y_ = run_on_main(lambda: build_proxy_pool(
             self.proxy_data, dataset_train, classes=self.classes_, input_shape=self.input_shape_,
             bounds=self._bounds(), batch_size=self.batch_size, proxy_ratio=self.proxy_ratio,
             proxy_samples=self.proxy_samples, memory=self.proxy_memory, seed=self._seed(),
-        )
+        ))
         resumed = self.__dict__.pop("_resume_proxy_", None)
         if resumed is not None:  # a run resumed from a checkpoint: the same pool
             if "X" in resumed:
@@ -550,9 +632,13 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         """
         fresh = not (self.warm_start and self.initialized_)
         X, y = self._prepare_fit(X, y, reset=fresh)
+        self._prepare_distributed(X, y)
         self.schedule_origin_ = 0 if fresh else len(self.history)
-        with self._seeded(0):
-            return super().fit(X, y, **fit_params)
+        try:
+            with self._seeded(0):
+                return super().fit(X, y, **fit_params)
+        finally:
+            self._end_distributed()
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         """Continue training for ``max_epochs`` epochs without re-initializing.
@@ -583,10 +669,14 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             self.classes_inferred_ = classes
             reset = False
         X, y = self._prepare_fit(X, y, reset=reset)
+        self._prepare_distributed(X, y)
         offset = len(self.history) if self.initialized_ and self.history is not None else 0
         self.schedule_origin_ = offset
-        with self._seeded(offset):
-            return super().partial_fit(X, y, **fit_params)
+        try:
+            with self._seeded(offset):
+                return super().partial_fit(X, y, **fit_params)
+        finally:
+            self._end_distributed()
 
     def fit_loop(self, X, y=None, epochs=None, **kwargs):
         # A fit resumed by LoadInitState (history restored in on_train_begin)
@@ -661,6 +751,10 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     def robust_score(self, X, y, attack=None, check=True, random_state=None):
         """Robust accuracy on ``(X, y)``.
 
+        Under ``torchrun`` every rank must call it with the same points: the
+        points are sharded across the ranks and the per-point results gathered
+        (see :func:`~robustfit.metrics.robust_accuracy`).
+
         Parameters
         ----------
         X : array-like or torch.Tensor
@@ -708,7 +802,8 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
                 bounds=getattr(attack, "bounds", (0.0, 1.0)), attack=attack,
                 max_samples=500, batch_size=batch_size, random_state=random_state,
             )
-            report.warn(stacklevel=2)
+            if is_main():  # data-parallel: every rank has the report; one warns
+                report.warn(stacklevel=2)
         return score
 
     # ------------------------------------------- saving, loading and resuming
@@ -1116,14 +1211,6 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
                     cb.best_score_ = row[name]
                     break
 
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        # state loaded outside this call (before it, or by load_best at the end
-        # of the last one) is not this call's to resume; LoadInitState loads
-        # after this hook, in its own on_train_begin
-        super().on_train_begin(net, X=X, y=y, **kwargs)
-        for key in ("_resume_rng_", "_resume_proxy_"):
-            self.__dict__.pop(key, None)
-
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
         rng = self.__dict__.pop("_resume_rng_", None)
@@ -1159,12 +1246,25 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         return self
 
     def get_iterator(self, dataset, training=False):
+        iterator = self.iterator_train if training else self.iterator_valid
+        sharded = training and self._distributed_run() is not None
+        if sharded:
+            # data-parallel: every rank cuts the same global batches and keeps its share
+            self._check_shardable(dataset)
+            if iterator is DataLoader:  # the DataLoader options go to the streaming loader
+                iterator = TensorLoader
+            elif not (isinstance(iterator, type) and issubclass(iterator, TensorLoader)):
+                raise ValueError(
+                    f"iterator_train={getattr(iterator, '__name__', iterator)!r} cannot shard "
+                    "batches across ranks in data-parallel training; keep the default "
+                    "TensorLoader (it streams Datasets through a DataLoader: pass its options "
+                    "as iterator_train__num_workers=... etc.)")
         if training and getattr(self, "proxy_X_", None) is not None:
             loader = MixedLoader(dataset, self.proxy_X_, self.proxy_y_, self.proxy_ratio,
                                  **self._iterator_kwargs("iterator_train", dataset, True))
-        elif (self.iterator_train if training else self.iterator_valid) is TensorLoader:
+        elif isinstance(iterator, type) and issubclass(iterator, TensorLoader):
             prefix = "iterator_train" if training else "iterator_valid"
-            loader = TensorLoader(dataset, **self._iterator_kwargs(prefix, dataset, training))
+            loader = iterator(dataset, **self._iterator_kwargs(prefix, dataset, training))
         else:
             loader = super().get_iterator(dataset, training=training)
         if training:
@@ -1183,6 +1283,8 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             kwargs["batch_size"] = len(dataset)
         kwargs.setdefault("shuffle", training)
         kwargs.setdefault("device", self.device)
+        if training and self._distributed_run() is not None:
+            kwargs.update(num_replicas=world_size(), rank=rank())
         return kwargs
 
     def _autocast(self):
@@ -1214,30 +1316,144 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         Xi, yi = unpack_data(batch)
         Xi = to_tensor(Xi, device=self.device)
         yi = to_tensor(yi, device=self.device)
-        objective = self.objective_
-        # an objective that ignores the adversarial batch (TRADES with beta=0)
-        # skips the attack: the step is then exactly a clean training step
-        attack = self.attack_ if objective.needs_adv else None
-        X_adv = Xi
-        if attack is not None:
-            with self._autocast():
-                if isinstance(attack, Attack):
-                    X_adv = attack.train_perturb(self.module_, Xi, yi)
-                else:
-                    X_adv = attack(self.module_, Xi, yi)
-        self._set_training(True)
-        y_pred = self.infer(X_adv, **fit_params)
-        logits_clean = None
-        if objective.needs_clean:
-            logits_clean = y_pred if X_adv is Xi else self.infer(Xi, **fit_params)
-        loss = objective.loss(self, y_pred, yi, logits_clean)
-        if isinstance(attack, Attack):
-            with self._autocast():
-                extra = attack.regularizer(self.module_, Xi, X_adv, yi, y_pred)
-            if extra is not None:
-                loss = loss + extra
-        loss.backward()
+        # data-parallel: the rows of the global batch this rank holds; inside
+        # the block per-sample draws are the global batch's, sliced
+        shard = getattr(batch, "shard", None)
+        with batch_shard(shard):
+            objective = self.objective_
+            # an objective that ignores the adversarial batch (TRADES with beta=0)
+            # skips the attack: the step is then exactly a clean training step
+            attack = self.attack_ if objective.needs_adv else None
+            X_adv = Xi
+            if attack is not None:
+                # the unwrapped module, on this rank's shard: attacks take
+                # gradients w.r.t. the input only, so nothing is all-reduced
+                with self._autocast():
+                    if isinstance(attack, Attack):
+                        X_adv = attack.train_perturb(self.module_, Xi, yi)
+                    else:
+                        X_adv = attack(self.module_, Xi, yi)
+            self._set_training(True)
+            y_pred = self._train_forward(X_adv, **fit_params)
+            logits_clean = None
+            if objective.needs_clean:
+                logits_clean = y_pred if X_adv is Xi else self.infer(Xi, **fit_params)
+            loss = objective.loss(self, y_pred, yi, logits_clean)
+            if isinstance(attack, Attack):
+                with self._autocast():
+                    extra = attack.regularizer(self.module_, Xi, X_adv, yi, y_pred)
+                if extra is not None:
+                    loss = loss + extra
+            # DistributedDataParallel averages gradients over ranks; weighting
+            # each rank's mean loss by its share makes that average the gradient
+            # of the global batch's mean loss, also for uneven shards
+            (loss if shard is None else loss * shard.weight).backward()
         return {"loss": loss, "y_pred": y_pred}
+
+    def _train_forward(self, x, **fit_params):
+        """The training forward pass: through DistributedDataParallel in a
+        data-parallel fit (so that the backward pass all-reduces gradients),
+        else :meth:`infer`."""
+        run = self._distributed_run()
+        if run is None or run.ddp is None:
+            return self.infer(x, **fit_params)
+        x = to_tensor(x, device=self.device)
+        with self._autocast():
+            if isinstance(x, Mapping):
+                return run.ddp(**self._merge_x_and_fit_params(x, fit_params))
+            return run.ddp(x, **fit_params)
+
+    #: Training batches between two checks of the batch losses (one host-device
+    #: synchronization each, and one all-reduce in data-parallel training).
+    loss_check_every = 50
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        """One pass over ``iterator``, with the batch losses kept on the device.
+
+        skorch's version reads ``loss.item()`` after every batch, a
+        host-device synchronization that stalls the GPU's queue. Here the
+        losses stay on the device and are read every ``loss_check_every``
+        batches and at the end of the epoch; they are then written into the
+        batch rows of the history (``train_loss``/``valid_loss``, as skorch
+        records them), so the epoch's ``train_loss`` keeps its meaning. In
+        data-parallel training the batch losses (and ``train_batch_size``)
+        are those of the global batch, reduced across ranks.
+
+        A non-finite training loss stops training with a ``ValueError`` naming
+        the epoch and the batch (see :meth:`_check_losses`).
+
+        Parameters
+        ----------
+        iterator : iterable or None
+            The batches; ``None`` skips the pass.
+        training : bool
+            Training or validation pass.
+        prefix : str
+            ``"train"`` or ``"valid"``, for the history keys.
+        step_fn : callable
+            ``step_fn(batch, **fit_params) -> {"loss": ..., ...}``.
+        **fit_params
+            Passed to ``step_fn``.
+        """
+        if iterator is None:
+            return
+        rows = self.history[-1]["batches"]
+        first_row = len(rows)
+        pending = []  # (row, loss tensor) not yet read
+        count = 0
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            shard = getattr(batch, "shard", None)
+            loss = step["loss"].detach().float().reshape(())
+            if shard is None:
+                size = get_len(batch[0]) if isinstance(batch, (tuple, list)) else get_len(batch)
+            else:  # this rank's part of the global batch's mean loss
+                size, loss = shard.total, loss * (shard.size / shard.total)
+            pending.append((count, loss))
+            self.history.record_batch(prefix + "_batch_size", size)
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+            count += 1
+            if training and len(pending) >= self.loss_check_every:
+                self._check_losses(pending, prefix, first_row, training)
+                pending = []
+        self._check_losses(pending, prefix, first_row, training)
+        self.history.record(prefix + "_batch_count", count)
+
+    def _check_losses(self, pending, prefix, first_row, training):
+        """Read the pending ``(batch index, loss)`` pairs (one synchronization),
+        record them in the batch rows from ``first_row`` on, and stop on a
+        non-finite training loss."""
+        if not pending:
+            return
+        values = torch.stack([loss for _, loss in pending])
+        if training and self._distributed_run() is not None:
+            values = all_reduce_sum(values)  # global batch means, the same on every rank
+        values = values.cpu().tolist()
+        rows = self.history[-1]["batches"]
+        for (index, _), value in zip(pending, values):
+            rows[first_row + index][prefix + "_loss"] = value
+        bad = [i for i, v in enumerate(values) if not np.isfinite(v)]
+        if training and bad:
+            index, _ = pending[bad[0]]
+            raise ValueError(self._divergence_message(values[bad[0]], index + 1))
+
+    def _divergence_message(self, value, batch):
+        epoch = len(self.history)
+        att = self.attack
+        eps = getattr(att, "epsilon", None)
+        hints = [f"a learning rate too high (lr={self.lr!r}: try a smaller one)"]
+        if eps is not None:
+            hints.append(
+                f"an attack budget too large for its warm-up (epsilon={eps!r}, "
+                f"attack_warmup={self.attack_warmup!r}: ramp epsilon over more epochs)")
+        hints.append("bad data (values far outside the attack's bounds, mislabelled "
+                     "or degenerate samples), or a module that overflows")
+        return (
+            f"the training loss became {value} at epoch {epoch}, batch {batch}; training "
+            f"stopped, since the parameters are no longer finite. Likely causes: "
+            + "; ".join(hints) + "."
+        )
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
@@ -1245,6 +1461,130 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if objective is not None:
             for key, value in objective.on_epoch_end().items():
                 self.history.record(key, value)
+
+    # ---------------------------------------------------- data-parallel training
+    def _distributed_run(self):
+        """The state of the data-parallel fit in progress, or None."""
+        run = self.__dict__.get("_ddp_run_")
+        return run if run is not None and run.active else None
+
+    def _prepare_distributed(self, X, y):
+        """Join the process group (from torchrun's variables if the script did
+        not) and check that every rank passed the same data; no-op on one process."""
+        self._ddp_run_ = _DistributedRun()
+        self._shared_seed_ = None
+        if not init_from_env(self.device):
+            return
+        world = world_size()
+        if self.batch_size != -1 and self.batch_size < world:
+            raise ValueError(
+                f"batch_size={self.batch_size} is the global batch, split across the "
+                f"{world} ranks, so each rank would get less than one sample; use "
+                f"batch_size >= {world} (or fewer ranks)")
+        n = len(X)
+        y_sum = None
+        if y is not None and not is_dataset(X):
+            y_sum = int(np.asarray(y, dtype=np.int64).sum())
+        mine = (n, tuple(getattr(self, "input_shape_", ())), y_sum)
+        every = all_gather_object(mine)
+        if any(other != mine for other in every):
+            sizes = ", ".join(f"rank {r}: {o[0]} samples of shape {o[1]}" for r, o in enumerate(every))
+            same_size = len({o[:2] for o in every}) == 1
+            raise ValueError(
+                "every rank must call fit with the same data (robustfit shards it across "
+                f"ranks itself), but the ranks passed different {'labels' if same_size else 'data'}: "
+                f"{sizes}" + (" (same sizes, different labels)" if same_size else ""))
+        if n < world:
+            raise ValueError(
+                f"X has {n} samples, fewer than the {world} ranks training on it")
+        if self.random_state is None:  # one shared seed, so every rank shuffles alike
+            self._shared_seed_ = broadcast_object(int(np.random.randint(2**31)))
+        self._ddp_run_.active = True
+
+    def _check_shardable(self, dataset):
+        n, world = len(dataset), world_size()
+        if n < world:
+            raise ValueError(
+                f"the training data has {n} samples after train_split, fewer than the "
+                f"{world} ranks: every rank needs at least one sample per batch")
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        """Wrap the module in DistributedDataParallel for a data-parallel fit.
+
+        The wrapper is used for the training forward pass only; ``module_``
+        stays the plain module (attacks, evaluation and pickling use it). On
+        ranks other than 0, callbacks that write files (skorch's
+        ``Checkpoint`` family) and print (``sink``) are silenced for the fit.
+        Resume state loaded outside this call (before it, or by ``load_best``
+        at the end of the last one) is dropped: it is not this call's to
+        resume; ``LoadInitState`` loads after this hook, in its own
+        ``on_train_begin``.
+        """
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+        for key in ("_resume_rng_", "_resume_proxy_"):
+            self.__dict__.pop(key, None)
+        run = self._distributed_run()
+        if run is None:
+            return
+        module = self.module_
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        run.ddp = DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
+        if not is_main():
+            run.silence([cb for _, cb in self.callbacks_])
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        super().on_train_end(net, X=X, y=y, **kwargs)
+        if self._distributed_run() is not None:
+            # rank 0 has written its last checkpoint before any rank's callbacks
+            # run on_train_end (e.g. Checkpoint(load_best=True) reading it back)
+            barrier()
+
+    def _end_distributed(self):
+        run = self.__dict__.get("_ddp_run_")
+        if run is not None:
+            run.close()
+
+
+class _DistributedRun:
+    """What one data-parallel ``fit`` holds: the DistributedDataParallel
+    wrapper and the callbacks silenced on this rank. Never pickled (an empty
+    one is), so a fitted estimator carries no process-group state."""
+
+    def __init__(self):
+        self.active = False
+        self.ddp = None
+        self.patched = []
+
+    def silence(self, callbacks):
+        """Turn off file writes and printing of ``callbacks`` for this fit."""
+        for cb in callbacks:
+            for target in (cb, getattr(cb, "checkpoint_", None)):
+                if target is None:
+                    continue
+                if hasattr(target, "save_model"):  # skorch's Checkpoint, TrainEndCheckpoint
+                    self._patch(target, "save_model", silent)
+                if callable(getattr(target, "sink", None)):  # PrintLog, Checkpoint messages
+                    self._patch(target, "sink", silent)
+
+    def _patch(self, obj, name, value):
+        had = name in obj.__dict__
+        self.patched.append((obj, name, had, obj.__dict__.get(name)))
+        setattr(obj, name, value)
+
+    def close(self):
+        """Undo the patches and drop the wrapper."""
+        for obj, name, had, old in reversed(self.patched):
+            if had:
+                setattr(obj, name, old)
+            else:
+                obj.__dict__.pop(name, None)
+        self.patched = []
+        self.ddp = None
+        self.active = False
+
+    def __reduce__(self):
+        return (_DistributedRun, ())
 
 
 def training_state_path(f_params):

@@ -40,7 +40,7 @@ class Hang(Callback):
         self.ready = ready
 
     def on_batch_end(self, net, training=False, **kwargs):
-        batches = [b for b in net.history[-1]["batches"] if "train_loss" in b]
+        batches = [b for b in net.history[-1]["batches"] if "train_batch_size" in b]
         if training and len(net.history) == self.epoch and len(batches) == self.batch:
             with open(self.ready, "w") as f:
                 f.write("ready")

@@ -48,7 +48,7 @@ def _documented_names():
 def _public_names():
     names = {"robustfit.classifier.resolve_device", "robustfit.classifier.training_state_path"}
     packages = ("robustfit", "robustfit.attacks", "robustfit.metrics", "robustfit.losses",
-                "robustfit.proxy")
+                "robustfit.proxy", "robustfit.certify")
     for package in packages:
         mod = importlib.import_module(package)
         names |= {f"{package}.{n}" for n in mod.__all__ if not n.startswith("__")}
@@ -69,11 +69,12 @@ def test_api_page_lists_every_public_name():
     assert not stale, f"not public (any more), remove from docs/api.rst: {stale}"
 
 
-def test_getting_started_code_runs(tmp_path):
-    """Every Python block of getting_started.rst, run in order as one script."""
-    text = (DOCS / "getting_started.rst").read_text()
+@pytest.mark.parametrize("page,min_blocks", [("getting_started.rst", 5), ("skorch_tools.rst", 5)])
+def test_page_code_runs(tmp_path, page, min_blocks):
+    """Every Python block of a docs page, run in order as one script."""
+    text = (DOCS / page).read_text()
     blocks = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)", text)
-    assert len(blocks) >= 5
+    assert len(blocks) >= min_blocks
     script = "import torch\ntorch.set_num_threads(1)\n" + "\n".join(
         "\n".join(line[4:] for line in block.splitlines()) for block in blocks
     )

@@ -342,7 +342,7 @@ class _Interrupt(Callback):
         self.batch = batch
 
     def on_batch_end(self, net, training=False, **kwargs):
-        batches = [b for b in net.history[-1]["batches"] if "train_loss" in b]
+        batches = [b for b in net.history[-1]["batches"] if "train_batch_size" in b]
         if training and len(net.history) == self.epoch and len(batches) == self.batch \
                 and not os.environ.get("_RF_INTERRUPTED"):
             os.environ["_RF_INTERRUPTED"] = "1"

@@ -9,6 +9,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from .._evaluation import robust_accuracy
+from .._utils import optional_import
 from ..attacks import APGD
 from ..attacks._base import Attack
 
@@ -91,7 +92,9 @@ def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, 
     :func:`~robustfit.metrics.robust_accuracy`. Each budget is attacked
     independently, so a curve that *rises* somewhere is itself a warning sign:
     a larger ball contains the smaller one, and a working attack can only do
-    better in it.
+    better in it. Under ``torchrun`` every point of the curve is evaluated
+    across the ranks (see :func:`~robustfit.metrics.robust_accuracy`): every
+    rank must call it, with the same points, and gets the one-process curve.
 
     Parameters
     ----------
@@ -214,8 +217,7 @@ def plot_robustness_curve(curves, ax=None, **plot_kwargs):
     """
     items = _as_curves(curves)
     if ax is None:
-        import matplotlib.pyplot as plt
-
+        plt = optional_import("matplotlib.pyplot", "plot_robustness_curve")
         _, ax = plt.subplots(figsize=(5, 3.5))
     kwargs = {"marker": "o"}
     kwargs.update(plot_kwargs)
