@@ -15,6 +15,10 @@ are callbacks too, in :mod:`robustfit.recipes`; :func:`snapshot_weights` and
 :func:`restore_weights` are the copy of the weights they and
 :class:`RobustValidation` share.
 
+:class:`ResumableCheckpoint` is not installed by default: it checkpoints every
+epoch and resumes a killed run from its last checkpoint (skorch's
+``Checkpoint`` and ``LoadInitState`` in one callback).
+
 Both schedules compute their position from ``net.history`` (the epochs the
 history holds since the schedule started) and the batches seen in the current
 epoch, so a run resumed from a checkpoint with skorch's ``LoadInitState``
@@ -26,15 +30,18 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from contextlib import suppress
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import clone
-from skorch.callbacks import Callback, LRScheduler
+from skorch.callbacks import Callback, Checkpoint, LRScheduler
+from skorch.utils import noop
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from ._distributed import is_main
 from ._evaluation import robust_accuracy
 from ._validation import Interval, Options, ParamsValidationMixin, check_attack
 
@@ -385,6 +392,11 @@ class RobustValidation(_ParamsRepr, ParamsValidationMixin, Callback):
     training weights) and puts it back when training ends; with ``patience``,
     training stops after that many measurements without improvement.
 
+    In data-parallel training the validation points are sharded across the
+    ranks and the per-point results gathered
+    (:func:`~robustfit.metrics.robust_accuracy`), so every rank records the
+    same score (and stops or restores alike).
+
     The attack is cloned when the callback is initialized (at every ``fit``),
     and the clone runs: the ``attack`` given is never changed, and an attack
     with learned state (``GeneratorSynth``) starts afresh in each ``fit``, so
@@ -523,6 +535,65 @@ class RobustValidation(_ParamsRepr, ParamsValidationMixin, Callback):
         return state
 
 
+class ResumableCheckpoint(Checkpoint):
+    """Checkpoint every epoch into ``dirname``, and resume from there when a fit starts.
+
+    skorch's :class:`~skorch.callbacks.Checkpoint` (``monitor=None``: every
+    epoch) and :class:`~skorch.callbacks.LoadInitState` in one callback. Run
+    the same script again after a crash or a kill, with the same parameters,
+    and ``fit`` continues from the last completed epoch and ends with
+    ``max_epochs`` epochs of history, where the uninterrupted run would have
+    ended (on the CPU, with ``random_state`` set: the same weights and
+    history). With :class:`~robustfit.AdversarialClassifier`, every checkpoint
+    also holds the training state skorch's files lack (the attack's and the
+    objective's state, the random generators; see
+    :meth:`~robustfit.AdversarialClassifier.save_params`), and every file is
+    written atomically. Files are read back with
+    ``torch.load(weights_only=True)``; see :doc:`/persistence`.
+
+    Parameters
+    ----------
+    dirname : str, default="checkpoints"
+        Folder of the checkpoint files (created if needed). Use one folder
+        per run: a folder holding a finished run makes ``fit`` train nothing.
+    f_params, f_optimizer, f_criterion, f_history : str or None
+        File names, as in skorch's ``Checkpoint``.
+    fn_prefix : str, default=""
+        Prefix of the file names.
+    event_name : str or None, default="event_cp"
+        History column marking the checkpointed epochs.
+    sink : callable, default=skorch.utils.noop
+        Receives a line per checkpoint (``print`` to see them).
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.callbacks import ResumableCheckpoint
+    >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.1), max_epochs=20, random_state=0,
+    ...                             callbacks=[ResumableCheckpoint("run1")])
+    """
+
+    def __init__(self, dirname="checkpoints", *, f_params="params.pt", f_optimizer="optimizer.pt",
+                 f_criterion="criterion.pt", f_history="history.json", fn_prefix="",
+                 event_name="event_cp", sink=noop):
+        super().__init__(monitor=None, f_params=f_params, f_optimizer=f_optimizer,
+                         f_criterion=f_criterion, f_history=f_history, fn_prefix=fn_prefix,
+                         dirname=dirname, event_name=event_name, sink=sink)
+
+    def initialize(self):
+        super().initialize()
+        self.did_load_ = False
+        return self
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        if self.did_load_:  # once per callback, as LoadInitState
+            return
+        self.did_load_ = True
+        with suppress(FileNotFoundError):
+            net.load_params(checkpoint=self)
+
+
 def _interactive(stream):
     """Whether ``stream`` redraws a progress bar: a terminal or a Jupyter output."""
     isatty = getattr(stream, "isatty", None)
@@ -540,7 +611,8 @@ class Progress(Callback):
     runs included); it is closed at the end of each epoch, before skorch prints
     that epoch's row of the history table, so the bar never lands inside the
     table. Where the output cannot redraw a bar (a log file, a pipe), no bar is
-    drawn and the table alone reports progress.
+    drawn and the table alone reports progress. In data-parallel training
+    (torchrun) only rank 0 draws it.
 
     Parameters
     ----------
@@ -566,6 +638,8 @@ class Progress(Callback):
         return self
 
     def _enabled(self):
+        if not is_main():  # data-parallel training: rank 0 alone draws
+            return False
         if self.disable is not None:
             return not self.disable
         return _interactive(self.file if self.file is not None else sys.stderr)

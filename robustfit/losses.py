@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
 
+from ._distributed import batch_mean
 from ._ot import sinkhorn_distance
 from ._validation import Interval, Options, ParamsValidationMixin
 
@@ -248,6 +249,12 @@ class PrimalDual(Objective):
         The dual variable at the start of ``fit`` (the authors' code starts
         from 1).
 
+    Notes
+    -----
+    In data-parallel training (``torchrun``) the clean loss of each step is
+    all-reduced over the ranks before the dual step, so ``nu`` is the same
+    on every rank and equals the one-process value for the same global batch.
+
     Attributes
     ----------
     nu_ : float
@@ -323,10 +330,11 @@ class PrimalDual(Objective):
         clean, robust = self._terms(net, logits_adv, y, logits_clean)
         nu = self._nu(clean.device)
         loss = robust + nu * clean
-        slack = clean.detach().float() - self.margin
+        # data-parallel: the dual step uses the global batch's clean loss
+        # (all-reduced), so every rank holds the same nu
+        acc = batch_mean(clean.detach().float())
         if self.update == "batch":
-            self.nu_t_ = (nu + self.dual_lr * slack).clamp_min(0.0)
-        acc = clean.detach().float()
+            self.nu_t_ = (nu + self.dual_lr * (acc - self.margin)).clamp_min(0.0)
         self.epoch_loss_ = acc if getattr(self, "epoch_loss_", None) is None else self.epoch_loss_ + acc
         self.epoch_batches_ = getattr(self, "epoch_batches_", 0) + 1
         return loss

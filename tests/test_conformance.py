@@ -246,8 +246,12 @@ def test_classifier_fit_leaves_every_nested_object_unchanged(digits):
     X, y = digits[0][:200].copy(), digits[1][:200].copy()
     clf = _classifier()
     nested = [clf.attack, clf.objective, clf.proxy_data, clf.valid_attack]
+    names = set(clf.get_params(deep=False))
     before = _frozen(X, y, *nested, clf.get_params(deep=False))
     clf.fit(X, y)
+    # fit's private state must not surface as parameters (skorch lists every
+    # attribute without a trailing underscore)
+    assert set(clf.get_params(deep=False)) == names
     after = _frozen(X, y, *nested, clf.get_params(deep=False))
     assert after == before
     assert not hasattr(clf.valid_attack, "generator_")  # the callback ran a clone

@@ -3,22 +3,24 @@
 The order, bottom to top (also in the README's layout section and in
 docs/developers.rst):
 
-0. ``_validation``, ``_utils`` - parameter constraints, devices, boxes, arrays,
-   labels; seeding, cloning, optional imports
-1. ``datasets`` - data loaders (torchvision through ``_utils.optional_import``)
-2. ``_ot``, ``models`` - the OT divergence; networks (classifiers, generators)
-3. ``attacks`` - attack algorithms
-4. ``losses`` - training objectives
-5. ``_evaluation`` - robust accuracy, scorers, gradient-masking checks
-6. ``_proxy_pool`` - the pool of proxy samples of one fit
-7. ``_loader`` - device-resident batch iterators, real/proxy mixing
-8. ``callbacks`` - schedules, robust validation, progress, weight snapshots
-9. ``recipes`` - training recipes: weight averaging, AWP, the collapse guard
-10. ``classifier`` - AdversarialClassifier
-11. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
+0. ``_validation``, ``_distributed`` - parameter constraints, devices, boxes,
+   arrays, labels; process-group helpers and batch shards (torch.distributed)
+1. ``_utils``, ``_persist`` - seeding (RandomSource), cloning, optional imports,
+   mixed precision; files without pickle
+2. ``datasets`` - data loaders (torchvision through ``_utils.optional_import``)
+3. ``_ot``, ``models`` - the OT divergence; networks (classifiers, generators)
+4. ``attacks`` - attack algorithms
+5. ``losses`` - training objectives
+6. ``_evaluation`` - robust accuracy, scorers, gradient-masking checks
+7. ``_proxy_pool`` - the pool of proxy samples of one fit
+8. ``_loader`` - device-resident batch iterators, real/proxy mixing
+9. ``callbacks`` - schedules, robust validation, progress, weight snapshots
+10. ``recipes`` - training recipes: weight averaging, AWP, the collapse guard
+11. ``classifier`` - AdversarialClassifier
+12. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
     bound, ARC (which trains discriminators with the classifier)
-12. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
-13. ``robustfit/__init__`` - the public names
+13. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
+14. ``robustfit/__init__`` - the public names
 
 A module may import from any lower layer and from its own package; imports of
 robustfit modules sit at module level only (no import deferred into a
@@ -35,7 +37,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "robustfit"
 
 LAYERS = [
-    {"_validation", "_utils"},
+    {"_validation", "_distributed"},
+    {"_utils", "_persist"},
     {"datasets"},
     {"_ot", "models"},
     {"attacks"},

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from numbers import Integral
 
 import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
+from .._distributed import all_reduce_sum, broadcast_object, rank, world_size
+from .._utils import randint, random_source, seed_of
 from .._validation import (
     CheckedAttack,
     Interval,
@@ -59,7 +62,70 @@ def encode_for(classifier, y):
     return encode_labels(classes, y)
 
 
-def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None):
+def robust_mask(module, x, y, run, batch_size):
+    """Per point: classified correctly both clean and on ``run``'s output.
+
+    The points are cut into batches of ``batch_size``, and batch ``b`` is
+    attacked with robustfit's random draws seeded by ``base + b``, where
+    ``base`` is drawn once from the current random source. The result
+    therefore does not depend on which process attacks which batch: under
+    ``torchrun`` (an initialized process group) the batches are dealt to
+    the ranks in turn (batch ``b`` to rank ``b % world_size``) and the
+    per-point results are summed over the ranks (one all-reduce), so every
+    rank gets the mask one process computes on the same points. Every rank
+    must call it, with the same points.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network, in eval mode.
+    x, y : torch.Tensor
+        Inputs and class indices on the module's device.
+    run : callable
+        ``run(module, x, y) -> x_adv``.
+    batch_size : int
+        Points attacked at once.
+
+    Returns
+    -------
+    mask : torch.Tensor of bool, shape (n,)
+    """
+    n = len(x)
+    base = broadcast_object(int(randint(0, 2**31, (), device="cpu")))  # rank 0's draw
+    world, me = world_size(), rank()
+    ok_all = torch.zeros(n, dtype=torch.int32, device=x.device)
+    for b, start in enumerate(range(0, n, batch_size)):
+        if b % world != me:
+            continue
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        with random_source(base + b):
+            with torch.no_grad():
+                ok = module(xb).argmax(1) == yb
+            x_adv = run(module, xb, yb)
+            with torch.no_grad():
+                ok &= module(x_adv).argmax(1) == yb
+        ok_all[start:start + len(xb)] = ok.to(torch.int32)
+    if world > 1:
+        ok_all = all_reduce_sum(ok_all)
+    return ok_all > 0
+
+
+def evaluation_seed(random_state, classifier):
+    """The seed of an evaluation: ``random_state``, else the classifier's own (or None)."""
+    if random_state is None and classifier is not None:
+        random_state = getattr(classifier, "random_state", None)
+    return seed_of(random_state)
+
+
+def evaluation_copy(attack):
+    """The attack an evaluation runs: a private copy of an :class:`Attack`, so
+    that state it builds on first use (a generator) never lands on the caller's
+    object; other callables as they are."""
+    return copy.deepcopy(attack) if isinstance(attack, Attack) else attack
+
+
+def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None,
+                    random_state=None):
     """Fraction of samples classified correctly both clean and under attack.
 
     Parameters
@@ -87,12 +153,30 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
         of the estimator's training attack.
     norm : {"linf", "l2"}, default=None
         Norm of a named attack, or a new ``norm`` for a given Attack.
+    random_state : int, numpy RandomState or None, default=None
+        Seeds the attack's random draws (random starts, Square's proposals),
+        through a random source private to this call: the same evaluation
+        gives the same figure in any process and any thread. ``None`` uses
+        the estimator's ``random_state`` (an
+        :class:`~robustfit.AdversarialClassifier`'s), and for a bare module or
+        an unseeded estimator the enclosing source or torch's global
+        generator. The attack passed in is never changed (a copy runs).
 
     Returns
     -------
     accuracy : float
         Robust accuracy in [0, 1]. A sample counts as robust only if it is
         classified correctly without the attack as well.
+
+    Notes
+    -----
+    Each batch of ``batch_size`` points is attacked with random draws seeded
+    from one draw of the current random source plus the batch's index, so
+    the figure does not depend on how batches are spread over processes.
+    Under ``torchrun`` (a :mod:`torch.distributed` process group is
+    initialized) the batches are dealt to the ranks and the per-point results
+    gathered: the figure equals the one-process figure on the same points,
+    and every rank must call the function with the same points.
 
     Examples
     --------
@@ -131,28 +215,25 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
         raise ValueError("robust_accuracy: X has 0 samples")
     if isinstance(attack, Attack):
         check_in_bounds(x, check_bounds(attack.bounds))
-        run = attack.perturb
+        run = evaluation_copy(attack).perturb
     else:
         check_in_bounds(x, None)  # NaN and inf
         run = CheckedAttack(attack, "attack")  # checks its first output
-    y_range = (int(y_t.min()), int(y_t.max())) if len(y_t) else (0, 0)
-    robust = torch.zeros((), dtype=torch.long, device=x.device)
-    with eval_mode(module):
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start:start + batch_size], y_t[start:start + batch_size]
-            with torch.no_grad():
-                logits = module(xb)
-                if start == 0 and (y_range[0] < 0 or y_range[1] >= logits.shape[-1]):
-                    raise ValueError(
-                        f"y has class indices in [{y_range[0]}, {y_range[1]}], but the module "
-                        f"returns {logits.shape[-1]} logits per sample"
-                    )
-                clean_ok = logits.argmax(1) == yb
-            x_adv = run(module, xb, yb)
-            with torch.no_grad():
-                adv_ok = module(x_adv).argmax(1) == yb
-            robust += (clean_ok & adv_ok).sum()
-    return robust.item() / max(len(x), 1)
+    with eval_mode(module), random_source(evaluation_seed(random_state, clf)):
+        _check_label_range(module, x, y_t)
+        mask = robust_mask(module, x, y_t, run, batch_size)
+    return int(mask.sum()) / max(len(x), 1)
+
+
+def _check_label_range(module, x, y):
+    """Class indices must index the module's logits."""
+    with torch.no_grad():
+        n_logits = module(x[:1]).shape[-1]
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= n_logits:
+        raise ValueError(
+            f"y has class indices in [{low}, {high}], but the module returns {n_logits} logits per sample"
+        )
 
 
 class RobustScorer:
@@ -169,20 +250,23 @@ class RobustScorer:
         Samples attacked at once.
     epsilon, norm : float and str, or None
         Threat model of a named attack (see :func:`robust_accuracy`).
+    random_state : int, RandomState or None, default=None
+        Seed of the attack's draws; ``None``: each estimator's own.
     """
 
-    def __init__(self, attack=None, batch_size=256, epsilon=None, norm=None):
+    def __init__(self, attack=None, batch_size=256, epsilon=None, norm=None, random_state=None):
         self.attack = attack
         self.batch_size = batch_size
         self.epsilon = epsilon
         self.norm = norm
+        self.random_state = random_state
 
     def __call__(self, estimator, X, y, sample_weight=None):
         if sample_weight is not None:
             raise ValueError("RobustScorer does not support sample_weight")
         return robust_accuracy(
             estimator, X, y, attack=self.attack, batch_size=self.batch_size,
-            epsilon=self.epsilon, norm=self.norm,
+            epsilon=self.epsilon, norm=self.norm, random_state=self.random_state,
         )
 
     def __repr__(self):
@@ -192,7 +276,7 @@ class RobustScorer:
         return f"make_robust_scorer(attack={self.attack!r}{extra})"
 
 
-def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
+def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None, random_state=None):
     """Make a scorer for :class:`~sklearn.model_selection.GridSearchCV`,
     :func:`~sklearn.model_selection.cross_validate` and friends.
 
@@ -210,6 +294,9 @@ def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
         Set it for a name when the candidates' training budgets differ.
     norm : {"linf", "l2"}, default=None
         Norm of a named attack, or a new ``norm`` for a given Attack.
+    random_state : int, numpy RandomState or None, default=None
+        Seed of the attack's random draws; ``None`` uses each candidate's own
+        ``random_state`` (see :func:`robust_accuracy`).
 
     Returns
     -------
@@ -231,4 +318,5 @@ def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
             raise ValueError(f"unknown attack name {attack!r}; choose among {ATTACK_ALIASES}")
     else:
         resolve_attack(attack, epsilon=epsilon, norm=norm)
-    return RobustScorer(attack=attack, batch_size=batch_size, epsilon=epsilon, norm=norm)
+    return RobustScorer(attack=attack, batch_size=batch_size, epsilon=epsilon, norm=norm,
+                        random_state=random_state)
