@@ -30,13 +30,13 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check --progre
 	-c $(CONSTRAINTS)
 # Extras: the quickstart plots; the tests, docs and notebooks need every extra.
 CORE_EXTRAS := plot
-DEV_EXTRAS := test,docs,ot,plot,diffusion$(if $(filter own,$(TORCH)),,$(comma)vision)
+DEV_EXTRAS := test,docs,ot,plot,diffusion,dask$(if $(filter own,$(TORCH)),,$(comma)vision)
 TORCH_PKGS_core := torch
 TORCH_PKGS_dev := torch torchvision
 STAMP := $(VENV)/.installed-$(TORCH)
 INSTALL_DEPS := setup.py pyproject.toml constraints.txt $(CONSTRAINTS)
 
-.PHONY: venv install quickstart docs lint pytest test clean
+.PHONY: venv install quickstart docs lint pytest test clean gpu-wheels gpu-check
 
 # Python 3.11 or later (docs/install.rst says why); checked before pip downloads anything.
 $(BIN)/python:
@@ -115,3 +115,24 @@ test: $(STAMP)-dev
 
 clean:
 	rm -rf docs/_build docs/generated quickstart_robustness.png
+
+# ---------------------------------------------------------------- one GPU: make gpu-check
+# A GPU machine without network access (one H100/H200, Python 3.12, torch and torchvision in its
+# image but not skorch, POT, geomloss, diffusers or dask) gets what it lacks as wheels carried in
+# .whl/ (ignored by git). Here, with network access:   make gpu-wheels
+# There, in the repository root:                      make gpu-check
+# gpu-wheels downloads the py3.12 manylinux wheels at the versions of constraints.txt, closing
+# over their requirements, and checks the set (sizes, tags, completeness against the image's
+# package list, an install with --no-index into a fresh folder, imports: see
+# benchmarks/check_gpu_wheels.py). It needs $(VENV) with robustfit's dependencies.
+gpu-wheels: | $(BIN)/python
+	rm -rf .whl
+	$(BIN)/python benchmarks/check_gpu_wheels.py --download .whl
+
+# gpu-check (there, with .whl/ carried along) installs the wheels and runs the tests marked gpu,
+# benchmarks/bench_amp.py and benchmarks/bench_gpu.py within about 6 minutes, writing every output
+# to $$OUT when set, else benchmarks/results: see benchmarks/gpu_check.sh, which it runs (and
+# which runs the same where make is missing). It does not need $(VENV): it uses the machine's
+# python3 (GPU_PYTHON=...).
+gpu-check:
+	bash benchmarks/gpu_check.sh

@@ -15,6 +15,7 @@ OPTIONAL_EXTRAS = {
     "plot": ["matplotlib>=3.5"],  # plot_robustness_curve, the examples and notebooks
     "diffusion": ["diffusers>=0.30"],  # DiffusionProxy
     "vision": ["torchvision>=0.15"],  # models.ResNet18, load_mnist(download=True)
+    "dask": ["dask[distributed]>=2024.1"],  # grid search on a Dask cluster (joblib's dask backend)
 }
 EXTRAS = {
     **OPTIONAL_EXTRAS,

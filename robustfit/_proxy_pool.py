@@ -9,11 +9,22 @@ split between real and proxy samples.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import warnings
+
+import joblib
 import numpy as np
 import torch
-from joblib import Memory
 from sklearn.base import clone
 
+from ._persist import (
+    UnsupportedValue,
+    decode,
+    encode,
+    load_payload,
+    save_payload,
+)
 from ._validation import check_array, check_in_bounds, dataset_arrays, encode_labels
 
 #: What ``proxy_data`` may be, as :func:`proxy_kind` names it.
@@ -131,6 +142,76 @@ def fit_and_sample(proxy, X, y, n, seed):
     return proxy, Xp, yp
 
 
+#: Sub-folder of ``proxy_memory`` that holds robustfit's cache entries.
+CACHE_FOLDER = "robustfit-proxy-cache"
+
+
+def cache_folder(memory):
+    """The folder of the proxy cache for a ``proxy_memory`` value (None: no cache).
+
+    A :class:`joblib.Memory` contributes its ``location`` only: robustfit never
+    lets joblib read the cache, since joblib unpickles what it reads.
+    """
+    if memory is None:
+        return None
+    if isinstance(memory, (str, os.PathLike)):
+        location = memory
+    elif hasattr(memory, "location"):
+        location = memory.location
+    else:
+        raise ValueError(
+            f"proxy_memory must be a folder (str or os.PathLike), a joblib.Memory or None, got {memory!r}"
+        )
+    return None if location is None else os.path.join(os.fspath(location), CACHE_FOLDER)
+
+
+def cache_key(proxy, X, y, n, seed):
+    """Hex digest naming the cache entry of fitting ``proxy`` on (X, y) and drawing ``n`` samples.
+
+    The proxy's class and parameters, the data, ``n`` and ``seed`` enter the
+    key (hashed with :func:`joblib.hash`, which reads nothing from disk).
+    """
+    params = proxy.get_params(deep=False) if hasattr(proxy, "get_params") else proxy
+    kind = f"{type(proxy).__module__}.{type(proxy).__qualname__}"
+    what = [1, kind, params, np.asarray(X), np.asarray(y), int(n), seed]
+    return hashlib.sha256(joblib.hash(what).encode()).hexdigest()[:40]
+
+
+def cached_fit_and_sample(folder, proxy, X, y, n, seed):
+    """:func:`fit_and_sample` through the cache in ``folder``.
+
+    An entry is one file read with ``torch.load(weights_only=True)``: the
+    samples as tensors, the fitted proxy as class, parameters and fitted state
+    (no pickle). A proxy whose fitted state has no such description (e.g. one
+    holding a torch module instance) is fitted every time, with a warning.
+
+    Raises
+    ------
+    ValueError
+        When an entry holds anything but tensors and plain values (a planted
+        pickle is refused, not run), or is corrupt.
+    """
+    path = os.path.join(folder, cache_key(proxy, X, y, n, seed) + ".pt")
+    if os.path.exists(path):
+        try:
+            spec, tensors = load_payload(path, "proxy_cache", "proxy_memory cache entry")
+            value = decode(spec, tensors, "proxy_memory cache entry")
+            fitted, Xp, yp = value["proxy"], value["X"], value["y"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"the proxy_memory cache entry {path} is malformed ({exc}); delete it") from None
+        return fitted, Xp, yp
+    fitted, Xp, yp = fit_and_sample(proxy, X, y, n, seed)
+    tensors = {}
+    try:
+        spec = encode({"proxy": fitted, "X": np.asarray(Xp, dtype=np.float32), "y": np.asarray(yp)},
+                      tensors, "the fitted proxy")
+    except UnsupportedValue as exc:
+        warnings.warn(f"proxy_memory: not cached, {exc}", UserWarning, stacklevel=3)
+        return fitted, Xp, yp
+    save_payload("proxy_cache", spec, tensors, path)
+    return fitted, Xp, yp
+
+
 def materialize(dataset):
     """Stack a Dataset of ``(x, y)`` items into two arrays."""
     xs, ys = [], []
@@ -179,7 +260,7 @@ def build_proxy_pool(proxy_data, dataset_train, *, classes, input_shape, bounds,
     proxy_samples : int or None, default=None
         Samples to draw from a ProxyDistribution.
     memory : str, joblib.Memory or None, default=None
-        Cache of the fit and the draw.
+        Cache of the fit and the draw (see :func:`cached_fit_and_sample`).
     seed : int or None, default=None
         Seed of the proxy's fit and draw.
     mixing : {"split", "append"}, default="split"
@@ -198,11 +279,11 @@ def build_proxy_pool(proxy_data, dataset_train, *, classes, input_shape, bounds,
     if kind == "distribution":
         X_tr, y_tr = _training_arrays(dataset_train, classes)
         n = proxy_samples or max(proxy_per_epoch(len(X_tr), batch_size, proxy_ratio, mixing), 1)
-        fit_sample = fit_and_sample
-        if memory is not None:
-            memory = Memory(memory, verbose=0) if isinstance(memory, str) else memory
-            fit_sample = memory.cache(fit_and_sample)
-        proxy, Xp, yp = fit_sample(proxy_data, X_tr, y_tr, int(n), seed)
+        folder = cache_folder(memory)
+        if folder is None:
+            proxy, Xp, yp = fit_and_sample(proxy_data, X_tr, y_tr, int(n), seed)
+        else:
+            proxy, Xp, yp = cached_fit_and_sample(folder, proxy_data, X_tr, y_tr, int(n), seed)
     elif kind == "dataset":
         Xp, yp = materialize(proxy_data)
     else:

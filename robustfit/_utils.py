@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import importlib
+import numbers
+import threading
 
+import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from ._distributed import current_shard
+
+#: Held while torch's global generator is seeded and drawn from (weight
+#: initialization), so that a fit in another thread cannot interleave draws.
+GLOBAL_RNG_LOCK = threading.RLock()
 
 #: Optional dependencies: top-level import name -> (pip name, robustfit extra).
 #: setup.py's ``extras_require`` lists the same packages under the same extras.
@@ -263,6 +271,23 @@ class RandomSource:
             self.generator(key).set_state(value.cpu() if key.type == "cpu" else value)
 
 
+def seed_of(random_state):
+    """An int seed from ``random_state`` (None stays None), without mutating it.
+
+    A :class:`numpy.random.RandomState` gives the first draw of a copy, so
+    the same state gives the same seed and the caller's object is unchanged.
+    """
+    if random_state is None:
+        return None
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(copy.deepcopy(random_state).randint(2**31))
+    raise ValueError(
+        f"random_state must be None, an int or a numpy RandomState, got {random_state!r}"
+    )
+
+
 @contextlib.contextmanager
 def random_source(source):
     """Use ``source`` (a :class:`RandomSource`, an int seed, or None) for every
@@ -277,6 +302,11 @@ def random_source(source):
         yield source
     finally:
         _CURRENT_SOURCE.reset(token)
+
+
+def current_source():
+    """The :class:`RandomSource` in use (set by :func:`random_source`), or None."""
+    return _CURRENT_SOURCE.get()
 
 
 def current_generator(device):

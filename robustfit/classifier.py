@@ -12,45 +12,45 @@ narrow hooks and hands every other concern to the layer that owns it.
 * ``fit``/``partial_fit``/``predict_proba``/``robust_score`` - validation
   (:mod:`robustfit._validation`), seeding, scoring (:mod:`robustfit._evaluation`);
 * schedules are callbacks (:mod:`robustfit.callbacks`), the proxy pool lives
-  in :mod:`robustfit._proxy_pool`, batches in :mod:`robustfit._loader`.
+  in :mod:`robustfit._proxy_pool`, batches in :mod:`robustfit._loader`;
+* saving, loading and resuming (:mod:`robustfit._classifier_saving`) and the
+  data-parallel hooks (:mod:`robustfit._classifier_ddp`) are mixins the
+  classifier inherits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import numbers
-import threading
 from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EpochScoring
 from skorch.dataset import ValidSplit, get_len, unpack_data
 from skorch.utils import is_dataset, to_numpy, to_tensor
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ._classifier_ddp import DataParallelMixin
+from ._classifier_saving import SavingMixin, _pool_digest, training_state_path
 from ._distributed import (
-    all_gather_object,
     all_reduce_sum,
-    barrier,
     batch_shard,
-    broadcast_object,
-    init_from_env,
     is_main,
     rank,
     run_on_main,
-    silent,
     world_size,
 )
 from ._evaluation import check_gradient_masking, robust_accuracy
 from ._loader import MixedLoader, TensorLoader
 from ._proxy_pool import PROXY_MIXINGS, build_proxy_pool, proxy_kind
 from ._utils import (
+    GLOBAL_RNG_LOCK,
     amp_dtype,
     autocast,
     fitted_copy,
@@ -81,13 +81,15 @@ from .attacks._base import Attack
 from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
 from .losses import AdversarialCE, Objective
 from .models import default_module, fill_module_arguments
+from .recipes import AWP, EMA, CollapseGuard
 
-_NESTED = ("attack", "valid_attack", "objective", "proxy_data")
-_GLOBAL_RNG_LOCK = threading.RLock()
+_NESTED = ("attack", "valid_attack", "objective", "proxy_data", "ema", "awp", "guard")
 _ATTACK = [None, Attack, "callable"]
 
+__all__ = ["AdversarialClassifier", "training_state_path"]
 
-class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
+
+class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixin, NeuralNetClassifier):
     """A scikit-learn classifier that trains a PyTorch network adversarially.
 
     A subclass of skorch's :class:`~skorch.classifier.NeuralNetClassifier`.
@@ -164,8 +166,11 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         many as one epoch uses, so no proxy sample repeats within an epoch.
     proxy_memory : str, joblib.Memory or None, default=None
         Cache for fitting a ProxyDistribution and sampling from it (a
-        directory or a :class:`joblib.Memory`), keyed on the proxy's
-        parameters, the training data, ``proxy_samples`` and the seed.
+        directory, or a :class:`joblib.Memory` of which only the location is
+        used), keyed on the proxy's class and parameters, the training data,
+        ``proxy_samples`` and the seed. Entries hold tensors and plain values
+        and are read with ``torch.load(weights_only=True)``, never unpickled
+        (see :doc:`/persistence`).
     criterion : torch loss class, default=torch.nn.CrossEntropyLoss
         Loss on the module's logits.
     optimizer : torch optimizer class, default=torch.optim.Adam
@@ -193,8 +198,9 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     max_epochs : int, default=10
         Passes over the training data per ``fit``. A ``fit`` whose history was
         restored by skorch's ``LoadInitState`` (a resumed run) trains only the
-        epochs that remain, so it ends with ``max_epochs`` epochs of history;
-        ``partial_fit`` always trains ``max_epochs`` more.
+        epochs that remain, so it ends with ``max_epochs`` epochs of history
+        where plain skorch would train ``max_epochs`` more (see
+        :doc:`/persistence`); ``partial_fit`` always trains ``max_epochs`` more.
     batch_size : int, default=128
         Samples per training and inference batch. In data-parallel training
         it is the global batch, all ranks together.
@@ -202,19 +208,48 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         How skorch holds out validation data for the per-epoch history (here
         10%, the same split every time). ``None`` trains on all data;
         ``skorch.helper.predefined_split(dataset)`` uses a given set.
-    valid_attack : robustfit.attacks.Attack or None, default=None
+    valid_attack : robustfit.attacks.Attack, RobustValidation or None, default=None
         If set, robust accuracy on the validation split under this attack is
         recorded every epoch as ``valid_robust_acc`` (opt-in: it costs an attack
-        pass over the validation data per epoch).
+        pass over the validation data per epoch). A
+        :class:`~robustfit.callbacks.RobustValidation` measures every n epochs
+        on a fixed subset, keeps and restores the most robust epoch's weights
+        (``restore_best=True``) and stops early (``patience``).
+    ema : robustfit.recipes.EMA or None, default=None
+        Keep an exponential moving average of the weights; prediction,
+        scoring and pickling use it (see :doc:`/recipes`). Grid-searchable as
+        ``ema__decay``.
+    awp : robustfit.recipes.AWP or None, default=None
+        Adversarial weight perturbation (Wu et al. 2020): every step's
+        gradient is taken at weights perturbed to raise the objective.
+        Grid-searchable as ``awp__gamma``; the fitted copy is ``awp_``.
+    guard : robustfit.recipes.CollapseGuard or None, default=None
+        The catastrophic-overfitting guard for fast (FGSM) training: a PGD
+        check on a training subset after every epoch that restores the last
+        good weights on a collapse.
     random_state : int, numpy RandomState or None, default=None
         Seeds weight initialization, shuffling, validation split and the
-        attacks' random starts. The global torch generator is restored after
-        ``fit``, so seeding here does not affect other code.
+        attacks' random starts, through generators private to each call (so
+        seeded fits repeat in threads too). The global torch generator is
+        restored after ``fit``, so seeding here does not affect other code.
+        It is also the default seed of :meth:`robust_score` and the
+        :mod:`robustfit.metrics` evaluations.
     device : {"auto", "cpu", "cuda", ...}, default="auto"
         Compute device. ``"auto"`` picks CUDA when it is available.
     amp : {"auto", "bf16", None}, default="auto"
         Mixed precision. ``"auto"`` uses bfloat16 autocast (and channels-last
         memory for images) on CUDA and full precision on the CPU.
+    compile : bool, default=False
+        skorch's parameter: run the module (and the criterion) through
+        :func:`torch.compile`, with ``compile__*`` parameters passed on
+        (``compile__mode="max-autotune"``, ``compile__dynamic=True``, ...).
+        The training attack, the training step and the evaluation attacks all
+        call the same compiled ``module_``; each combination of train/eval
+        mode, gradient mode and batch shape compiles once, on first use.
+        ``GeneratorSynth(feature_layer=...)`` reads a layer through a forward
+        hook that compiled code does not run, so it needs ``compile=False``.
+        Whether compiling pays depends on the model and device: see the
+        "Scaling out" docs page.
     iterator_train, iterator_valid : class, default=TensorLoader
         Batch iterators. :class:`~robustfit._loader.TensorLoader` keeps the data
         on the device and slices batches; pass
@@ -245,10 +280,13 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     history : skorch.history.History
         Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``; with
         ``valid_attack``, ``valid_robust_acc``; with ``objective=PrimalDual(...)``,
-        ``dual_nu`` and ``clean_loss``; per-batch ``train_loss`` and
+        ``dual_nu`` and ``clean_loss``; with ``guard``, ``guard_robust_acc`` (and
+        ``guard_collapse`` at a collapse); per-batch ``train_loss`` and
         ``train_batch_size`` (of the global batch in data-parallel training).
     objective_ : robustfit.losses.Objective
         The objective used in training, with its state.
+    awp_ : robustfit.recipes.AWP or None
+        The weight perturbation used in training (a clone of ``awp``).
     proxy_ : ProxyDistribution or None
         The proxy distribution fitted on the training data, when
         ``proxy_data`` is one.
@@ -285,6 +323,9 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         batch_size=128,
         train_split=ValidSplit(10, stratified=True),
         valid_attack=None,
+        ema=None,
+        awp=None,
+        guard=None,
         random_state=None,
         device="auto",
         amp="auto",
@@ -317,6 +358,9 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.lr_schedule = lr_schedule
         self.attack_warmup = attack_warmup
         self.valid_attack = valid_attack
+        self.ema = ema
+        self.awp = awp
+        self.guard = guard
         self.random_state = random_state
         self.amp = amp
 
@@ -335,7 +379,10 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
 
     _parameter_constraints = {
         "attack": _ATTACK,
-        "valid_attack": _ATTACK,
+        "valid_attack": _ATTACK + [RobustValidation],
+        "ema": [None, EMA],
+        "awp": [None, AWP],
+        "guard": [None, CollapseGuard],
         "objective": [None, Objective],
         "proxy_ratio": [Interval(Real, 0, 1, closed="left")],
         "proxy_samples": [None, Interval(Integral, 1, None)],
@@ -348,6 +395,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         "random_state": ["random_state"],
         "amp": [None, Options(("auto", "bf16", False))],
         "device": [None, str, torch.device],
+        "compile": ["boolean"],
         "train_split": [None, "callable"],
         "verbose": [Interval(Integral, 0, None), "boolean"],
     }
@@ -414,11 +462,17 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             ("lr_schedule", LRSchedule(self.lr_schedule)),
             ("attack_warmup", EpsilonWarmup(self.attack_warmup)),
         ]
-        if self.valid_attack is not None:
-            extra.append(("valid_robust_acc", RobustValidation(self.valid_attack)))
+        valid = self.valid_attack
+        if valid is not None:
+            extra.append(("valid_robust_acc", clone(valid) if isinstance(valid, RobustValidation)
+                          else RobustValidation(valid)))
+        if isinstance(self.guard, CollapseGuard):  # other values: fit's checks raise
+            extra.append(("guard", clone(self.guard)))
         if truthy(self.verbose):  # any value set_params may store, arrays included
             extra.append(("progress", Progress()))
-        return callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
+        # the weight average goes first: every later callback sees the averaged weights
+        first = [("ema", clone(self.ema))] if isinstance(self.ema, EMA) else []
+        return first + callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
     # ---------------------------------------------------------- validation
     def __setattr__(self, name, value):
@@ -431,16 +485,24 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         super().__setattr__(name, value)
 
     def _validate_params_extra(self):
-        for name in ("attack", "valid_attack"):
-            check_attack(getattr(self, name), name, type(self).__name__)
-        if self.objective is not None:
-            self.objective.validate_params()
+        check_attack(self.attack, "attack", type(self).__name__)
+        if not isinstance(self.valid_attack, RobustValidation):
+            check_attack(self.valid_attack, "valid_attack", type(self).__name__)
+        for name in ("objective", "valid_attack", "ema", "awp", "guard"):
+            if getattr(getattr(self, name), "validate_params", None) is not None:
+                getattr(self, name).validate_params()
         if self.max_epochs == 0 and not self.warm_start:
             raise self._param_error(
                 "max_epochs", "= 0 trains nothing; use max_epochs >= 1 (0 is allowed only with "
                 "warm_start=True, where fit then leaves a fitted model unchanged)")
         proxy_kind(self.proxy_data)
         check_device(self.__dict__.get("device"))
+        if self.compile and getattr(self.attack, "feature_layer", None) is not None:
+            raise self._param_error(
+                "compile", "cannot be True together with the attack's feature_layer="
+                f"{self.attack.feature_layer!r}: that layer's output is read through "
+                "a forward hook, which the compiled module does not run; use compile=False, or "
+                "feature_layer=None")
 
     def _bounds(self):
         return check_bounds(getattr(self.attack, "bounds", None)) if self.attack is not None else None
@@ -509,6 +571,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if extra:
             self.cuda_dependent_attributes_ = list(self.cuda_dependent_attributes_) + extra
         self._fitted_copy("objective", reset)
+        self._fitted_copy("awp", reset)
         if self.objective_ is None:
             self.objective_ = AdversarialCE()
         if reset:
@@ -540,7 +603,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         rs = self.random_state
         if rs is None:
             # data-parallel fit without a seed: one seed drawn on rank 0, shared
-            return getattr(self, "_shared_seed", None)
+            return getattr(self, "_shared_seed_", None)
         return int(rs) if isinstance(rs, numbers.Integral) else int(check_random_state(rs).randint(2**31))
 
     @contextlib.contextmanager
@@ -589,6 +652,16 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             proxy_samples=self.proxy_samples, memory=self.proxy_memory, seed=self._seed(),
             mixing=self.proxy_mixing,
         ))
+        resumed = self.__dict__.pop("_resume_proxy_", None)
+        if resumed is not None:  # a run resumed from a checkpoint: the same pool
+            if "X" in resumed:
+                self.proxy_X_, self.proxy_y_ = resumed["X"], resumed["y"]
+            elif _pool_digest(self.proxy_X_, self.proxy_y_) != resumed["digest"]:
+                raise ValueError(
+                    "the proxy pool rebuilt for this resumed fit differs from the one the "
+                    "checkpoint was trained with; resume with the same data, proxy_data, "
+                    "proxy_samples and random_state"
+                )
 
     # ---------------------------------------------------------- fit / predict
     def fit(self, X, y=None, **fit_params):
@@ -726,7 +799,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             bounds=getattr(att, "bounds", (0.0, 1.0)),
         )
 
-    def robust_score(self, X, y, attack=None, check=True):
+    def robust_score(self, X, y, attack=None, check=True, random_state=None):
         """Robust accuracy on ``(X, y)``.
 
         Under ``torchrun`` every rank must call it with the same points: the
@@ -748,6 +821,11 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             the white-box reference, and issue a
             :class:`~robustfit.metrics.RobustnessWarning` for each failed check.
             Skipped for attacks without ``epsilon`` (plain callables).
+        random_state : int, numpy RandomState or None, default=None
+            Seeds the attacks' random starts (see
+            :func:`~robustfit.metrics.robust_accuracy`); ``None`` uses this
+            classifier's ``random_state``, so a seeded classifier scores the
+            same in every process.
 
         Returns
         -------
@@ -767,12 +845,13 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if attack is None:
             attack = self.default_evaluation_attack()
         batch_size = max(self.batch_size, 256)
-        score = robust_accuracy(self, X, y, attack=attack, batch_size=batch_size)
+        score = robust_accuracy(self, X, y, attack=attack, batch_size=batch_size,
+                                random_state=random_state)
         if check and hasattr(attack, "epsilon") and attack.epsilon > 0:
             report = check_gradient_masking(
                 self, X, y, attack.epsilon, norm=getattr(attack, "norm", "linf"),
                 bounds=getattr(attack, "bounds", (0.0, 1.0)), attack=attack,
-                max_samples=500, batch_size=batch_size,
+                max_samples=500, batch_size=batch_size, random_state=random_state,
             )
             if is_main():  # data-parallel: every rank has the report; one warns
                 report.warn(stacklevel=2)
@@ -782,7 +861,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     def initialize_module(self):
         # weight init draws from torch's global generator: seed it under a lock,
         # so a fit in another thread cannot interleave its own draws
-        with _GLOBAL_RNG_LOCK, torch_seeded(self._seed()):
+        with GLOBAL_RNG_LOCK, torch_seeded(self._seed()):
             return self._build_module()
 
     def _build_module(self):
@@ -896,6 +975,11 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
                     else:
                         X_adv = attack(self.module_, Xi, yi)
             self._set_training(True)
+            # adversarial weight perturbation: the gradient is taken at perturbed
+            # weights (in data-parallel training each rank perturbs by its own
+            # shard's weight gradient; DDP then averages the gradients)
+            if self.awp_ is not None:
+                self.awp_.perturb(self, Xi, X_adv, yi, **fit_params)
             y_pred = self._train_forward(X_adv, **fit_params)
             logits_clean = None
             if objective.needs_clean:
@@ -910,6 +994,8 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             # each rank's mean loss by its share makes that average the gradient
             # of the global batch's mean loss, also for uneven shards
             (loss if shard is None else loss * shard.weight).backward()
+            if self.awp_ is not None:
+                self.awp_.restore(self)  # the weights go back exactly; the gradient stays
         return {"loss": loss, "y_pred": y_pred}
 
     def _train_forward(self, x, **fit_params):
@@ -1023,125 +1109,6 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if objective is not None:
             for key, value in objective.on_epoch_end().items():
                 self.history.record(key, value)
-
-    # ---------------------------------------------------- data-parallel training
-    def _distributed_run(self):
-        """The state of the data-parallel fit in progress, or None."""
-        run = self.__dict__.get("_ddp_run")
-        return run if run is not None and run.active else None
-
-    def _prepare_distributed(self, X, y):
-        """Join the process group (from torchrun's variables if the script did
-        not) and check that every rank passed the same data; no-op on one process."""
-        self._ddp_run = _DistributedRun()
-        self._shared_seed = None
-        if not init_from_env(self.device):
-            return
-        world = world_size()
-        if self.batch_size != -1 and self.batch_size < world:
-            raise ValueError(
-                f"batch_size={self.batch_size} is the global batch, split across the "
-                f"{world} ranks, so each rank would get less than one sample; use "
-                f"batch_size >= {world} (or fewer ranks)")
-        n = len(X)
-        y_sum = None
-        if y is not None and not is_dataset(X):
-            y_sum = int(np.asarray(y, dtype=np.int64).sum())
-        mine = (n, tuple(getattr(self, "input_shape_", ())), y_sum)
-        every = all_gather_object(mine)
-        if any(other != mine for other in every):
-            sizes = ", ".join(f"rank {r}: {o[0]} samples of shape {o[1]}" for r, o in enumerate(every))
-            same_size = len({o[:2] for o in every}) == 1
-            raise ValueError(
-                "every rank must call fit with the same data (robustfit shards it across "
-                f"ranks itself), but the ranks passed different {'labels' if same_size else 'data'}: "
-                f"{sizes}" + (" (same sizes, different labels)" if same_size else ""))
-        if n < world:
-            raise ValueError(
-                f"X has {n} samples, fewer than the {world} ranks training on it")
-        if self.random_state is None:  # one shared seed, so every rank shuffles alike
-            self._shared_seed = broadcast_object(int(np.random.randint(2**31)))
-        self._ddp_run.active = True
-
-    def _check_shardable(self, dataset):
-        n, world = len(dataset), world_size()
-        if n < world:
-            raise ValueError(
-                f"the training data has {n} samples after train_split, fewer than the "
-                f"{world} ranks: every rank needs at least one sample per batch")
-
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        """Wrap the module in DistributedDataParallel for a data-parallel fit.
-
-        The wrapper is used for the training forward pass only; ``module_``
-        stays the plain module (attacks, evaluation and pickling use it). On
-        ranks other than 0, callbacks that write files (skorch's
-        ``Checkpoint`` family) and print (``sink``) are silenced for the fit.
-        """
-        super().on_train_begin(net, X=X, y=y, **kwargs)
-        run = self._distributed_run()
-        if run is None:
-            return
-        module = self.module_
-        device = next((p.device for p in module.parameters()), torch.device("cpu"))
-        run.ddp = DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
-        if not is_main():
-            run.silence([cb for _, cb in self.callbacks_])
-
-    def on_train_end(self, net, X=None, y=None, **kwargs):
-        super().on_train_end(net, X=X, y=y, **kwargs)
-        if self._distributed_run() is not None:
-            # rank 0 has written its last checkpoint before any rank's callbacks
-            # run on_train_end (e.g. Checkpoint(load_best=True) reading it back)
-            barrier()
-
-    def _end_distributed(self):
-        run = self.__dict__.get("_ddp_run")
-        if run is not None:
-            run.close()
-
-
-class _DistributedRun:
-    """What one data-parallel ``fit`` holds: the DistributedDataParallel
-    wrapper and the callbacks silenced on this rank. Never pickled (an empty
-    one is), so a fitted estimator carries no process-group state."""
-
-    def __init__(self):
-        self.active = False
-        self.ddp = None
-        self.patched = []
-
-    def silence(self, callbacks):
-        """Turn off file writes and printing of ``callbacks`` for this fit."""
-        for cb in callbacks:
-            for target in (cb, getattr(cb, "checkpoint_", None)):
-                if target is None:
-                    continue
-                if hasattr(target, "save_model"):  # skorch's Checkpoint, TrainEndCheckpoint
-                    self._patch(target, "save_model", silent)
-                if callable(getattr(target, "sink", None)):  # PrintLog, Checkpoint messages
-                    self._patch(target, "sink", silent)
-
-    def _patch(self, obj, name, value):
-        had = name in obj.__dict__
-        self.patched.append((obj, name, had, obj.__dict__.get(name)))
-        setattr(obj, name, value)
-
-    def close(self):
-        """Undo the patches and drop the wrapper."""
-        for obj, name, had, old in reversed(self.patched):
-            if had:
-                setattr(obj, name, old)
-            else:
-                obj.__dict__.pop(name, None)
-        self.patched = []
-        self.ddp = None
-        self.active = False
-
-    def __reduce__(self):
-        return (_DistributedRun, ())
-
 
 def _encoded_accuracy(net, X, y):
     """Accuracy on skorch's validation data, whose labels are class indices."""

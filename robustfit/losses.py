@@ -13,6 +13,12 @@ An objective is a small parameter object, like an attack, passed as
 * :class:`PrimalDual` - robust loss plus ``nu`` times the clean loss, with the
   dual variable ``nu`` updated by projected ascent on the constraint
   ``clean loss <= margin`` (Robey et al. 2021, DALE).
+* :class:`MART` - adversarial cross-entropy plus a margin term, and a KL term
+  weighted towards misclassified examples (Wang et al. 2020).
+
+Every cross-entropy term goes through the classifier's criterion
+(``net.get_loss``), so ``criterion__label_smoothing`` reaches all of them; the
+KL and margin terms use the plain softmax.
 
 :func:`dale_recipe` gives the whole training recipe of the DALE authors' code
 (attack, objective, optimizer, schedule) as classifier parameters.
@@ -32,8 +38,10 @@ from ._ot import sinkhorn_distance
 from ._validation import Interval, Options, ParamsValidationMixin, check_param
 from .attacks import PGD, Langevin
 
-__all__ = ["AdversarialCE", "Objective", "PrimalDual", "TRADES", "dale_recipe", "kl_divergence",
-           "sinkhorn_distance"]
+__all__ = [
+    "MART", "AdversarialCE", "Objective", "PrimalDual", "TRADES", "dale_recipe", "kl_divergence",
+    "sinkhorn_distance",
+]
 
 
 def kl_divergence(logits_clean, logits_adv):
@@ -68,7 +76,9 @@ class Objective(ParamsValidationMixin, BaseEstimator):
 
     The hooks :meth:`reset`, :meth:`on_epoch_end` keep and report state;
     :meth:`validate_params` checks the parameters against the class's
-    ``_parameter_constraints``.
+    ``_parameter_constraints``. :meth:`value` is the loss without any state
+    update; adversarial weight perturbation (:class:`~robustfit.recipes.AWP`)
+    ascends it.
     """
 
     #: Whether :meth:`loss` needs the clean batch's logits.
@@ -101,6 +111,26 @@ class Objective(ParamsValidationMixin, BaseEstimator):
             Scalar to back-propagate.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement loss()")  # pragma: no cover
+
+    def value(self, net, logits_adv, y, logits_clean=None):
+        """The loss of one batch, without updating any state.
+
+        Equal to :meth:`loss` for stateless objectives (the default calls it);
+        an objective with state (:class:`PrimalDual`) overrides it so that an
+        extra evaluation, such as the weight perturbation of
+        :class:`~robustfit.recipes.AWP`, leaves the state alone.
+
+        Parameters
+        ----------
+        net, logits_adv, y, logits_clean
+            As for :meth:`loss`.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            Scalar.
+        """
+        return self.loss(net, logits_adv, y, logits_clean)
 
     def on_epoch_end(self):
         """Values to record in the classifier's history after an epoch.
@@ -286,19 +316,31 @@ class PrimalDual(Objective):
         nu = getattr(self, "nu_t_", None)
         return float(self.nu_init) if nu is None else float(nu)
 
-    def loss(self, net, logits_adv, y, logits_clean=None):
-        """``robust_loss + nu * clean_loss``, then the dual step; see :meth:`Objective.loss`."""
+    def _nu(self, device):
+        # nu stays a tensor on the device: no host sync per batch
+        if getattr(self, "nu_t_", None) is None:
+            self.nu_t_ = torch.tensor(float(self.nu_init), device=device)
+        if self.nu_t_.device != device:  # unpickled on another device
+            self.nu_t_ = self.nu_t_.to(device)
+        return self.nu_t_
+
+    def _terms(self, net, logits_adv, y, logits_clean):
         clean = net.get_loss(logits_clean, y, training=True)
         if self.robust_loss == "ce":
             robust = net.get_loss(logits_adv, y, training=True)
         else:
             robust = kl_divergence(logits_clean, logits_adv)
-        # nu stays a tensor on the device: no host sync per batch
-        if getattr(self, "nu_t_", None) is None:
-            self.nu_t_ = torch.tensor(float(self.nu_init), device=clean.device)
-        nu = self.nu_t_
-        if nu.device != clean.device:  # unpickled on another device
-            nu = self.nu_t_ = nu.to(clean.device)
+        return clean, robust
+
+    def value(self, net, logits_adv, y, logits_clean=None):
+        """``robust_loss + nu * clean_loss`` with the current ``nu``, no dual step."""
+        clean, robust = self._terms(net, logits_adv, y, logits_clean)
+        return robust + self._nu(clean.device) * clean
+
+    def loss(self, net, logits_adv, y, logits_clean=None):
+        """``robust_loss + nu * clean_loss``, then the dual step; see :meth:`Objective.loss`."""
+        clean, robust = self._terms(net, logits_adv, y, logits_clean)
+        nu = self._nu(clean.device)
         loss = robust + nu * clean
         # data-parallel: the dual step uses the global batch's clean loss
         # (all-reduced), so every rank holds the same nu
@@ -335,6 +377,81 @@ class PrimalDual(Objective):
                 values["dual_nu"] = self.nu_
         self._clear_epoch()
         return values
+
+
+def _log_one_minus_softmax(logits, index):
+    """``log(1 - softmax(logits)[i, index[i]])``, computed without cancellation.
+
+    ``1 - p_k`` is the probability of every class but ``k``, so its log is
+    ``logsumexp`` of the other logits minus ``logsumexp`` of all of them: exact
+    even where ``p_k`` rounds to 1 in floating point.
+    """
+    others = logits.scatter(1, index[:, None], float("-inf"))
+    return torch.logsumexp(others, dim=1) - torch.logsumexp(logits, dim=1)
+
+
+class MART(Objective):
+    """MART (Wang et al. 2020): misclassification-aware adversarial training.
+
+    .. math::
+
+        \\ell = \\underbrace{\\mathrm{CE}(f(x'), y)
+        - \\log\\big(1 - \\max_{k \\ne y} p_k(x')\\big)}_{\\mathrm{BCE}}
+        + \\beta\\,\\mathrm{KL}\\big(p(x) \\,\\|\\, p(x')\\big)\\,\\big(1 - p_y(x)\\big)
+
+    averaged over the batch, with ``x'`` the adversarial and ``x`` the clean
+    input. The boosted cross-entropy (BCE) adds a margin term that pushes down
+    the most likely wrong class; the KL regularizer of :class:`TRADES` is
+    weighted by ``1 - p_y(x)``, so examples the model misclassifies (or
+    classifies with little confidence) weigh more. As in the paper, the
+    weight is part of the graph (not detached). The adversarial examples come
+    from the classifier's ``attack``, which for MART is PGD on the
+    cross-entropy (the default ``PGD(loss="ce")``).
+
+    The cross-entropy term is the classifier's criterion (label smoothing
+    applies to it); the margin and KL terms use the plain softmax. The margin
+    term is computed as ``log(1 - p_k) = logsumexp(z_{-k}) - logsumexp(z)``,
+    exact where ``p_k`` is close to 1 (the authors' code adds ``1e-4`` inside
+    the log instead).
+
+    Parameters
+    ----------
+    beta : float, default=6.0
+        Weight of the misclassification-aware KL term, ``>= 0`` (Wang et al.
+        use 6 on CIFAR-10 and MNIST). ``beta=0`` leaves the boosted
+        cross-entropy alone.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.losses import MART
+    >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.3, steps=7), objective=MART(beta=6.0))
+    >>> clf.set_params(objective__beta=3.0).objective.beta
+    3.0
+    """
+
+    needs_clean = True
+    _parameter_constraints = {"beta": [Interval(Real, 0, None)]}
+
+    def __init__(self, beta=6.0):
+        self.beta = beta
+
+    def loss(self, net, logits_adv, y, logits_clean=None):
+        """Boosted cross-entropy plus the weighted KL term; see :meth:`Objective.loss`."""
+        ce = net.get_loss(logits_adv, y, training=True)
+        z_adv = logits_adv.float()
+        # the most likely wrong class of each adversarial example
+        wrong = z_adv.scatter(1, y[:, None], float("-inf")).argmax(dim=1)
+        margin = -_log_one_minus_softmax(z_adv, wrong).mean()
+        loss = ce + margin
+        if self.beta == 0:
+            return loss
+        log_p_clean = F.log_softmax(logits_clean.float(), dim=1)
+        log_p_adv = F.log_softmax(z_adv, dim=1)
+        kl = (log_p_clean.exp() * (log_p_clean - log_p_adv)).sum(dim=1)
+        weight = 1.0 - log_p_clean.gather(1, y[:, None]).squeeze(1).exp()
+        return loss + self.beta * (kl * weight).mean()
 
 
 # --------------------------------------------------------------------------- the authors' recipe

@@ -41,7 +41,7 @@ def summary(clf):
         "weights": torch.cat([p.detach().reshape(-1).cpu() for p in clf.module_.parameters()]),
         "history": {k: [float(v) for v in hist[:, k]] for k in keys},
         "batch_losses": [float(b["train_loss"]) for row in hist for b in row["batches"]
-                         if "train_loss" in b],
+                         if "train_batch_size" in b],
         "batch_sizes": [int(b["train_batch_size"]) for row in hist for b in row["batches"]
                         if "train_batch_size" in b],
     }

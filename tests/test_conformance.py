@@ -35,6 +35,7 @@ import robustfit.attacks
 import robustfit.callbacks
 import robustfit.losses
 import robustfit.proxy
+import robustfit.recipes
 from robustfit import AdversarialClassifier
 from robustfit._utils import random_source, torch_seeded
 from robustfit._validation import ParamsValidationMixin, invalid_value
@@ -60,8 +61,10 @@ def _public_classes(module, base):
 ATTACKS = _public_classes(robustfit.attacks, Attack)
 OBJECTIVES = _public_classes(robustfit.losses, Objective)
 PROXIES = _public_classes(robustfit.proxy, ProxyDistribution)
-CALLBACKS = _public_classes(robustfit.callbacks, ParamsValidationMixin)
-ESTIMATORS = ATTACKS + OBJECTIVES + PROXIES + [TransferBound, AdversarialClassifier]
+CALLBACKS = _public_classes(robustfit.callbacks, ParamsValidationMixin) + [
+    c for c in _public_classes(robustfit.recipes, ParamsValidationMixin) if hasattr(c, "on_epoch_end")]
+RECIPES = [c for c in _public_classes(robustfit.recipes, ParamsValidationMixin) if c not in CALLBACKS]
+ESTIMATORS = ATTACKS + OBJECTIVES + PROXIES + RECIPES + [TransferBound, AdversarialClassifier]
 
 
 #: Constructor arguments of the classes that need some (the rest use their defaults).
@@ -97,9 +100,9 @@ def small(digits):
 def test_discovery_finds_every_family():
     names = set(_ids(ESTIMATORS))
     assert {"PGD", "FGSM", "APGD", "AutoAttack", "Langevin", "Square", "GeneratorSynth"} <= names
-    assert {"AdversarialCE", "TRADES", "PrimalDual"} <= names
+    assert {"AdversarialCE", "TRADES", "PrimalDual", "MART", "AWP"} <= names
     assert {"ArrayProxy", "GaussianMixtureProxy", "PseudoLabeledProxy", "DiffusionProxy"} <= names
-    assert {"LRSchedule", "EpsilonWarmup", "RobustValidation"} <= set(_ids(CALLBACKS))
+    assert {"LRSchedule", "EpsilonWarmup", "RobustValidation", "EMA", "CollapseGuard"} <= set(_ids(CALLBACKS))
 
 
 # ------------------------------------------------------------------ clone, params, repr, pickle
@@ -148,7 +151,7 @@ def test_every_parameter_is_constrained():
         if cls is AdversarialClassifier:  # skorch's own parameters are skorch's to check
             params &= {"attack", "objective", "proxy_ratio", "proxy_samples", "lr", "lr_schedule",
                        "attack_warmup", "max_epochs", "batch_size", "random_state", "amp", "device",
-                       "valid_attack", "verbose"}
+                       "valid_attack", "verbose", "ema", "awp", "guard"}
         gap = params - set(table)
         if gap:
             missing[cls.__name__] = sorted(gap)
@@ -243,8 +246,12 @@ def test_classifier_fit_leaves_every_nested_object_unchanged(digits):
     X, y = digits[0][:200].copy(), digits[1][:200].copy()
     clf = _classifier()
     nested = [clf.attack, clf.objective, clf.proxy_data, clf.valid_attack]
+    names = set(clf.get_params(deep=False))
     before = _frozen(X, y, *nested, clf.get_params(deep=False))
     clf.fit(X, y)
+    # fit's private state must not surface as parameters (skorch lists every
+    # attribute without a trailing underscore)
+    assert set(clf.get_params(deep=False)) == names
     after = _frozen(X, y, *nested, clf.get_params(deep=False))
     assert after == before
     assert not hasattr(clf.valid_attack, "generator_")  # the callback ran a clone

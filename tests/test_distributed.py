@@ -290,7 +290,7 @@ def test_the_loss_check_runs_every_k_batches(monkeypatch):
 def test_callbacks_are_silenced_for_one_fit_only():
     from skorch.callbacks import Checkpoint, PrintLog, TrainEndCheckpoint
 
-    from robustfit.classifier import _DistributedRun
+    from robustfit._classifier_ddp import _DistributedRun
 
     printed = []
     log, cp, end = PrintLog(sink=printed.append), Checkpoint(), TrainEndCheckpoint().initialize()
@@ -318,6 +318,7 @@ def test_the_example_runs_on_one_process(tmp_path):
     assert "ranks=1 global_batch=128" in proc.stdout and out.is_file()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronization needs CUDA")
 def test_no_host_device_synchronization_per_batch():
     """On CUDA, the number of synchronizing calls of an epoch does not grow

@@ -68,3 +68,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert "error" not in {o.get("output_type") for c in nb.cells for o in c.get("outputs", [])}
     if path.name.startswith("01_"):
         assert "best: {'attack__epsilon':" in text, text
+    if path.name.startswith("06_"):
+        # a certificate holds against an attack on the smoothed classifier within its radius
+        assert "best: {'sigma':" in text, text
+        assert re.search(r"certified radius \+ 0\.0: flipped 0 of [1-9]", text), text

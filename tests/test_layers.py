@@ -5,7 +5,8 @@ docs/developers.rst):
 
 0. ``_validation``, ``_distributed`` - parameter constraints, devices, boxes,
    arrays, labels; process-group helpers and batch shards (torch.distributed)
-1. ``_utils`` - seeding (RandomSource), cloning, optional imports, mixed precision
+1. ``_utils``, ``_persist`` - seeding (RandomSource), cloning, optional imports,
+   mixed precision; files without pickle
 2. ``datasets`` - data loaders (torchvision through ``_utils.optional_import``)
 3. ``_ot``, ``models`` - the OT divergence; networks (classifiers, generators)
 4. ``attacks`` - attack algorithms
@@ -13,12 +14,15 @@ docs/developers.rst):
 6. ``_evaluation`` - robust accuracy, scorers, gradient-masking checks
 7. ``_proxy_pool`` - the pool of proxy samples of one fit
 8. ``_loader`` - device-resident batch iterators, real/proxy mixing
-9. ``callbacks`` - schedules, robust validation, progress
-10. ``classifier`` - AdversarialClassifier
-11. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
+9. ``callbacks`` - schedules, robust validation, progress, weight snapshots
+10. ``recipes`` - training recipes: weight averaging, AWP, the collapse guard
+11. ``_classifier_saving``, ``_classifier_ddp`` - the classifier's mixins:
+    saving/loading/resuming, data-parallel hooks
+12. ``classifier`` - AdversarialClassifier
+13. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
     bound, ARC (which trains discriminators with the classifier)
-12. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
-13. ``robustfit/__init__`` - the public names
+14. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
+15. ``robustfit/__init__`` - the public names
 
 A module may import from any lower layer and from its own package; imports of
 robustfit modules sit at module level only (no import deferred into a
@@ -36,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1] / "robustfit"
 
 LAYERS = [
     {"_validation", "_distributed"},
-    {"_utils"},
+    {"_utils", "_persist"},
     {"datasets"},
     {"_ot", "models"},
     {"attacks"},
@@ -45,6 +49,8 @@ LAYERS = [
     {"_proxy_pool"},
     {"_loader"},
     {"callbacks"},
+    {"recipes"},
+    {"_classifier_saving", "_classifier_ddp"},
     {"classifier"},
     {"metrics"},
     {"proxy", "certify"},

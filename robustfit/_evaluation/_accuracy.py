@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from numbers import Integral
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from sklearn.pipeline import Pipeline
 
 from .._distributed import all_reduce_sum, broadcast_object, rank, world_size
-from .._utils import randint, random_source
+from .._utils import randint, random_source, seed_of
 from .._validation import (
     CheckedAttack,
     Interval,
@@ -109,7 +110,22 @@ def robust_mask(module, x, y, run, batch_size):
     return ok_all > 0
 
 
-def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None):
+def evaluation_seed(random_state, classifier):
+    """The seed of an evaluation: ``random_state``, else the classifier's own (or None)."""
+    if random_state is None and classifier is not None:
+        random_state = getattr(classifier, "random_state", None)
+    return seed_of(random_state)
+
+
+def evaluation_copy(attack):
+    """The attack an evaluation runs: a private copy of an :class:`Attack`, so
+    that state it builds on first use (a generator) never lands on the caller's
+    object; other callables as they are."""
+    return copy.deepcopy(attack) if isinstance(attack, Attack) else attack
+
+
+def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilon=None, norm=None,
+                    random_state=None):
     """Fraction of samples classified correctly both clean and under attack.
 
     Parameters
@@ -137,6 +153,14 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
         of the estimator's training attack.
     norm : {"linf", "l2"}, default=None
         Norm of a named attack, or a new ``norm`` for a given Attack.
+    random_state : int, numpy RandomState or None, default=None
+        Seeds the attack's random draws (random starts, Square's proposals),
+        through a random source private to this call: the same evaluation
+        gives the same figure in any process and any thread. ``None`` uses
+        the estimator's ``random_state`` (an
+        :class:`~robustfit.AdversarialClassifier`'s), and for a bare module or
+        an unseeded estimator the enclosing source or torch's global
+        generator. The attack passed in is never changed (a copy runs).
 
     Returns
     -------
@@ -191,11 +215,11 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
         raise ValueError("robust_accuracy: X has 0 samples")
     if isinstance(attack, Attack):
         check_in_bounds(x, check_bounds(attack.bounds))
-        run = attack.perturb
+        run = evaluation_copy(attack).perturb
     else:
         check_in_bounds(x, None)  # NaN and inf
         run = CheckedAttack(attack, "attack")  # checks its first output
-    with eval_mode(module):
+    with eval_mode(module), random_source(evaluation_seed(random_state, clf)):
         _check_label_range(module, x, y_t)
         mask = robust_mask(module, x, y_t, run, batch_size)
     return int(mask.sum()) / max(len(x), 1)
@@ -226,20 +250,23 @@ class RobustScorer:
         Samples attacked at once.
     epsilon, norm : float and str, or None
         Threat model of a named attack (see :func:`robust_accuracy`).
+    random_state : int, RandomState or None, default=None
+        Seed of the attack's draws; ``None``: each estimator's own.
     """
 
-    def __init__(self, attack=None, batch_size=256, epsilon=None, norm=None):
+    def __init__(self, attack=None, batch_size=256, epsilon=None, norm=None, random_state=None):
         self.attack = attack
         self.batch_size = batch_size
         self.epsilon = epsilon
         self.norm = norm
+        self.random_state = random_state
 
     def __call__(self, estimator, X, y, sample_weight=None):
         if sample_weight is not None:
             raise ValueError("RobustScorer does not support sample_weight")
         return robust_accuracy(
             estimator, X, y, attack=self.attack, batch_size=self.batch_size,
-            epsilon=self.epsilon, norm=self.norm,
+            epsilon=self.epsilon, norm=self.norm, random_state=self.random_state,
         )
 
     def __repr__(self):
@@ -249,7 +276,7 @@ class RobustScorer:
         return f"make_robust_scorer(attack={self.attack!r}{extra})"
 
 
-def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
+def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None, random_state=None):
     """Make a scorer for :class:`~sklearn.model_selection.GridSearchCV`,
     :func:`~sklearn.model_selection.cross_validate` and friends.
 
@@ -267,6 +294,9 @@ def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
         Set it for a name when the candidates' training budgets differ.
     norm : {"linf", "l2"}, default=None
         Norm of a named attack, or a new ``norm`` for a given Attack.
+    random_state : int, numpy RandomState or None, default=None
+        Seed of the attack's random draws; ``None`` uses each candidate's own
+        ``random_state`` (see :func:`robust_accuracy`).
 
     Returns
     -------
@@ -288,4 +318,5 @@ def make_robust_scorer(attack=None, batch_size=256, *, epsilon=None, norm=None):
             raise ValueError(f"unknown attack name {attack!r}; choose among {ATTACK_ALIASES}")
     else:
         resolve_attack(attack, epsilon=epsilon, norm=norm)
-    return RobustScorer(attack=attack, batch_size=batch_size, epsilon=epsilon, norm=norm)
+    return RobustScorer(attack=attack, batch_size=batch_size, epsilon=epsilon, norm=norm,
+                        random_state=random_state)

@@ -19,7 +19,10 @@ from ._steps import margin
 from .apgd import APGD, apgd_checkpoints, dlr_loss
 from .autoattack import AutoAttack, resolve_attack
 from .langevin import Langevin
+from .minimum_norm import MinimumNorm
+from .noise import GaussianNoise, gaussian_copies
 from .pgd import FGSM, PGD
+from .smoothadv import SmoothAdv, smoothed_nll
 from .square import Square
 from .synth import GeneratorSynth
 
@@ -28,12 +31,16 @@ __all__ = [
     "Attack",
     "AutoAttack",
     "FGSM",
+    "GaussianNoise",
     "GeneratorSynth",
     "Langevin",
+    "MinimumNorm",
     "PGD",
+    "SmoothAdv",
     "Square",
     "apgd_checkpoints",
     "dlr_loss",
+    "gaussian_copies",
     "margin",
     "normalize_gradient",
     "perturbation_norm",
@@ -42,4 +49,5 @@ __all__ = [
     "project_box",
     "random_init",
     "resolve_attack",
+    "smoothed_nll",
 ]

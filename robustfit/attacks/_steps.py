@@ -1,10 +1,10 @@
 """Steps shared by several attacks: potentials, the projected ascent loop,
 per-point scores, restarts and the logit margin.
 
-PGD, FGSM and Langevin run :func:`ascent_steps`; APGD, Square, AutoAttack and
-the minimum-norm search keep the best of several runs with
-:func:`best_of_restarts` and :func:`attack_score`; Square, the minimum-norm
-search and the transfer bound use :func:`margin`.
+PGD, FGSM and Langevin run :func:`ascent_steps`; APGD, Square and AutoAttack
+keep the best of several runs with :func:`best_of_restarts` and
+:func:`attack_score`; Square and MinimumNorm (and through it the transfer
+bound) use :func:`margin`.
 """
 
 from __future__ import annotations

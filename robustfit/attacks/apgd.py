@@ -126,6 +126,35 @@ def apgd_checkpoints(n_iter):
     return checkpoints
 
 
+def _loss_and_grad(module, loss_fn, point, y):
+    """Per-sample loss at ``point``, its input gradient and the logits, all detached."""
+    point = point.detach().requires_grad_(True)
+    logits = module(point)
+    loss = loss_fn(logits, y)
+    (grad,) = torch.autograd.grad(loss.sum(), point)
+    return loss.detach().float(), grad.detach(), logits.detach()
+
+
+def _momentum_step(x, x_adv, x_prev, grad, step, alpha, first, *, eps, norm, bounds):
+    """APGD's update: a projected steepest-ascent step ``z``, then (after the first
+    step) the projected momentum mix ``x_adv + alpha (z - x_adv) + (1 - alpha) (x_adv - x_prev)``."""
+    z = x + project(x, x_adv - x + step * normalize_gradient(grad, norm), eps, norm, bounds)
+    if not first:
+        mixed = x_adv + alpha * (z - x_adv) + (1 - alpha) * (x_adv - x_prev)
+        z = x + project(x, mixed - x, eps, norm, bounds)
+    return z
+
+
+def _halve_at_checkpoint(history, w0, w1, rho, reduced_last, loss_best, loss_best_last):
+    """Where APGD halves the step at checkpoint ``w1``: the loss rose in fewer than a
+    fraction ``rho`` of the steps since ``w0`` (condition 1), or the step was not
+    reduced last time and the best loss has not improved since (condition 2)."""
+    increases = (history[w0 + 1:w1 + 1] > history[w0:w1]).sum(0)
+    cond1 = increases < rho * (w1 - w0)
+    cond2 = ~reduced_last & (loss_best <= loss_best_last)
+    return cond1 | cond2
+
+
 class APGD(Attack):
     """Auto-PGD: projected gradient ascent with an adaptive step size.
 
@@ -247,18 +276,10 @@ class APGD(Attack):
             with torch.no_grad():
                 target = module(x).argsort(dim=1, descending=True)[:, target_rank]
         loss_fn = self._loss_fn(target)
-
-        def loss_and_grad(point):
-            point = point.detach().requires_grad_(True)
-            logits = module(point)
-            loss = loss_fn(logits, y)
-            (grad,) = torch.autograd.grad(loss.sum(), point)
-            return loss.detach().float(), grad.detach(), logits.detach()
-
         n = x.shape[0]
         shape = (n,) + (1,) * (x.dim() - 1)
         x_adv = x + random_init(x, eps, norm, bounds)
-        loss, grad, logits = loss_and_grad(x_adv)
+        loss, grad, logits = _loss_and_grad(module, loss_fn, x_adv, y)
         broken = logits.argmax(1) != y
         x_broken = x_adv.clone()
         x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
@@ -269,18 +290,13 @@ class APGD(Attack):
         step = torch.full(shape, 2.0 * eps, device=x.device, dtype=x.dtype)
         reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
         loss_best_last = loss_best.clone()
-        alpha = float(self.momentum)
         j = 1
         x_prev = x_adv
         for i in range(self.steps):
             with torch.no_grad():
-                z = x + project(x, x_adv - x + step * normalize_gradient(grad, norm),
-                                eps, norm, bounds)
-                if i > 0:
-                    mixed = x_adv + alpha * (z - x_adv) + (1 - alpha) * (x_adv - x_prev)
-                    z = x + project(x, mixed - x, eps, norm, bounds)
-                x_prev, x_adv = x_adv, z
-            loss, grad, logits = loss_and_grad(x_adv)
+                x_prev, x_adv = x_adv, _momentum_step(x, x_adv, x_prev, grad, step, float(self.momentum), i == 0,
+                                                      eps=eps, norm=norm, bounds=bounds)
+            loss, grad, logits = _loss_and_grad(module, loss_fn, x_adv, y)
             with torch.no_grad():
                 history[i + 1] = loss
                 now_broken = logits.argmax(1) != y
@@ -291,11 +307,8 @@ class APGD(Attack):
                 grad_best[improved] = grad[improved]
                 loss_best = torch.where(improved, loss, loss_best)
                 if j < len(checkpoints) and i + 1 == checkpoints[j]:
-                    w0, w1 = checkpoints[j - 1], checkpoints[j]
-                    increases = (history[w0 + 1:w1 + 1] > history[w0:w1]).sum(0)
-                    cond1 = increases < self.rho * (w1 - w0)
-                    cond2 = ~reduced_last & (loss_best <= loss_best_last)
-                    halve = cond1 | cond2
+                    halve = _halve_at_checkpoint(history, checkpoints[j - 1], checkpoints[j], self.rho,
+                                                 reduced_last, loss_best, loss_best_last)
                     step[halve] /= 2.0
                     x_adv[halve] = x_best[halve]
                     grad[halve] = grad_best[halve]

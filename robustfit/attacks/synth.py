@@ -26,7 +26,7 @@ from torch import nn
 
 from .._distributed import all_reduce_mean_, broadcast_tensors_, current_shard
 from .._ot import sinkhorn_distance
-from .._utils import randn, randperm, torch_seeded
+from .._utils import randn, random_source, randperm, torch_seeded
 from .._validation import Interval, check_in_bounds, check_param
 from ..models import default_generator
 from ._base import (
@@ -489,7 +489,7 @@ class GeneratorSynth(Attack):
         check_param(batch_size, "batch_size", [Interval(Integral, 1, None)], "fit_generator")
         x, y = _as_tensors(module, X, y)
         check_in_bounds(x, self._bounds)
-        with torch_seeded(random_state):
+        with torch_seeded(random_state), random_source(random_state):
             for _ in range(epochs):
                 order = randperm(x.shape[0], device=x.device)
                 for start in range(0, x.shape[0], batch_size):
@@ -497,6 +497,70 @@ class GeneratorSynth(Attack):
                     if idx.numel() < 2:  # BatchNorm needs two samples
                         continue
                     self._generator_step(module, x[idx], y[idx])
+        return self
+
+    # ------------------------------------------------------------ state
+    def get_fitted_state(self):
+        """The learned state, as plain values and tensors (no pickle needed).
+
+        What :meth:`robustfit.AdversarialClassifier.save` and the training
+        checkpoints store: the generator's weights and its optimizer's state
+        (``state_dict()`` of each), the input shape and the step counters.
+
+        Returns
+        -------
+        state : dict
+            Empty before the generator exists.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from robustfit.attacks import GeneratorSynth
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> X, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+        >>> attack = GeneratorSynth(epsilon=0.1).fit_generator(net, X, y, random_state=0)
+        >>> copy = GeneratorSynth(epsilon=0.1).set_fitted_state(attack.get_fitted_state())
+        >>> first = [next(a.generator_.parameters()) for a in (attack, copy)]
+        >>> copy.n_generator_steps_, bool(torch.equal(*first))
+        (1, True)
+        """
+        state = {k: v for k, v in vars(self).items()
+                 if k.endswith("_") and not k.startswith("_")
+                 and k not in ("generator_", "generator_optimizer_")}
+        if getattr(self, "generator_", None) is not None:
+            state["generator_"] = self.generator_.state_dict()
+            state["generator_optimizer_"] = self.generator_optimizer_.state_dict()
+        return state
+
+    def set_fitted_state(self, state):
+        """Restore the state of :meth:`get_fitted_state` (the generator is rebuilt, then loaded).
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`get_fitted_state`.
+
+        Returns
+        -------
+        self : GeneratorSynth
+        """
+        state = dict(state)
+        weights = state.pop("generator_", None)
+        optimizer = state.pop("generator_optimizer_", None)
+        for key, value in state.items():
+            setattr(self, key, tuple(value) if key == "input_shape_" else value)
+        if weights is None:
+            return self
+        steps = getattr(self, "n_generator_steps_", 0)
+        self.generator_ = None
+        # the new generator's initial weights are overwritten at once: draw them
+        # from a fork, so that loading leaves torch's global generator alone
+        with torch_seeded(0):
+            self._ensure_generator(torch.zeros((1, *self.input_shape_)))
+        self.generator_.load_state_dict(weights)
+        if optimizer is not None:
+            self.generator_optimizer_.load_state_dict(optimizer)
+        self.n_generator_steps_ = steps
         return self
 
     def __getstate__(self):

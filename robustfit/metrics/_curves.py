@@ -83,7 +83,8 @@ def _default_template(estimator):
     )
 
 
-def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, label=None):
+def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, label=None,
+                     random_state=None):
     """Robust accuracy of ``estimator`` at each budget of ``epsilons``.
 
     For each epsilon, a clone of the ``attack`` template with that epsilon
@@ -115,6 +116,9 @@ def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, 
         Samples attacked at once.
     label : str, default=None
         Stored on the curve, for plot legends.
+    random_state : int, numpy RandomState or None, default=None
+        Seeds every point's attack (see :func:`robust_accuracy`); ``None``
+        uses the estimator's ``random_state``.
 
     Returns
     -------
@@ -147,7 +151,7 @@ def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, 
         robust_accuracy(
             estimator, X, y,
             attack=clone(template).set_params(epsilon=float(e)),
-            batch_size=batch_size,
+            batch_size=batch_size, random_state=random_state,
         )
         for e in eps
     ])
