@@ -9,11 +9,22 @@ split between real and proxy samples.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import warnings
+
+import joblib
 import numpy as np
 import torch
-from joblib import Memory
 from sklearn.base import clone
 
+from ._persist import (
+    UnsupportedValue,
+    decode,
+    encode,
+    load_payload,
+    save_payload,
+)
 from ._validation import check_array, check_in_bounds, dataset_arrays, encode_labels
 
 #: What ``proxy_data`` may be, as :func:`proxy_kind` names it.
@@ -42,29 +53,52 @@ def proxy_kind(proxy):
     )
 
 
-def proxy_per_batch(batch_size, proxy_ratio):
-    """Proxy samples in a full batch of ``batch_size`` (at least one of each kind).
+#: How ``proxy_mixing`` places the proxy samples of a batch.
+PROXY_MIXINGS = ("split", "append")
+
+
+def proxy_per_batch(batch_size, proxy_ratio, mixing="split"):
+    """Proxy samples in a full batch (at least one of each kind).
 
     Parameters
     ----------
     batch_size : int
-        Real and proxy samples together.
+        ``"split"``: real and proxy samples together; ``"append"``: the real
+        samples, to which the proxy samples are added.
     proxy_ratio : float
-        Fraction of the batch from the proxy pool, in ``[0, 1)``.
+        Fraction of the (combined) batch from the proxy pool, in ``[0, 1)``.
+    mixing : {"split", "append"}, default="split"
+        ``"split"`` takes the proxy samples out of ``batch_size``;
+        ``"append"`` adds them to a full real batch, so the batch grows to
+        ``batch_size + n_proxy`` (twice ``batch_size`` at ``proxy_ratio=0.5``).
 
     Returns
     -------
     n_proxy : int
-        ``round(batch_size * proxy_ratio)``, kept in ``[1, batch_size - 1]``
-        when ``proxy_ratio > 0`` (0 when it is 0, or when a batch has room
-        for one sample only).
+        ``"split"``: ``round(batch_size * proxy_ratio)``, kept in
+        ``[1, batch_size - 1]`` when ``proxy_ratio > 0`` (0 when it is 0, or
+        when a batch has room for one sample only). ``"append"``:
+        ``round(batch_size * proxy_ratio / (1 - proxy_ratio))``, at least 1
+        when ``proxy_ratio > 0``.
     """
-    if proxy_ratio <= 0 or batch_size < 2:
+    if proxy_ratio <= 0:
+        return 0
+    if mixing == "append":
+        return max(int(round(batch_size * proxy_ratio / (1 - proxy_ratio))), 1)
+    if batch_size < 2:
         return 0
     return min(max(int(round(batch_size * proxy_ratio)), 1), batch_size - 1)
 
 
-def proxy_per_epoch(n_real, batch_size, proxy_ratio):
+def real_per_batch(batch_size, proxy_ratio, mixing="split"):
+    """Real samples in a full batch: ``batch_size`` minus the proxy share
+    (``"split"``), or ``batch_size`` itself (``"append"``)."""
+    if mixing == "append":
+        return batch_size
+    return batch_size - proxy_per_batch(batch_size, proxy_ratio, mixing)
+
+
+def proxy_per_epoch(n_real, batch_size, proxy_ratio, mixing="split"):
     """Proxy samples one epoch over ``n_real`` real samples consumes.
 
     Parameters
@@ -72,18 +106,20 @@ def proxy_per_epoch(n_real, batch_size, proxy_ratio):
     n_real : int
         Real training samples.
     batch_size : int
-        Batch size (real and proxy); ``-1`` or anything below 1 means one
-        batch of all real samples.
+        Batch size (see :func:`proxy_per_batch`); ``-1`` or anything below 1
+        means one batch of all real samples.
     proxy_ratio : float
         Proxy fraction of each batch.
+    mixing : {"split", "append"}, default="split"
+        See :func:`proxy_per_batch`.
 
     Returns
     -------
     n : int
     """
     b = batch_size if batch_size > 0 else n_real
-    n_proxy = proxy_per_batch(b, proxy_ratio)
-    n_batches = -(-n_real // max(b - n_proxy, 1))
+    n_proxy = proxy_per_batch(b, proxy_ratio, mixing)
+    n_batches = -(-n_real // max(real_per_batch(b, proxy_ratio, mixing), 1))
     return n_batches * n_proxy
 
 
@@ -104,6 +140,76 @@ def fit_and_sample(proxy, X, y, n, seed):
     proxy.fit(X, y)
     Xp, yp = proxy.sample(n, random_state=seed)
     return proxy, Xp, yp
+
+
+#: Sub-folder of ``proxy_memory`` that holds robustfit's cache entries.
+CACHE_FOLDER = "robustfit-proxy-cache"
+
+
+def cache_folder(memory):
+    """The folder of the proxy cache for a ``proxy_memory`` value (None: no cache).
+
+    A :class:`joblib.Memory` contributes its ``location`` only: robustfit never
+    lets joblib read the cache, since joblib unpickles what it reads.
+    """
+    if memory is None:
+        return None
+    if isinstance(memory, (str, os.PathLike)):
+        location = memory
+    elif hasattr(memory, "location"):
+        location = memory.location
+    else:
+        raise ValueError(
+            f"proxy_memory must be a folder (str or os.PathLike), a joblib.Memory or None, got {memory!r}"
+        )
+    return None if location is None else os.path.join(os.fspath(location), CACHE_FOLDER)
+
+
+def cache_key(proxy, X, y, n, seed):
+    """Hex digest naming the cache entry of fitting ``proxy`` on (X, y) and drawing ``n`` samples.
+
+    The proxy's class and parameters, the data, ``n`` and ``seed`` enter the
+    key (hashed with :func:`joblib.hash`, which reads nothing from disk).
+    """
+    params = proxy.get_params(deep=False) if hasattr(proxy, "get_params") else proxy
+    kind = f"{type(proxy).__module__}.{type(proxy).__qualname__}"
+    what = [1, kind, params, np.asarray(X), np.asarray(y), int(n), seed]
+    return hashlib.sha256(joblib.hash(what).encode()).hexdigest()[:40]
+
+
+def cached_fit_and_sample(folder, proxy, X, y, n, seed):
+    """:func:`fit_and_sample` through the cache in ``folder``.
+
+    An entry is one file read with ``torch.load(weights_only=True)``: the
+    samples as tensors, the fitted proxy as class, parameters and fitted state
+    (no pickle). A proxy whose fitted state has no such description (e.g. one
+    holding a torch module instance) is fitted every time, with a warning.
+
+    Raises
+    ------
+    ValueError
+        When an entry holds anything but tensors and plain values (a planted
+        pickle is refused, not run), or is corrupt.
+    """
+    path = os.path.join(folder, cache_key(proxy, X, y, n, seed) + ".pt")
+    if os.path.exists(path):
+        try:
+            spec, tensors = load_payload(path, "proxy_cache", "proxy_memory cache entry")
+            value = decode(spec, tensors, "proxy_memory cache entry")
+            fitted, Xp, yp = value["proxy"], value["X"], value["y"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"the proxy_memory cache entry {path} is malformed ({exc}); delete it") from None
+        return fitted, Xp, yp
+    fitted, Xp, yp = fit_and_sample(proxy, X, y, n, seed)
+    tensors = {}
+    try:
+        spec = encode({"proxy": fitted, "X": np.asarray(Xp, dtype=np.float32), "y": np.asarray(yp)},
+                      tensors, "the fitted proxy")
+    except UnsupportedValue as exc:
+        warnings.warn(f"proxy_memory: not cached, {exc}", UserWarning, stacklevel=3)
+        return fitted, Xp, yp
+    save_payload("proxy_cache", spec, tensors, path)
+    return fitted, Xp, yp
 
 
 def materialize(dataset):
@@ -134,7 +240,7 @@ def _training_arrays(dataset_train, classes):
 
 
 def build_proxy_pool(proxy_data, dataset_train, *, classes, input_shape, bounds, batch_size,
-                     proxy_ratio, proxy_samples=None, memory=None, seed=None):
+                     proxy_ratio, proxy_samples=None, memory=None, seed=None, mixing="split"):
     """Fit (if needed) and sample the proxy data of one ``fit``.
 
     Parameters
@@ -154,9 +260,11 @@ def build_proxy_pool(proxy_data, dataset_train, *, classes, input_shape, bounds,
     proxy_samples : int or None, default=None
         Samples to draw from a ProxyDistribution.
     memory : str, joblib.Memory or None, default=None
-        Cache of the fit and the draw.
+        Cache of the fit and the draw (see :func:`cached_fit_and_sample`).
     seed : int or None, default=None
         Seed of the proxy's fit and draw.
+    mixing : {"split", "append"}, default="split"
+        The classifier's ``proxy_mixing`` (for the default number of samples).
 
     Returns
     -------
@@ -170,12 +278,12 @@ def build_proxy_pool(proxy_data, dataset_train, *, classes, input_shape, bounds,
     proxy = None
     if kind == "distribution":
         X_tr, y_tr = _training_arrays(dataset_train, classes)
-        n = proxy_samples or max(proxy_per_epoch(len(X_tr), batch_size, proxy_ratio), 1)
-        fit_sample = fit_and_sample
-        if memory is not None:
-            memory = Memory(memory, verbose=0) if isinstance(memory, str) else memory
-            fit_sample = memory.cache(fit_and_sample)
-        proxy, Xp, yp = fit_sample(proxy_data, X_tr, y_tr, int(n), seed)
+        n = proxy_samples or max(proxy_per_epoch(len(X_tr), batch_size, proxy_ratio, mixing), 1)
+        folder = cache_folder(memory)
+        if folder is None:
+            proxy, Xp, yp = fit_and_sample(proxy_data, X_tr, y_tr, int(n), seed)
+        else:
+            proxy, Xp, yp = cached_fit_and_sample(folder, proxy_data, X_tr, y_tr, int(n), seed)
     elif kind == "dataset":
         Xp, yp = materialize(proxy_data)
     else:

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import importlib
+import numbers
+import threading
 
+import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
-#: Optional dependencies: import name -> (pip name, robustfit extra).
+from ._distributed import current_shard
+
+#: Held while torch's global generator is seeded and drawn from (weight
+#: initialization), so that a fit in another thread cannot interleave draws.
+GLOBAL_RNG_LOCK = threading.RLock()
+
+#: Optional dependencies: top-level import name -> (pip name, robustfit extra).
+#: setup.py's ``extras_require`` lists the same packages under the same extras.
 OPTIONAL = {
     "geomloss": ("geomloss", "ot"),
     "ot": ("pot", "ot"),
@@ -20,28 +31,68 @@ OPTIONAL = {
     "torchvision": ("torchvision", "vision"),
 }
 
+#: What else the install hint of a package says.
+_INSTALL_NOTES = {
+    "torchvision": "; it must be the build that matches your torch, e.g. with "
+                   "--index-url https://download.pytorch.org/whl/cpu for a CPU-only torch",
+}
+
+
+class OptionalDependencyError(ImportError):
+    """An optional package that a feature needs is not installed (or fails to import).
+
+    An :class:`ImportError`, so ``except ImportError`` catches it. ``package``
+    is the pip name, ``extra`` the robustfit extra that installs it (or None)
+    and ``feature`` what needed it.
+    """
+
+    def __init__(self, message, *, package, extra, feature):
+        super().__init__(message, name=package)
+        self.package = package
+        self.extra = extra
+        self.feature = feature
+
 
 def optional_import(name, feature):
     """Import an optional dependency, or raise an ImportError naming the extra.
 
+    Call it where the package is needed, not at module level, so that
+    ``import robustfit`` works with the core dependencies alone.
+
     Parameters
     ----------
     name : str
-        The module to import (a key of ``OPTIONAL``).
+        The module to import, e.g. ``"ot"`` or ``"matplotlib.pyplot"``; its
+        top-level package is a key of ``OPTIONAL``.
     feature : str
         What needs it, for the message (e.g. ``"GeneratorSynth's OT term"``).
 
     Returns
     -------
     module : module
+
+    Raises
+    ------
+    OptionalDependencyError
+        A subclass of ImportError, when the import fails (the package is
+        missing, or installed but broken, such as a torchvision built for
+        another torch): the message names the feature, the package and the
+        extra to install, e.g. ``pip install 'robustfit[ot]'``.
     """
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
-        pip_name, extra = OPTIONAL.get(name, (name, None))
-        hint = f"pip install 'robustfit[{extra}]' (or pip install {pip_name})" if extra \
-            else f"pip install {pip_name}"
-        raise ImportError(f"{feature} needs the optional package {pip_name}: {hint}") from exc
+    except Exception as exc:  # a broken install can raise anything, e.g. a RuntimeError
+        top = name.split(".")[0]
+        pip_name, extra = OPTIONAL.get(top, (top, None))
+        note = _INSTALL_NOTES.get(top, "")
+        hint = (f"pip install 'robustfit[{extra}]' (or pip install {pip_name}{note})" if extra
+                else f"pip install {pip_name}")
+        absent = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == top
+        cause = "" if absent else f" (it is installed but failed to import: {type(exc).__name__}: {exc})"
+        raise OptionalDependencyError(
+            f"{feature} needs the optional package {pip_name}: {hint}{cause}",
+            package=pip_name, extra=extra, feature=feature,
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -158,6 +209,9 @@ def split_nested_params(params, heads):
 # device); outside, torch's global generator. The current source is a context
 # variable, so two fits in two threads never share a generator: seeded fits
 # repeat exactly in threads too (torch's global generator is process-wide).
+# In data-parallel training the per-sample draws of a batch shard are made for
+# the global batch and sliced (``_sharded``), so N ranks draw what one process
+# draws; randint and randperm are never sharded.
 _CURRENT_SOURCE = contextvars.ContextVar("robustfit_random_source", default=None)
 
 
@@ -217,6 +271,23 @@ class RandomSource:
             self.generator(key).set_state(value.cpu() if key.type == "cpu" else value)
 
 
+def seed_of(random_state):
+    """An int seed from ``random_state`` (None stays None), without mutating it.
+
+    A :class:`numpy.random.RandomState` gives the first draw of a copy, so
+    the same state gives the same seed and the caller's object is unchanged.
+    """
+    if random_state is None:
+        return None
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(copy.deepcopy(random_state).randint(2**31))
+    raise ValueError(
+        f"random_state must be None, an int or a numpy RandomState, got {random_state!r}"
+    )
+
+
 @contextlib.contextmanager
 def random_source(source):
     """Use ``source`` (a :class:`RandomSource`, an int seed, or None) for every
@@ -233,30 +304,51 @@ def random_source(source):
         _CURRENT_SOURCE.reset(token)
 
 
+def current_source():
+    """The :class:`RandomSource` in use (set by :func:`random_source`), or None."""
+    return _CURRENT_SOURCE.get()
+
+
 def current_generator(device):
     """The current source's generator for ``device``, or None (torch's global one)."""
     source = _CURRENT_SOURCE.get()
     return None if source is None else source.generator(device)
 
 
+def _sharded(draw, size):
+    """``draw(size)``, except that while a :func:`~robustfit._distributed.batch_shard`
+    is active, a per-sample draw (leading dimension = the shard's size) is made
+    for the whole global batch and this rank's rows are kept. Every rank then
+    draws the numbers one process would draw for the same global batch."""
+    shard = current_shard()
+    size = tuple(size)
+    if shard is None or not size or size[0] != shard.size or shard.size == shard.total:
+        return draw(size)
+    return shard.select(draw((shard.total, *size[1:])))
+
+
 def rand_like(t):
     """Uniform [0, 1) numbers shaped like ``t`` (same device and dtype)."""
-    return torch.rand(t.shape, generator=current_generator(t.device), device=t.device, dtype=t.dtype)
+    gen = current_generator(t.device)
+    return _sharded(lambda s: torch.rand(s, generator=gen, device=t.device, dtype=t.dtype), t.shape)
 
 
 def randn_like(t):
     """Standard normal numbers shaped like ``t``."""
-    return torch.randn(t.shape, generator=current_generator(t.device), device=t.device, dtype=t.dtype)
+    gen = current_generator(t.device)
+    return _sharded(lambda s: torch.randn(s, generator=gen, device=t.device, dtype=t.dtype), t.shape)
 
 
 def rand(size, device="cpu", dtype=None):
     """Uniform [0, 1) numbers of shape ``size``."""
-    return torch.rand(size, generator=current_generator(device), device=device, dtype=dtype)
+    gen = current_generator(device)
+    return _sharded(lambda s: torch.rand(s, generator=gen, device=device, dtype=dtype), size)
 
 
 def randn(size, device="cpu", dtype=None):
     """Standard normal numbers of shape ``size``."""
-    return torch.randn(size, generator=current_generator(device), device=device, dtype=dtype)
+    gen = current_generator(device)
+    return _sharded(lambda s: torch.randn(s, generator=gen, device=device, dtype=dtype), size)
 
 
 def randint(low, high, size, device="cpu"):
@@ -271,4 +363,6 @@ def randperm(n, device="cpu"):
 
 def exponential_like(t):
     """Standard exponential numbers shaped like ``t``."""
-    return torch.empty_like(t).exponential_(generator=current_generator(t.device))
+    gen = current_generator(t.device)
+    return _sharded(
+        lambda s: torch.empty(s, device=t.device, dtype=t.dtype).exponential_(generator=gen), t.shape)

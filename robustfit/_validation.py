@@ -27,28 +27,41 @@ what is allowed.
 from __future__ import annotations
 
 import numbers
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.exceptions import DataConversionWarning
+from skorch.dataset import ValidSplit
+from skorch.utils import to_numpy
 from torch.utils.data import Subset
 
 __all__ = [
     "Bounds",
+    "HasMethods",
     "InstanceOf",
     "Interval",
     "InvalidParameterError",
     "Options",
     "ParamsValidationMixin",
+    "CheckedAttack",
     "check_array",
+    "check_attack",
+    "check_attack_data",
+    "check_attack_output",
     "check_bounds",
     "check_param",
+    "check_proxy_pair",
     "dataset_arrays",
     "check_device",
     "check_in_bounds",
     "check_labels",
     "encode_labels",
+    "invalid_value",
     "resolve_device",
+    "truthy",
+    "valid_split_or_fallback",
     "validate_parameter_constraints",
 ]
 
@@ -189,6 +202,29 @@ class InstanceOf(_Constraint):
         return f"an instance of {names}"
 
 
+class HasMethods(_Constraint):
+    """An object with all the given methods (duck typing).
+
+    Parameters
+    ----------
+    methods : str or sequence of str
+        Method names the value must have.
+    """
+
+    def __init__(self, methods):
+        self.methods = (methods,) if isinstance(methods, str) else tuple(methods)
+
+    def is_satisfied_by(self, value):
+        return not isinstance(value, type) and all(
+            callable(getattr(value, m, None)) for m in self.methods)
+
+    def invalid_example(self):
+        return object()
+
+    def __str__(self):
+        return "an object with " + ", ".join(f"{m}()" for m in self.methods)
+
+
 class _NoneConstraint(_Constraint):
     def is_satisfied_by(self, value):
         return value is None
@@ -319,6 +355,34 @@ def validate_parameter_constraints(constraints, params, owner):
         )
 
 
+def invalid_value(specs):
+    """A value that satisfies none of the constraints in ``specs``.
+
+    Built from each constraint's ``invalid_example()`` (and a few generic
+    candidates when those fail), for conformance tests that check every
+    parameter's error.
+
+    Parameters
+    ----------
+    specs : list
+        One entry of a constraints table.
+
+    Returns
+    -------
+    value : object or None
+        ``None`` when no candidate violates every constraint.
+    """
+    constraints = [make_constraint(s) for s in specs]
+    candidates = [c.invalid_example() for c in constraints]
+    candidates += ["__invalid__", object(), -1, 0, 3.5, float("nan"), (1.0, 0.0)]
+    for value in candidates:
+        if value is None:
+            continue
+        if not any(c.is_satisfied_by(value) for c in constraints):
+            return value
+    return None
+
+
 def check_param(value, name, allowed, owner=None):
     """Check one argument of a function against a list of allowed kinds.
 
@@ -393,7 +457,7 @@ def resolve_device(device):
     -------
     device : str, torch.device or None
     """
-    if device == "auto":
+    if isinstance(device, str) and device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
@@ -466,31 +530,262 @@ def check_bounds(bounds):
     return lo, hi
 
 
-def check_in_bounds(X, bounds, name="X"):
-    """Raise ``ValueError`` if any value of ``X`` lies outside ``bounds``.
+def check_in_bounds(X, bounds, name="X", owner="the attack's"):
+    """Raise ``ValueError`` if ``X`` holds NaN or infinite values, or any value
+    outside ``bounds``.
 
     Parameters
     ----------
     X : numpy.ndarray or torch.Tensor
     bounds : tuple of float or None
-        As returned by :func:`check_bounds`; ``None`` checks nothing.
+        As returned by :func:`check_bounds`; ``None`` checks finiteness only.
     name : str, default="X"
         The input's name, for messages.
+    owner : str, default="the attack's"
+        Whose ``bounds`` the message tells to set.
     """
+    if isinstance(X, torch.Tensor):
+        if X.numel() == 0:
+            return
+        xmin, xmax = float(X.min()), float(X.max())
+    else:
+        X = np.asarray(X)
+        if X.size == 0:
+            return
+        xmin, xmax = float(np.min(X)), float(np.max(X))
+    if not (np.isfinite(xmin) and np.isfinite(xmax)):  # min/max propagate NaN
+        raise ValueError(
+            f"{name} contains NaN or infinite values; remove or impute them before "
+            "attacking or training"
+        )
     if bounds is None:
         return
     lo, hi = bounds
-    if isinstance(X, torch.Tensor):
-        xmin, xmax = float(X.min()), float(X.max())
-    else:
-        xmin, xmax = float(np.min(X)), float(np.max(X))
     tol = 1e-6
     if xmin < lo - tol or xmax > hi + tol:
         raise ValueError(
             f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside the declared "
             f"input box bounds=({lo:g}, {hi:g}). Scale the data into the box, or "
-            "set the attack's bounds (bounds=None for unbounded features)."
+            f"set {owner} bounds (bounds=None for unbounded features)."
         )
+
+
+# --------------------------------------------------------------------------- attacks
+def check_attack(attack, name="attack", owner=None):
+    """Check an attack argument: ``None``, an attack object or a callable.
+
+    Parameters
+    ----------
+    attack : object
+        ``None``, a robustfit attack (its :meth:`validate_params` is called) or
+        a callable ``attack(module, X, y) -> X_adv``.
+    name : str, default="attack"
+        The parameter's name, for messages.
+    owner : str or None, default=None
+        The class or function, for messages.
+
+    Returns
+    -------
+    attack : object
+        Unchanged.
+
+    Raises
+    ------
+    InvalidParameterError
+        For an attack class (not an instance), a torch module, or anything not
+        callable; the message names the parameter, the value and the fix.
+    """
+    prefix = f"{owner}: " if owner else ""
+    if attack is None:
+        return None
+    if isinstance(attack, type):
+        raise InvalidParameterError(
+            f"{prefix}{name} must be an instance, not the class itself: pass "
+            f"{attack.__name__}(...), got {attack!r}"
+        )
+    if isinstance(attack, torch.nn.Module):
+        raise InvalidParameterError(
+            f"{prefix}{name} must be an attack (robustfit.attacks.PGD(...) or a callable "
+            f"attack(module, X, y) -> X_adv), not a torch module, got {type(attack).__name__}"
+        )
+    if not callable(attack):
+        raise InvalidParameterError(
+            f"{prefix}{name} must be None, a robustfit attack or a callable "
+            f"attack(module, X, y) -> X_adv, got {attack!r}"
+        )
+    if hasattr(attack, "validate_params"):
+        attack.validate_params()
+    return attack
+
+
+def check_attack_data(X, y):
+    """Check the ``X`` and ``y`` an attack or an evaluation is called with.
+
+    ``X``: a real numeric array or tensor of shape ``(n_samples, ...)`` with at
+    least one sample and one feature (finiteness is checked by
+    :func:`check_in_bounds`). ``y``: one integer class index per sample.
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor
+    y : array-like or torch.Tensor
+
+    Returns
+    -------
+    X, y
+        Unchanged tensors, or numpy arrays (float32 and int64) for other input.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming the input, what it is and what is expected.
+    """
+    if hasattr(X, "tocsr"):
+        raise TypeError("X is a sparse matrix; attacks need dense input: pass X.toarray()")
+    if torch.is_tensor(X):
+        if X.is_complex():
+            raise ValueError("X is complex: Complex data not supported; attacks need real input")
+    else:
+        arr = np.asarray(X)
+        if np.iscomplexobj(arr):
+            raise ValueError("X is complex: Complex data not supported; attacks need real input")
+        try:
+            X = np.asarray(arr, dtype=np.float32)
+        except TypeError as exc:
+            raise TypeError(f"X must be numeric: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"X must be numeric: {exc}") from None
+    if X.ndim < 2 or X.shape[0] == 0 or any(s == 0 for s in X.shape[1:]):
+        raise ValueError(
+            f"X must have shape (n_samples, ...) with at least one sample and one feature, "
+            f"got shape {tuple(X.shape)}"
+        )
+    if y is None:
+        raise ValueError("y is None: attacks need the true class indices, one per sample")
+    if torch.is_tensor(y):
+        if y.dim() != 1:
+            raise ValueError(f"y must be 1-d with one class index per sample, got shape "
+                             f"{tuple(y.shape)}")
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"X and y have different lengths: {X.shape[0]} and {y.shape[0]}")
+        if y.is_complex() or (y.is_floating_point() and not bool((y == y.round()).all())):
+            raise ValueError(f"y must hold integer class indices, got dtype {y.dtype}")
+        return X, y
+    y = check_labels(y, X.shape[0])
+    if y.dtype.kind not in "iuf" and y.dtype.kind != "b":
+        raise ValueError(
+            f"y must hold integer class indices, got labels of dtype {y.dtype}; encode them "
+            "(e.g. numpy.unique(y, return_inverse=True)) or score a fitted classifier instead"
+        )
+    return X, y.astype(np.int64)
+
+
+def check_attack_output(x, x_adv, *, epsilon=None, norm="linf", bounds=None, name="attack"):
+    """Check what an attack returned for the clean batch ``x``.
+
+    A tensor of ``x``'s shape, floating point, finite; inside the ``norm``
+    ball of radius ``epsilon`` around ``x`` (when ``epsilon`` is given) and
+    inside ``bounds`` (when given).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The clean batch.
+    x_adv : object
+        What the attack returned.
+    epsilon : float or None, default=None
+        The attack's budget; ``None`` skips the ball check.
+    norm : {"linf", "l2"}, default="linf"
+        Norm of the ball.
+    bounds : tuple of float or None, default=None
+        The input box; ``None`` skips the box check.
+    name : str, default="attack"
+        The attack's name, for messages.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the attack, what it returned and what was expected.
+    """
+    if not torch.is_tensor(x_adv):
+        raise TypeError(
+            f"{name} returned {type(x_adv).__name__}; attack(module, X, y) must return a "
+            f"tensor shaped like X, {tuple(x.shape)}"
+        )
+    if tuple(x_adv.shape) != tuple(x.shape):
+        raise ValueError(
+            f"{name} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}; "
+            "attack(module, X, y) must return X_adv of the same shape as X"
+        )
+    if not x_adv.is_floating_point():
+        raise TypeError(f"{name} returned dtype {x_adv.dtype}; X_adv must be floating point")
+    if not bool(torch.isfinite(x_adv).all()):
+        raise ValueError(f"{name} returned NaN or infinite values")
+    tol = 1e-5 if x_adv.dtype in (torch.float32, torch.float64) else 1e-2
+    if epsilon is not None and len(x):
+        d = (x_adv.detach().float() - x.detach().float()).reshape(len(x), -1)
+        size = d.abs().amax(dim=1) if norm == "linf" else d.norm(dim=1)
+        worst = float(size.max())
+        if worst > float(epsilon) * (1 + 1e-4) + tol:
+            raise ValueError(
+                f"{name} moved inputs by up to {worst:.4g} in the {norm} norm, outside its "
+                f"epsilon-ball of radius {float(epsilon):g}; project the perturbation onto the "
+                "ball (robustfit.attacks.project) before returning it"
+            )
+    if bounds is not None:
+        lo, hi = float(x_adv.min()), float(x_adv.max())
+        if lo < bounds[0] - tol or hi > bounds[1] + tol:
+            raise ValueError(
+                f"{name} returned values in [{lo:.4g}, {hi:.4g}], outside its input box "
+                f"bounds={tuple(bounds)}; clip X_adv into the box"
+            )
+
+
+class CheckedAttack:
+    """A plain callable attack whose first output is checked.
+
+    :class:`~robustfit.AdversarialClassifier` wraps a callable ``attack`` that
+    is not a robustfit :class:`~robustfit.attacks.Attack` in this object for
+    each ``fit``: the first call's result goes through
+    :func:`check_attack_output` (shape, dtype, finiteness and, when the
+    callable has ``epsilon`` (with ``norm``, default ``"linf"``) or
+    ``bounds`` attributes, the ball and the box); later calls run unchecked.
+
+    Parameters
+    ----------
+    attack : callable
+        ``attack(module, X, y) -> X_adv``.
+    name : str, default="attack"
+        For messages.
+    """
+
+    def __init__(self, attack, name="attack"):
+        self.attack = attack
+        self.name = name
+        self.checked_ = False
+
+    def _threat_model(self):
+        eps = getattr(self.attack, "epsilon", None)
+        if not _is_real(eps) or not np.isfinite(float(eps)) or eps < 0:
+            eps = None
+        norm = getattr(self.attack, "norm", "linf")
+        try:
+            bounds = check_bounds(getattr(self.attack, "bounds", None))
+        except ValueError:
+            bounds = None
+        return eps, norm if norm in ("linf", "l2") else "linf", bounds
+
+    def __call__(self, module, X, y):
+        x_adv = self.attack(module, X, y)
+        if not self.checked_:
+            eps, norm, bounds = self._threat_model()
+            check_attack_output(X, x_adv, epsilon=eps, norm=norm, bounds=bounds,
+                                name=f"{self.name}={self.attack!r}")
+            self.checked_ = True
+        return x_adv
+
+    def __repr__(self):
+        return f"CheckedAttack({self.attack!r})"
 
 
 # --------------------------------------------------------------------------- arrays and labels
@@ -526,7 +821,8 @@ def check_array(X, name="X", *, ndims=(2, 4), allow_tensor=True):
         )
     if torch.is_tensor(X) and allow_tensor:
         if X.is_complex():
-            raise ValueError(f"{name} is complex; robustfit needs real-valued input")
+            raise ValueError(f"{name} is complex: Complex data not supported; robustfit needs "
+                             "real-valued input")
         if not X.is_floating_point():
             X = X.float()
         elif X.dtype != torch.float32:
@@ -536,18 +832,19 @@ def check_array(X, name="X", *, ndims=(2, 4), allow_tensor=True):
             X = X.detach().cpu().numpy()
         arr = np.asarray(X)
         if np.iscomplexobj(arr):
-            raise ValueError(f"{name} is complex; robustfit needs real-valued input")
-        if arr.dtype == object or arr.dtype.kind in "USV":
-            try:
-                arr = arr.astype(np.float32)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name} must be numeric: {exc}") from None
+            raise ValueError(f"{name} is complex: Complex data not supported; robustfit needs "
+                             "real-valued input")
         try:
             X = np.asarray(arr, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
+        except TypeError as exc:
+            raise TypeError(f"{name} must be numeric: {exc}") from None
+        except ValueError as exc:
             raise ValueError(f"{name} must be numeric: {exc}") from None
     if X.ndim not in ndims:
         hint = " (add a channel axis: X[:, None])" if X.ndim == 3 and 4 in ndims else ""
+        if X.ndim == 1 and 2 in ndims:
+            hint = (". Reshape your data either using X.reshape(-1, 1) if your data has a single "
+                    "feature or X.reshape(1, -1) if it contains a single sample")
         allowed = " or ".join(
             {2: "2 (n_samples, n_features)", 4: "4 (n_samples, channels, height, width)"}.get(d, str(d))
             for d in ndims
@@ -557,9 +854,13 @@ def check_array(X, name="X", *, ndims=(2, 4), allow_tensor=True):
             f"{tuple(X.shape)}{hint}"
         )
     if X.shape[0] == 0:
-        raise ValueError(f"{name} has 0 samples")
+        raise ValueError(
+            f"{name} has 0 samples (shape={tuple(X.shape)}) while a minimum of 1 is required."
+        )
     if any(s == 0 for s in X.shape[1:]):
-        raise ValueError(f"{name} has samples of shape {tuple(X.shape[1:])} with no features")
+        raise ValueError(
+            f"{name} has 0 feature(s) (shape={tuple(X.shape)}) while a minimum of 1 is required."
+        )
     finite = bool(torch.isfinite(X).all()) if torch.is_tensor(X) else bool(np.isfinite(X).all())
     if not finite:
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -582,10 +883,20 @@ def check_labels(y, n_samples=None, name="y"):
     y : numpy.ndarray
     """
     if y is None:
-        raise ValueError(f"{name} is required unless X is a Dataset that holds the labels")
+        raise ValueError(
+            f"this estimator requires {name} to be passed, but the target {name} is None; pass "
+            f"class labels, or X as a Dataset that holds them"
+        )
     if hasattr(y, "tocsr"):
         raise TypeError(f"{name} is a sparse matrix; pass a 1-d array of class labels")
     y = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn(
+            f"A column-vector {name} was passed when a 1d array was expected. Please change "
+            f"the shape of {name} to (n_samples,), for example using ravel().",
+            DataConversionWarning, stacklevel=3,
+        )
+        y = y.ravel()
     if y.ndim != 1:
         raise ValueError(f"{name} must be 1-dimensional, got shape {y.shape}")
     if n_samples is not None and len(y) != n_samples:
@@ -647,6 +958,83 @@ def encode_labels(classes, y):
             f"classes_ is {np.asarray(classes)[:10].tolist()})"
         )
     return idx.astype(np.int64)
+
+
+def check_proxy_pair(proxy_data, classes):
+    """Check an ``(X, y)`` pair given as ``proxy_data``: labels among ``classes``, every class present.
+
+    The same requirement as :class:`~robustfit.proxy.ArrayProxy`'s: every
+    training batch mixes proxy samples in, so a class without any would be
+    under-represented.
+
+    Parameters
+    ----------
+    proxy_data : tuple
+        ``(X, y)``.
+    classes : numpy.ndarray
+        The classifier's ``classes_``.
+
+    Raises
+    ------
+    ValueError
+        Naming ``proxy_data``, the missing or unknown classes and the fix.
+    """
+    Xp, yp = proxy_data
+    yp = check_labels(yp, len(Xp), "proxy_data y")
+    try:
+        idx = encode_labels(classes, yp)
+    except ValueError as exc:
+        raise ValueError(f"proxy_data: {exc}") from None
+    missing = np.setdiff1d(np.arange(len(classes)), idx)
+    if len(missing):
+        raise ValueError(
+            f"proxy_data (an (X, y) pair) has no samples of classes "
+            f"{np.asarray(classes)[missing][:10].tolist()} ({len(missing)} of {len(classes)} "
+            "classes missing); every training batch mixes proxy samples in, so the missing "
+            "classes would be under-represented. Give samples of every class, or "
+            "proxy_data=None"
+        )
+
+
+def truthy(value):
+    """``bool(value)``; False for a value without one (an array), which fit then rejects."""
+    try:
+        return bool(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def valid_split_or_fallback(split, dataset, y, **fit_params):
+    """Run a skorch ``ValidSplit``; on data too small for it, fall back with a warning.
+
+    A stratified split needs enough samples of each class (the default
+    ``ValidSplit(10)`` needs 10 samples of some class); without them the split
+    becomes non-stratified with the same validation fraction, and when even
+    that is impossible, training uses all data without validation.
+    """
+    try:
+        return split(dataset, y, **fit_params)
+    except ValueError as exc:
+        reason = str(exc)
+    counts = np.unique(to_numpy(y), return_counts=True)[1]
+    what = (f"train_split=ValidSplit(cv={split.cv!r}, stratified={split.stratified}) cannot split "
+            f"these {len(y)} samples (the smallest class has {counts.min()}): {reason.rstrip('.')}")
+    if split.stratified:
+        try:
+            train, valid = ValidSplit(cv=split.cv, stratified=False,
+                                      random_state=split.random_state)(dataset, y, **fit_params)
+        except ValueError:
+            pass
+        else:
+            warnings.warn(
+                f"{what}. Falling back to a non-stratified split with the same validation "
+                "fraction. Pass train_split=None to train on all data, or a train_split of "
+                "your own.", UserWarning, stacklevel=4)
+            return train, valid
+    warnings.warn(
+        f"{what}. Training on all data without a validation split. Pass train_split=None to "
+        "do so without this warning.", UserWarning, stacklevel=4)
+    return dataset, None
 
 
 def dataset_arrays(dataset):

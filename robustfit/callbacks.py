@@ -5,8 +5,19 @@
 
 * ``lr_schedule`` - :class:`LRSchedule`, the per-batch learning-rate schedule;
 * ``attack_warmup`` - :class:`EpsilonWarmup`, the attack's epsilon ramp;
-* ``valid_robust_acc`` - :class:`RobustValidation`, with ``valid_attack``;
+* ``valid_robust_acc`` - :class:`RobustValidation`, with ``valid_attack``
+  (robust validation every n epochs on a fixed subset, best-weights restore,
+  early stopping);
 * ``progress`` - :class:`Progress`, with ``verbose >= 1``.
+
+The training recipes (weight averaging, the catastrophic-overfitting guard)
+are callbacks too, in :mod:`robustfit.recipes`; :func:`snapshot_weights` and
+:func:`restore_weights` are the copy of the weights they and
+:class:`RobustValidation` share.
+
+:class:`ResumableCheckpoint` is not installed by default: it checkpoints every
+epoch and resumes a killed run from its last checkpoint (skorch's
+``Checkpoint`` and ``LoadInitState`` in one callback).
 
 Both schedules compute their position from ``net.history`` (the epochs the
 history holds since the schedule started) and the batches seen in the current
@@ -17,12 +28,22 @@ continues where it stopped.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
+from contextlib import suppress
+from numbers import Integral, Real
 
+import numpy as np
 import torch
-from skorch.callbacks import Callback, LRScheduler
+from sklearn.base import clone
+from skorch.callbacks import Callback, Checkpoint, LRScheduler
+from skorch.utils import noop
+from torch.utils.data import Subset
+from tqdm import tqdm
 
+from ._distributed import is_main
 from ._evaluation import robust_accuracy
+from ._validation import Interval, Options, ParamsValidationMixin, check_attack
 
 #: Learning-rate schedules :class:`LRSchedule` knows.
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -97,7 +118,7 @@ class _EpochCounter(Callback):
         return _schedule_epochs_done(net) + self.batch_in_epoch_ / _batches_per_epoch(net)
 
 
-class LRSchedule(LRScheduler):
+class LRSchedule(ParamsValidationMixin, LRScheduler):
     """The per-batch learning-rate schedule of :class:`~robustfit.AdversarialClassifier`.
 
     A skorch :class:`~skorch.callbacks.LRScheduler` stepping torch's
@@ -145,7 +166,18 @@ class LRSchedule(LRScheduler):
     def kwargs(self):
         return {}
 
+    _parameter_constraints = {
+        "kind": [None, Options(SCHEDULES)],
+        "warmup": [Interval(Real, 0, 1, closed="left")],
+        "event_name": [None, str],
+        # LRScheduler's own parameters, fixed by this class
+        "policy": "no_validation",
+        "monitor": "no_validation",
+        "step_every": "no_validation",
+    }
+
     def initialize(self):
+        self.validate_params()
         super().initialize()
         self.batch_in_epoch_ = 0
         return self
@@ -204,7 +236,7 @@ class LRSchedule(LRScheduler):
         return state
 
 
-class EpsilonWarmup(_EpochCounter):
+class EpsilonWarmup(ParamsValidationMixin, _EpochCounter):
     """Ramp the training attack's ``epsilon`` linearly from 0 over the first epochs.
 
     Installed by :class:`~robustfit.AdversarialClassifier` as
@@ -227,8 +259,14 @@ class EpsilonWarmup(_EpochCounter):
     >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.3), attack_warmup=2)
     """
 
+    _parameter_constraints = {"epochs": [Options(("auto",)), Interval(Real, 0, None)]}
+
     def __init__(self, epochs="auto"):
         self.epochs = epochs
+
+    def initialize(self):
+        self.validate_params()
+        return super().initialize()
 
     def ramp_epochs(self, net):
         """The ramp's length in epochs for ``net``."""
@@ -246,78 +284,392 @@ class EpsilonWarmup(_EpochCounter):
 
 
 
-class RobustValidation(Callback):
-    """Record robust accuracy on the validation split after every epoch.
+class _ParamsRepr:
+    """``ClassName(param=value, ...)`` as the repr of a callback (skorch's have none)."""
 
-    Added by :class:`~robustfit.AdversarialClassifier` under the name
-    ``valid_robust_acc`` when ``valid_attack`` is set; it can also be passed in
-    ``callbacks`` directly. The score goes into the history as ``name``.
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
+        return f"{type(self).__name__}({params})"
+
+
+def snapshot_weights(net):
+    """A copy of the network's weights, to restore later with :func:`restore_weights`.
+
+    The copy holds ``net.module_``'s state (parameters and buffers) and the
+    state of every callback of ``net`` that keeps weights of its own (a
+    callback with ``weights_state()``/``load_weights_state()``, such as
+    :class:`~robustfit.recipes.EMA`), so a restore puts back the training
+    weights and their average together. The optimizer's state is not copied.
 
     Parameters
     ----------
-    attack : robustfit.attacks.Attack
+    net : robustfit.AdversarialClassifier
+        An initialized classifier.
+
+    Returns
+    -------
+    snapshot : dict
+        Tensors cloned on their device.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.callbacks import restore_weights, snapshot_weights
+    >>> from robustfit.datasets import load_digits_images
+    >>> X, y = load_digits_images()
+    >>> clf = AdversarialClassifier(max_epochs=1, random_state=0).fit(X[:200], y[:200])
+    >>> before = snapshot_weights(clf)
+    >>> _ = clf.partial_fit(X[:200], y[:200])
+    >>> restore_weights(clf, before)
+    """
+    module = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+    extra = {name: cb.weights_state() for name, cb in getattr(net, "callbacks_", [])
+             if callable(getattr(cb, "weights_state", None))}
+    return {"module": module, "callbacks": extra}
+
+
+def restore_weights(net, snapshot):
+    """Put back the weights saved by :func:`snapshot_weights`, in place.
+
+    Parameters
+    ----------
+    net : robustfit.AdversarialClassifier
+        The classifier the snapshot was taken from.
+    snapshot : dict
+        The value :func:`snapshot_weights` returned.
+
+    Examples
+    --------
+    See :func:`snapshot_weights`.
+    """
+    with torch.no_grad():
+        for key, value in net.module_.state_dict().items():
+            value.copy_(snapshot["module"][key])
+    callbacks = dict(getattr(net, "callbacks_", []))
+    for name, state in snapshot["callbacks"].items():
+        if name in callbacks:
+            callbacks[name].load_weights_state(state)
+
+
+def _fixed_subset(dataset, max_samples):
+    """The same random ``max_samples`` items of ``dataset`` at every call (seed 0);
+    the whole dataset for ``max_samples=None`` or more than it holds."""
+    n = len(dataset)
+    if max_samples is None or max_samples >= n:
+        return dataset
+    idx = np.sort(np.random.RandomState(0).choice(n, max_samples, replace=False))
+    return Subset(dataset, idx.tolist())
+
+
+def _fit_epochs_done(net):
+    """Epochs of the current ``fit``/``partial_fit`` call, the current one included."""
+    return len(net.history) - getattr(net, "schedule_origin_", 0)
+
+
+class RobustValidation(_ParamsRepr, ParamsValidationMixin, Callback):
+    """Robust accuracy on the validation split; keep the best weights, stop early.
+
+    Added by :class:`~robustfit.AdversarialClassifier` under the name
+    ``valid_robust_acc`` when ``valid_attack`` is set: ``valid_attack=PGD(...)``
+    installs ``RobustValidation(PGD(...))`` with the defaults below, and
+    ``valid_attack=RobustValidation(PGD(...), every=2, restore_best=True)``
+    installs (a clone of) that one, its parameters grid-searchable as
+    ``valid_attack__every`` and so on. It can also be passed in ``callbacks``.
+
+    Every ``every`` epochs of a ``fit`` (and at its last epoch), the robust
+    accuracy on the validation split, or on a fixed random subset of
+    ``max_samples`` of it, goes into the history as ``name``, with
+    ``name + "_best"`` telling whether it beats every earlier value in the
+    history (skorch's ``Checkpoint(monitor=name + "_best")`` saves on it). Epochs in between
+    record nothing (``net.history[:, name]`` skips them). Robust validation
+    costs an attack pass over the subset, so a cheap attack, a subset and
+    ``every > 1`` keep it affordable on long runs.
+
+    Robust overfitting (Rice et al. 2020): robust accuracy on held-out data
+    peaks and then declines while training goes on. With
+    ``restore_best=True`` the callback keeps a copy of the weights of the best
+    measured epoch (with :class:`~robustfit.recipes.EMA`, the averaged and the
+    training weights) and puts it back when training ends; with ``patience``,
+    training stops after that many measurements without improvement.
+
+    In data-parallel training the validation points are sharded across the
+    ranks and the per-point results gathered
+    (:func:`~robustfit.metrics.robust_accuracy`), so every rank records the
+    same score (and stops or restores alike).
+
+    The attack is cloned when the callback is initialized (at every ``fit``),
+    and the clone runs: the ``attack`` given is never changed, and an attack
+    with learned state (``GeneratorSynth``) starts afresh in each ``fit``, so
+    refits with the same ``random_state`` record the same scores.
+
+    Parameters
+    ----------
+    attack : robustfit.attacks.Attack or callable
         The attack run on the validation split.
     name : str, default="valid_robust_acc"
         History key.
     lower_is_better : bool, default=False
         Whether lower scores are better (for checkpointing callbacks).
+    every : int, default=1
+        Measure every ``every`` epochs of each ``fit`` call (epochs
+        ``every``, ``2 * every``, ...), and always at the call's last epoch.
+    max_samples : int or None, default=None
+        Measure on a fixed subset of this many validation samples, drawn once
+        with a fixed seed (the same subset at every epoch and in every fit of
+        the same data); ``None`` uses the whole validation split.
+    restore_best : bool, default=False
+        Keep the weights of the best measured epoch and restore them at the
+        end of training (also after an early stop or an interrupt).
+    patience : int or None, default=None
+        Stop training after this many consecutive measurements without a new
+        best (skorch's convention: the callback raises ``KeyboardInterrupt``,
+        which ``fit`` catches). ``None`` never stops.
+
+    Attributes
+    ----------
+    attack_ : robustfit.attacks.Attack or callable
+        The clone that runs (a plain callable is used as is).
+    best_score_ : float or None
+        The best score of the current ``fit``/``partial_fit`` call (the one
+        ``restore_best`` and ``patience`` go by).
+    best_epoch_ : int or None
+        Its epoch (1-based, as in ``net.history``).
+    restored_epoch_ : int or None
+        The epoch whose weights were restored at the end of training.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.callbacks import RobustValidation
+    >>> clf = AdversarialClassifier(
+    ...     attack=PGD(epsilon=0.3, steps=7),
+    ...     valid_attack=RobustValidation(PGD(epsilon=0.3, steps=10), every=2,
+    ...                                   max_samples=500, restore_best=True))
+    >>> clf.set_params(valid_attack__every=5).valid_attack.every
+    5
     """
 
-    def __init__(self, attack, name="valid_robust_acc", lower_is_better=False):
+    _parameter_constraints = {
+        "attack": ["callable"],
+        "name": [str],
+        "lower_is_better": ["boolean"],
+        "every": [Interval(Integral, 1, None)],
+        "max_samples": [None, Interval(Integral, 1, None)],
+        "restore_best": ["boolean"],
+        "patience": [None, Interval(Integral, 1, None)],
+    }
+
+    def __init__(self, attack, name="valid_robust_acc", lower_is_better=False, every=1,
+                 max_samples=None, restore_best=False, patience=None):
         self.attack = attack
         self.name = name
         self.lower_is_better = lower_is_better
+        self.every = every
+        self.max_samples = max_samples
+        self.restore_best = restore_best
+        self.patience = patience
+
+    def initialize(self):
+        self.validate_params()
+        check_attack(self.attack, "attack", type(self).__name__)
+        self.attack_ = clone(self.attack) if hasattr(self.attack, "get_params") else self.attack
+        self._reset()
+        return self
+
+    def _reset(self):
+        self.best_score_ = self.best_epoch_ = self.restored_epoch_ = None
+        self.best_weights_ = None
+        self.stale_ = 0
+
+    def on_train_begin(self, net, **kwargs):
+        if getattr(self, "attack_", None) is None:  # used without initialize()
+            self.initialize()
+        self._reset()
+
+    def _due(self, net):
+        done = _fit_epochs_done(net)
+        return done % self.every == 0 or done >= net.max_epochs
+
+    def _better(self, score):
+        if self.best_score_ is None:
+            return True
+        return score < self.best_score_ if self.lower_is_better else score > self.best_score_
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         if dataset_valid is None:
             return
-        score = robust_accuracy(net, dataset_valid, None, attack=self.attack)
+        if getattr(self, "attack_", None) is None:  # used without initialize()
+            self.initialize()
+        if not self._due(net):
+            return
+        score = robust_accuracy(net, _fixed_subset(dataset_valid, self.max_samples), None, attack=self.attack_)
         net.history.record(self.name, score)
-        best = net.history[:-1, self.name] if len(net.history) > 1 else []
-        best = [b for b in best if b is not None]
-        is_best = not best or (
-            score < min(best) if self.lower_is_better else score > max(best)
-        )
-        net.history.record(self.name + "_best", bool(is_best))
+        # the flag compares with the whole history (a run resumed by LoadInitState
+        # included), as skorch's Checkpoint expects
+        past = [row[self.name] for row in net.history[:-1]
+                if row.get(self.name) is not None]
+        flag = not past or (score < min(past) if self.lower_is_better else score > max(past))
+        net.history.record(self.name + "_best", bool(flag))
+        if self._better(score):
+            self.best_score_, self.best_epoch_, self.stale_ = score, len(net.history), 0
+            if self.restore_best:
+                self.best_weights_ = snapshot_weights(net)
+            return
+        self.stale_ += 1
+        if self.patience is not None and self.stale_ >= self.patience:
+            if net.verbose:
+                print(f"Stopping: {self.name} has not improved for {self.stale_} measurements; "
+                      f"the best was {self.best_score_:.4f} at epoch {self.best_epoch_}.")
+            raise KeyboardInterrupt
+
+    def on_train_end(self, net, **kwargs):
+        if self.restore_best and getattr(self, "best_weights_", None) is not None:
+            restore_weights(net, self.best_weights_)
+            self.restored_epoch_ = self.best_epoch_
+            self.best_weights_ = None  # the restored weights are the module's now
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["best_weights_"] = None  # a copy of the module, only needed during fit
+        return state
 
 
-class Progress(Callback):
-    """Progress bars over epochs and over the batches of each epoch (tqdm).
+class ResumableCheckpoint(Checkpoint):
+    """Checkpoint every epoch into ``dirname``, and resume from there when a fit starts.
 
-    Added by :class:`~robustfit.AdversarialClassifier` when ``verbose >= 1``.
-    The outer bar counts epochs and shows the last train loss and validation
-    accuracies; the inner bar counts the batches of the current epoch.
+    skorch's :class:`~skorch.callbacks.Checkpoint` (``monitor=None``: every
+    epoch) and :class:`~skorch.callbacks.LoadInitState` in one callback. Run
+    the same script again after a crash or a kill, with the same parameters,
+    and ``fit`` continues from the last completed epoch and ends with
+    ``max_epochs`` epochs of history, where the uninterrupted run would have
+    ended (on the CPU, with ``random_state`` set: the same weights and
+    history). With :class:`~robustfit.AdversarialClassifier`, every checkpoint
+    also holds the training state skorch's files lack (the attack's and the
+    objective's state, the random generators; see
+    :meth:`~robustfit.AdversarialClassifier.save_params`), and every file is
+    written atomically. Files are read back with
+    ``torch.load(weights_only=True)``; see :doc:`/persistence`.
+
+    Parameters
+    ----------
+    dirname : str, default="checkpoints"
+        Folder of the checkpoint files (created if needed). Use one folder
+        per run: a folder holding a finished run makes ``fit`` train nothing.
+    f_params, f_optimizer, f_criterion, f_history : str or None
+        File names, as in skorch's ``Checkpoint``.
+    fn_prefix : str, default=""
+        Prefix of the file names.
+    event_name : str or None, default="event_cp"
+        History column marking the checkpointed epochs.
+    sink : callable, default=skorch.utils.noop
+        Receives a line per checkpoint (``print`` to see them).
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.callbacks import ResumableCheckpoint
+    >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.1), max_epochs=20, random_state=0,
+    ...                             callbacks=[ResumableCheckpoint("run1")])
     """
 
+    def __init__(self, dirname="checkpoints", *, f_params="params.pt", f_optimizer="optimizer.pt",
+                 f_criterion="criterion.pt", f_history="history.json", fn_prefix="",
+                 event_name="event_cp", sink=noop):
+        super().__init__(monitor=None, f_params=f_params, f_optimizer=f_optimizer,
+                         f_criterion=f_criterion, f_history=f_history, fn_prefix=fn_prefix,
+                         dirname=dirname, event_name=event_name, sink=sink)
+
     def initialize(self):
-        self.epoch_bar_ = None
-        self.batch_bar_ = None
+        super().initialize()
+        self.did_load_ = False
         return self
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
-        from tqdm.auto import tqdm
+        if self.did_load_:  # once per callback, as LoadInitState
+            return
+        self.did_load_ = True
+        with suppress(FileNotFoundError):
+            net.load_params(checkpoint=self)
 
-        self.epoch_bar_ = tqdm(total=net.max_epochs, desc="epochs", position=0)
+
+def _interactive(stream):
+    """Whether ``stream`` redraws a progress bar: a terminal or a Jupyter output."""
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return True
+    return type(stream).__module__.startswith("ipykernel")
+
+
+class Progress(Callback):
+    """A progress bar over the training batches of each epoch (tqdm).
+
+    Added by :class:`~robustfit.AdversarialClassifier` as ``progress`` when
+    ``verbose >= 1``. The bar reads ``epoch k/N`` and counts the batches the
+    iterator really yields (mixed proxy batches, ``batch_size=-1`` and resumed
+    runs included); it is closed at the end of each epoch, before skorch prints
+    that epoch's row of the history table, so the bar never lands inside the
+    table. Where the output cannot redraw a bar (a log file, a pipe), no bar is
+    drawn and the table alone reports progress. In data-parallel training
+    (torchrun) only rank 0 draws it.
+
+    Parameters
+    ----------
+    file : file-like or None, default=None
+        Where the bar is drawn (``None``: standard error).
+    disable : bool or None, default=None
+        ``None`` draws the bar only on a terminal or in Jupyter; ``True``
+        never, ``False`` always.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> clf = AdversarialClassifier(verbose=1)              # installs Progress()
+    >>> clf = AdversarialClassifier(verbose=1, callbacks__progress=None)  # table only
+    """
+
+    def __init__(self, file=None, disable=None):
+        self.file = file
+        self.disable = disable
+
+    def initialize(self):
+        self.bar_ = None
+        return self
+
+    def _enabled(self):
+        if not is_main():  # data-parallel training: rank 0 alone draws
+            return False
+        if self.disable is not None:
+            return not self.disable
+        return _interactive(self.file if self.file is not None else sys.stderr)
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        from tqdm.auto import tqdm
-
-        n = -(-len(dataset_train) // net.batch_size) if dataset_train is not None else None
-        self.batch_bar_ = tqdm(total=n, desc="batches", position=1, leave=False)
+        self._close()
+        if not self._enabled():
+            return
+        total_epochs = getattr(net, "schedule_origin_", 0) + net.max_epochs
+        self.bar_ = tqdm(
+            total=getattr(net, "train_batches_", None), desc=f"epoch {len(net.history)}/{total_epochs}",
+            leave=False, file=self.file if self.file is not None else sys.stderr, dynamic_ncols=True,
+        )
 
     def on_batch_end(self, net, training=False, **kwargs):
-        if training and self.batch_bar_ is not None:
-            self.batch_bar_.update(1)
+        if training and self.bar_ is not None:
+            self.bar_.update(1)
 
     def on_epoch_end(self, net, **kwargs):
-        if self.batch_bar_ is not None:
-            self.batch_bar_.close()
-        row = net.history[-1]
-        shown = {k: f"{row[k]:.4f}" for k in ("train_loss", "valid_acc", "valid_robust_acc")
-                 if isinstance(row.get(k), float)}
-        self.epoch_bar_.set_postfix(shown)
-        self.epoch_bar_.update(1)
+        self._close()
 
     def on_train_end(self, net, **kwargs):
-        if self.epoch_bar_ is not None:
-            self.epoch_bar_.close()
+        self._close()
+
+    def _close(self):
+        if getattr(self, "bar_", None) is not None:
+            self.bar_.close()
+            self.bar_ = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["bar_"] = None
+        return state

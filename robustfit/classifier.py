@@ -12,29 +12,45 @@ narrow hooks and hands every other concern to the layer that owns it.
 * ``fit``/``partial_fit``/``predict_proba``/``robust_score`` - validation
   (:mod:`robustfit._validation`), seeding, scoring (:mod:`robustfit._evaluation`);
 * schedules are callbacks (:mod:`robustfit.callbacks`), the proxy pool lives
-  in :mod:`robustfit._proxy_pool`, batches in :mod:`robustfit._loader`.
+  in :mod:`robustfit._proxy_pool`, batches in :mod:`robustfit._loader`;
+* saving, loading and resuming (:mod:`robustfit._classifier_saving`) and the
+  data-parallel hooks (:mod:`robustfit._classifier_ddp`) are mixins the
+  classifier inherits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import numbers
-import threading
+from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EpochScoring
-from skorch.dataset import ValidSplit, unpack_data
+from skorch.dataset import ValidSplit, get_len, unpack_data
 from skorch.utils import is_dataset, to_numpy, to_tensor
+from torch.utils.data import DataLoader
 
+from ._classifier_ddp import DataParallelMixin
+from ._classifier_saving import SavingMixin, _pool_digest, training_state_path
+from ._distributed import (
+    all_reduce_sum,
+    batch_shard,
+    is_main,
+    rank,
+    run_on_main,
+    world_size,
+)
 from ._evaluation import check_gradient_masking, robust_accuracy
 from ._loader import MixedLoader, TensorLoader
-from ._proxy_pool import build_proxy_pool, proxy_kind
+from ._proxy_pool import PROXY_MIXINGS, build_proxy_pool, proxy_kind
 from ._utils import (
+    GLOBAL_RNG_LOCK,
     amp_dtype,
     autocast,
     fitted_copy,
@@ -43,30 +59,37 @@ from ._utils import (
     torch_seeded,
 )
 from ._validation import (
+    CheckedAttack,
     Interval,
     Options,
     ParamsValidationMixin,
     check_array,
+    check_attack,
     check_bounds,
     check_device,
     check_in_bounds,
     check_labels,
+    check_proxy_pair,
     dataset_arrays,
     encode_labels,
     resolve_device,
+    truthy,
+    valid_split_or_fallback,
 )
 from .attacks import AutoAttack, resolve_attack
 from .attacks._base import Attack
 from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
 from .losses import AdversarialCE, Objective
 from .models import default_module, fill_module_arguments
+from .recipes import AWP, EMA, CollapseGuard
 
-_NESTED = ("attack", "valid_attack", "objective", "proxy_data")
-_GLOBAL_RNG_LOCK = threading.RLock()
+_NESTED = ("attack", "valid_attack", "objective", "proxy_data", "ema", "awp", "guard")
 _ATTACK = [None, Attack, "callable"]
 
+__all__ = ["AdversarialClassifier", "training_state_path"]
 
-class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
+
+class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixin, NeuralNetClassifier):
     """A scikit-learn classifier that trains a PyTorch network adversarially.
 
     A subclass of skorch's :class:`~skorch.classifier.NeuralNetClassifier`.
@@ -80,6 +103,21 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     dropout is off. Gradients are taken with respect to the input only, so an
     attack never changes parameters, their ``.grad`` or BatchNorm buffers.
     The parameter update that follows runs in train mode as usual.
+
+    **Data-parallel training.** Under ``torchrun`` (a :mod:`torch.distributed`
+    process group initialized by the script, or by ``fit`` from torchrun's
+    variables), the same ``fit`` trains data-parallel: every rank passes the
+    same data, each global batch of ``batch_size`` is split across the ranks,
+    the module is wrapped in ``DistributedDataParallel`` for the training
+    step (the attack runs on the plain module, on each rank's share), and
+    every rank ends with the same estimator, whose ``module_`` is the plain
+    module. With the same seed, N ranks train the model one process trains.
+    See :doc:`/scaling`.
+
+    **Batch losses** stay on the device during an epoch; they are read every
+    ``loss_check_every`` batches and at the epoch's end (no host-device
+    synchronization per batch). A NaN or infinite training loss stops
+    ``fit`` with a ``ValueError`` naming the epoch and the batch.
 
     Parameters
     ----------
@@ -113,13 +151,26 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     proxy_ratio : float, default=0.5
         Fraction of every training batch taken from the proxy data, in
         ``[0, 1)``. An epoch stays one pass over the real training data.
+    proxy_mixing : {"split", "append"}, default="split"
+        ``"split"``: the proxy samples take ``proxy_ratio`` of the
+        ``batch_size`` samples of a batch. ``"append"``: they are added to a
+        full batch of ``batch_size`` real samples, so the batch grows to
+        ``batch_size / (1 - proxy_ratio)`` (at 0.5, a full real batch plus a
+        full synthetic one, as Sehwag et al. train). Either way the loss is
+        the mean over all samples of the batch, so real and proxy samples
+        weigh ``1 - proxy_ratio`` and ``proxy_ratio`` of it; ``"append"``
+        takes ``1 / (1 - proxy_ratio)`` times the compute per step for the
+        same number of steps per epoch.
     proxy_samples : int or None, default=None
         Samples drawn from a ProxyDistribution per ``fit``. ``None`` draws as
         many as one epoch uses, so no proxy sample repeats within an epoch.
     proxy_memory : str, joblib.Memory or None, default=None
         Cache for fitting a ProxyDistribution and sampling from it (a
-        directory or a :class:`joblib.Memory`), keyed on the proxy's
-        parameters, the training data, ``proxy_samples`` and the seed.
+        directory, or a :class:`joblib.Memory` of which only the location is
+        used), keyed on the proxy's class and parameters, the training data,
+        ``proxy_samples`` and the seed. Entries hold tensors and plain values
+        and are read with ``torch.load(weights_only=True)``, never unpickled
+        (see :doc:`/persistence`).
     criterion : torch loss class, default=torch.nn.CrossEntropyLoss
         Loss on the module's logits.
     optimizer : torch optimizer class, default=torch.optim.Adam
@@ -147,27 +198,58 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     max_epochs : int, default=10
         Passes over the training data per ``fit``. A ``fit`` whose history was
         restored by skorch's ``LoadInitState`` (a resumed run) trains only the
-        epochs that remain, so it ends with ``max_epochs`` epochs of history;
-        ``partial_fit`` always trains ``max_epochs`` more.
+        epochs that remain, so it ends with ``max_epochs`` epochs of history
+        where plain skorch would train ``max_epochs`` more (see
+        :doc:`/persistence`); ``partial_fit`` always trains ``max_epochs`` more.
     batch_size : int, default=128
-        Samples per training and inference batch.
+        Samples per training and inference batch. In data-parallel training
+        it is the global batch, all ranks together.
     train_split : callable or None, default=ValidSplit(10, stratified=True)
         How skorch holds out validation data for the per-epoch history (here
         10%, the same split every time). ``None`` trains on all data;
         ``skorch.helper.predefined_split(dataset)`` uses a given set.
-    valid_attack : robustfit.attacks.Attack or None, default=None
+    valid_attack : robustfit.attacks.Attack, RobustValidation or None, default=None
         If set, robust accuracy on the validation split under this attack is
         recorded every epoch as ``valid_robust_acc`` (opt-in: it costs an attack
-        pass over the validation data per epoch).
+        pass over the validation data per epoch). A
+        :class:`~robustfit.callbacks.RobustValidation` measures every n epochs
+        on a fixed subset, keeps and restores the most robust epoch's weights
+        (``restore_best=True``) and stops early (``patience``).
+    ema : robustfit.recipes.EMA or None, default=None
+        Keep an exponential moving average of the weights; prediction,
+        scoring and pickling use it (see :doc:`/recipes`). Grid-searchable as
+        ``ema__decay``.
+    awp : robustfit.recipes.AWP or None, default=None
+        Adversarial weight perturbation (Wu et al. 2020): every step's
+        gradient is taken at weights perturbed to raise the objective.
+        Grid-searchable as ``awp__gamma``; the fitted copy is ``awp_``.
+    guard : robustfit.recipes.CollapseGuard or None, default=None
+        The catastrophic-overfitting guard for fast (FGSM) training: a PGD
+        check on a training subset after every epoch that restores the last
+        good weights on a collapse.
     random_state : int, numpy RandomState or None, default=None
         Seeds weight initialization, shuffling, validation split and the
-        attacks' random starts. The global torch generator is restored after
-        ``fit``, so seeding here does not affect other code.
+        attacks' random starts, through generators private to each call (so
+        seeded fits repeat in threads too). The global torch generator is
+        restored after ``fit``, so seeding here does not affect other code.
+        It is also the default seed of :meth:`robust_score` and the
+        :mod:`robustfit.metrics` evaluations.
     device : {"auto", "cpu", "cuda", ...}, default="auto"
         Compute device. ``"auto"`` picks CUDA when it is available.
     amp : {"auto", "bf16", None}, default="auto"
         Mixed precision. ``"auto"`` uses bfloat16 autocast (and channels-last
         memory for images) on CUDA and full precision on the CPU.
+    compile : bool, default=False
+        skorch's parameter: run the module (and the criterion) through
+        :func:`torch.compile`, with ``compile__*`` parameters passed on
+        (``compile__mode="max-autotune"``, ``compile__dynamic=True``, ...).
+        The training attack, the training step and the evaluation attacks all
+        call the same compiled ``module_``; each combination of train/eval
+        mode, gradient mode and batch shape compiles once, on first use.
+        ``GeneratorSynth(feature_layer=...)`` reads a layer through a forward
+        hook that compiled code does not run, so it needs ``compile=False``.
+        Whether compiling pays depends on the model and device: see the
+        "Scaling out" docs page.
     iterator_train, iterator_valid : class, default=TensorLoader
         Batch iterators. :class:`~robustfit._loader.TensorLoader` keeps the data
         on the device and slices batches; pass
@@ -183,8 +265,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     ----------
     module_ : torch.nn.Module
         The trained network.
-    attack_ : robustfit.attacks.Attack or None
-        The attack used in training (a clone of ``attack``).
+    attack_ : robustfit.attacks.Attack, CheckedAttack or None
+        The attack used in training (a clone of ``attack``; a plain callable
+        is wrapped in :class:`~robustfit._validation.CheckedAttack`, which
+        checks its output on the first training batch: shape, finiteness and,
+        when the callable has ``epsilon``/``norm``/``bounds`` attributes, the
+        epsilon-ball and the box).
     classes_ : numpy.ndarray
         The class labels, in the order of the logits.
     n_features_in_ : int
@@ -194,9 +280,13 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     history : skorch.history.History
         Per-epoch ``train_loss``, ``valid_loss``, ``valid_acc``, ``dur``; with
         ``valid_attack``, ``valid_robust_acc``; with ``objective=PrimalDual(...)``,
-        ``dual_nu`` and ``clean_loss``; per-batch losses.
+        ``dual_nu`` and ``clean_loss``; with ``guard``, ``guard_robust_acc`` (and
+        ``guard_collapse`` at a collapse); per-batch ``train_loss`` and
+        ``train_batch_size`` (of the global batch in data-parallel training).
     objective_ : robustfit.losses.Objective
         The objective used in training, with its state.
+    awp_ : robustfit.recipes.AWP or None
+        The weight perturbation used in training (a clone of ``awp``).
     proxy_ : ProxyDistribution or None
         The proxy distribution fitted on the training data, when
         ``proxy_data`` is one.
@@ -223,6 +313,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         proxy_ratio=0.5,
         proxy_samples=None,
         proxy_memory=None,
+        proxy_mixing="split",
         criterion=torch.nn.CrossEntropyLoss,
         optimizer=torch.optim.Adam,
         lr=3e-3,
@@ -232,6 +323,9 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         batch_size=128,
         train_split=ValidSplit(10, stratified=True),
         valid_attack=None,
+        ema=None,
+        awp=None,
+        guard=None,
         random_state=None,
         device="auto",
         amp="auto",
@@ -260,18 +354,39 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.proxy_ratio = proxy_ratio
         self.proxy_samples = proxy_samples
         self.proxy_memory = proxy_memory
+        self.proxy_mixing = proxy_mixing
         self.lr_schedule = lr_schedule
         self.attack_warmup = attack_warmup
         self.valid_attack = valid_attack
+        self.ema = ema
+        self.awp = awp
+        self.guard = guard
         self.random_state = random_state
         self.amp = amp
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # skorch's AccelerateMixin replaces train_step_single with a clean step:
+        # the attack would silently never run
+        owner = next(k for k in cls.__mro__ if "train_step_single" in vars(k))
+        if owner is not AdversarialClassifier and owner.__name__ == "AccelerateMixin":
+            raise TypeError(
+                f"{cls.__name__} mixes skorch's AccelerateMixin into AdversarialClassifier: its "
+                "train_step_single trains on clean data, so the attack would never run. robustfit "
+                "trains data-parallel without it (torchrun; see the 'Scaling out' docs page), and "
+                "uses bf16 autocast on CUDA by default (amp='auto')."
+            )
+
     _parameter_constraints = {
         "attack": _ATTACK,
-        "valid_attack": _ATTACK,
+        "valid_attack": _ATTACK + [RobustValidation],
+        "ema": [None, EMA],
+        "awp": [None, AWP],
+        "guard": [None, CollapseGuard],
         "objective": [None, Objective],
         "proxy_ratio": [Interval(Real, 0, 1, closed="left")],
         "proxy_samples": [None, Interval(Integral, 1, None)],
+        "proxy_mixing": [Options(PROXY_MIXINGS)],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "lr_schedule": [None, Options(SCHEDULES)],
         "attack_warmup": [Options(("auto",)), Interval(Real, 0, None)],
@@ -280,6 +395,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         "random_state": ["random_state"],
         "amp": [None, Options(("auto", "bf16", False))],
         "device": [None, str, torch.device],
+        "compile": ["boolean"],
         "train_split": [None, "callable"],
         "verbose": [Interval(Integral, 0, None), "boolean"],
     }
@@ -346,42 +462,67 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             ("lr_schedule", LRSchedule(self.lr_schedule)),
             ("attack_warmup", EpsilonWarmup(self.attack_warmup)),
         ]
-        if self.valid_attack is not None:
-            extra.append(("valid_robust_acc", RobustValidation(self.valid_attack)))
-        if self.verbose:
+        valid = self.valid_attack
+        if valid is not None:
+            extra.append(("valid_robust_acc", clone(valid) if isinstance(valid, RobustValidation)
+                          else RobustValidation(valid)))
+        if isinstance(self.guard, CollapseGuard):  # other values: fit's checks raise
+            extra.append(("guard", clone(self.guard)))
+        if truthy(self.verbose):  # any value set_params may store, arrays included
             extra.append(("progress", Progress()))
-        return callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
+        # the weight average goes first: every later callback sees the averaged weights
+        first = [("ema", clone(self.ema))] if isinstance(self.ema, EMA) else []
+        return first + callbacks[:-1] + extra + callbacks[-1:]  # the print log stays last
 
     # ---------------------------------------------------------- validation
+    def __setattr__(self, name, value):
+        # skorch takes any torch module set on the net for a component and
+        # refuses it outside initialize(); attack=nn.Linear(...) must instead
+        # reach fit's validation, whose error says what an attack is
+        if name in _NESTED:
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
     def _validate_params_extra(self):
-        for name in ("attack", "valid_attack"):
-            att = getattr(self, name)
-            if isinstance(att, type):
-                raise self._param_error(
-                    name, f"must be an instance, not the class itself: pass {att.__name__}(...)")
-            if isinstance(att, torch.nn.Module):
-                raise self._param_error(
-                    name, "must be an attack (robustfit.attacks.PGD(...) or a callable "
-                    "attack(module, X, y) -> X_adv), not a torch module")
-            if isinstance(att, Attack):
-                att.validate_params()
-        if self.objective is not None:
-            self.objective.validate_params()
+        check_attack(self.attack, "attack", type(self).__name__)
+        if not isinstance(self.valid_attack, RobustValidation):
+            check_attack(self.valid_attack, "valid_attack", type(self).__name__)
+        for name in ("objective", "valid_attack", "ema", "awp", "guard"):
+            if getattr(getattr(self, name), "validate_params", None) is not None:
+                getattr(self, name).validate_params()
         if self.max_epochs == 0 and not self.warm_start:
             raise self._param_error(
                 "max_epochs", "= 0 trains nothing; use max_epochs >= 1 (0 is allowed only with "
                 "warm_start=True, where fit then leaves a fitted model unchanged)")
         proxy_kind(self.proxy_data)
         check_device(self.__dict__.get("device"))
+        if self.compile and getattr(self.attack, "feature_layer", None) is not None:
+            raise self._param_error(
+                "compile", "cannot be True together with the attack's feature_layer="
+                f"{self.attack.feature_layer!r}: that layer's output is read through "
+                "a forward hook, which the compiled module does not run; use compile=False, or "
+                "feature_layer=None")
 
     def _bounds(self):
         return check_bounds(getattr(self.attack, "bounds", None)) if self.attack is not None else None
 
-    def _check_X(self, X, bounds=None):
-        """Validate X; return it as a float32 array or tensor (a Dataset as is)."""
+    def _check_X(self, X, bounds=None, reset=False):
+        """Validate X; return it as a float32 array or tensor (a Dataset as is).
+
+        Unless ``reset``, a fitted classifier also checks the sample shape.
+        """
         if is_dataset(X):
             return X
         X = check_array(X)
+        shape = getattr(self, "input_shape_", None)
+        if not reset and shape is not None and tuple(X.shape[1:]) != shape:
+            name = type(self).__name__
+            if X.ndim == 2 and len(shape) == 1:
+                raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
+                                 f"{shape[0]} features as input")
+            raise ValueError(f"X has samples of shape {tuple(X.shape[1:])}, but {name} was "
+                             f"fitted on {shape}")
         check_in_bounds(X, bounds)
         return X
 
@@ -407,7 +548,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             if reset and y is None:
                 super().check_data(X, None)  # infers classes_ from the Dataset
         else:
-            X = self._check_X(X, self._bounds())
+            X = self._check_X(X, self._bounds(), reset=reset)
             y = self._check_y(X, y, reset)
             shape = tuple(X.shape[1:])
         if not reset and getattr(self, "input_shape_", shape) != shape:
@@ -417,6 +558,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         self.input_shape_ = shape
         self.n_features_in_ = int(np.prod(shape))
         self._fitted_copy("attack", reset)
+        if self.attack_ is not None and not isinstance(self.attack_, Attack):
+            # a plain callable: its output on the first training batch is checked
+            inner = self.attack_.attack if isinstance(self.attack_, CheckedAttack) else self.attack_
+            self.attack_ = CheckedAttack(inner, "attack")
+        if proxy_kind(self.proxy_data) == "arrays" and self.proxy_ratio > 0:
+            check_proxy_pair(self.proxy_data, self.classes_)
         # fitted state that may hold CUDA tensors (a generator, the dual variable,
         # a diffusion model): skorch pickles these with a map_location on load,
         # so a model trained on a GPU unpickles on a CPU-only machine
@@ -424,6 +571,7 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if extra:
             self.cuda_dependent_attributes_ = list(self.cuda_dependent_attributes_) + extra
         self._fitted_copy("objective", reset)
+        self._fitted_copy("awp", reset)
         if self.objective_ is None:
             self.objective_ = AdversarialCE()
         if reset:
@@ -454,25 +602,33 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
     def _seed(self):
         rs = self.random_state
         if rs is None:
-            return None
+            # data-parallel fit without a seed: one seed drawn on rank 0, shared
+            return getattr(self, "_shared_seed_", None)
         return int(rs) if isinstance(rs, numbers.Integral) else int(check_random_state(rs).randint(2**31))
 
     @contextlib.contextmanager
     def _seeded(self, offset=0):
         # robustfit's own draws (attack starts, shuffling, noise) come from a
         # RandomSource private to this call, so seeded fits repeat in threads;
-        # torch's global generator (weight init, dropout) is forked and seeded too
+        # torch's global generator (weight init, dropout) is forked and seeded too.
+        # In data-parallel training the RandomSource is the same on every rank
+        # (shared shuffling, per-sample draws sliced from the global batch's),
+        # while torch's global generator differs per rank, so dropout masks
+        # are independent across ranks.
         seed = self._seed()
         seed = None if seed is None else seed + offset
-        with torch_seeded(seed), random_source(seed):
+        torch_seed = None if seed is None else seed + 1_000_003 * rank()
+        with torch_seeded(torch_seed), random_source(seed):
             yield
 
     def get_split_datasets(self, X, y=None, **fit_params):
         split = self.train_split
-        if isinstance(split, ValidSplit) and split.random_state is None \
-                and self.random_state is not None and not isinstance(split.cv, numbers.Integral):
-            split = ValidSplit(cv=split.cv, stratified=split.stratified, random_state=self.random_state)
-            train, valid = split(self.get_dataset(X, y), y, **fit_params)
+        if isinstance(split, ValidSplit) and y is not None:
+            if split.random_state is None and self.random_state is not None \
+                    and not isinstance(split.cv, numbers.Integral):
+                split = ValidSplit(cv=split.cv, stratified=split.stratified,
+                                   random_state=self.random_state)
+            train, valid = valid_split_or_fallback(split, self.get_dataset(X, y), y, **fit_params)
         else:
             train, valid = super().get_split_datasets(X, y, **fit_params)
         # The proxy sees the training part only: never the validation split, and
@@ -488,11 +644,24 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if not getattr(self, "proxy_refit_", True) and getattr(self, "proxy_X_", None) is not None:
             return  # partial_fit: keep the pool of the first call
         self.proxy_refit_ = False
-        self.proxy_, self.proxy_X_, self.proxy_y_ = build_proxy_pool(
+        # data-parallel: the pool is built once, on rank 0, and sent to the
+        # other ranks (each trains on its own share of every batch's proxy part)
+        self.proxy_, self.proxy_X_, self.proxy_y_ = run_on_main(lambda: build_proxy_pool(
             self.proxy_data, dataset_train, classes=self.classes_, input_shape=self.input_shape_,
             bounds=self._bounds(), batch_size=self.batch_size, proxy_ratio=self.proxy_ratio,
             proxy_samples=self.proxy_samples, memory=self.proxy_memory, seed=self._seed(),
-        )
+            mixing=self.proxy_mixing,
+        ))
+        resumed = self.__dict__.pop("_resume_proxy_", None)
+        if resumed is not None:  # a run resumed from a checkpoint: the same pool
+            if "X" in resumed:
+                self.proxy_X_, self.proxy_y_ = resumed["X"], resumed["y"]
+            elif _pool_digest(self.proxy_X_, self.proxy_y_) != resumed["digest"]:
+                raise ValueError(
+                    "the proxy pool rebuilt for this resumed fit differs from the one the "
+                    "checkpoint was trained with; resume with the same data, proxy_data, "
+                    "proxy_samples and random_state"
+                )
 
     # ---------------------------------------------------------- fit / predict
     def fit(self, X, y=None, **fit_params):
@@ -514,9 +683,13 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         """
         fresh = not (self.warm_start and self.initialized_)
         X, y = self._prepare_fit(X, y, reset=fresh)
+        self._prepare_distributed(X, y)
         self.schedule_origin_ = 0 if fresh else len(self.history)
-        with self._seeded(0):
-            return super().fit(X, y, **fit_params)
+        try:
+            with self._seeded(0):
+                return super().fit(X, y, **fit_params)
+        finally:
+            self._end_distributed()
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         """Continue training for ``max_epochs`` epochs without re-initializing.
@@ -547,10 +720,14 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             self.classes_inferred_ = classes
             reset = False
         X, y = self._prepare_fit(X, y, reset=reset)
+        self._prepare_distributed(X, y)
         offset = len(self.history) if self.initialized_ and self.history is not None else 0
         self.schedule_origin_ = offset
-        with self._seeded(offset):
-            return super().partial_fit(X, y, **fit_params)
+        try:
+            with self._seeded(offset):
+                return super().partial_fit(X, y, **fit_params)
+        finally:
+            self._end_distributed()
 
     def fit_loop(self, X, y=None, epochs=None, **kwargs):
         # A fit resumed by LoadInitState (history restored in on_train_begin)
@@ -626,8 +803,12 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             bounds=getattr(att, "bounds", (0.0, 1.0)),
         )
 
-    def robust_score(self, X, y, attack=None, check=True):
+    def robust_score(self, X, y, attack=None, check=True, random_state=None):
         """Robust accuracy on ``(X, y)``.
+
+        Under ``torchrun`` every rank must call it with the same points: the
+        points are sharded across the ranks and the per-point results gathered
+        (see :func:`~robustfit.metrics.robust_accuracy`).
 
         Parameters
         ----------
@@ -647,6 +828,11 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             the white-box reference, and issue a
             :class:`~robustfit.metrics.RobustnessWarning` for each failed check.
             Skipped for attacks without ``epsilon`` (plain callables).
+        random_state : int, numpy RandomState or None, default=None
+            Seeds the attacks' random starts (see
+            :func:`~robustfit.metrics.robust_accuracy`); ``None`` uses this
+            classifier's ``random_state``, so a seeded classifier scores the
+            same in every process.
 
         Returns
         -------
@@ -666,21 +852,23 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if attack is None:
             attack = self.default_evaluation_attack()
         batch_size = max(self.batch_size, 256)
-        score = robust_accuracy(self, X, y, attack=attack, batch_size=batch_size)
+        score = robust_accuracy(self, X, y, attack=attack, batch_size=batch_size,
+                                random_state=random_state)
         if check and hasattr(attack, "epsilon") and attack.epsilon > 0:
             report = check_gradient_masking(
                 self, X, y, attack.epsilon, norm=getattr(attack, "norm", "linf"),
                 bounds=getattr(attack, "bounds", (0.0, 1.0)), attack=attack,
-                max_samples=500, batch_size=batch_size,
+                max_samples=500, batch_size=batch_size, random_state=random_state,
             )
-            report.warn(stacklevel=2)
+            if is_main():  # data-parallel: every rank has the report; one warns
+                report.warn(stacklevel=2)
         return score
 
     # ------------------------------------------------------------ training
     def initialize_module(self):
         # weight init draws from torch's global generator: seed it under a lock,
         # so a fit in another thread cannot interleave its own draws
-        with _GLOBAL_RNG_LOCK, torch_seeded(self._seed()):
+        with GLOBAL_RNG_LOCK, torch_seeded(self._seed()):
             return self._build_module()
 
     def _build_module(self):
@@ -705,12 +893,26 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         return self
 
     def get_iterator(self, dataset, training=False):
+        iterator = self.iterator_train if training else self.iterator_valid
+        sharded = training and self._distributed_run() is not None
+        if sharded:
+            # data-parallel: every rank cuts the same global batches and keeps its share
+            self._check_shardable(dataset)
+            if iterator is DataLoader:  # the DataLoader options go to the streaming loader
+                iterator = TensorLoader
+            elif not (isinstance(iterator, type) and issubclass(iterator, TensorLoader)):
+                raise ValueError(
+                    f"iterator_train={getattr(iterator, '__name__', iterator)!r} cannot shard "
+                    "batches across ranks in data-parallel training; keep the default "
+                    "TensorLoader (it streams Datasets through a DataLoader: pass its options "
+                    "as iterator_train__num_workers=... etc.)")
         if training and getattr(self, "proxy_X_", None) is not None:
             loader = MixedLoader(dataset, self.proxy_X_, self.proxy_y_, self.proxy_ratio,
+                                 mixing=self.proxy_mixing,
                                  **self._iterator_kwargs("iterator_train", dataset, True))
-        elif (self.iterator_train if training else self.iterator_valid) is TensorLoader:
+        elif isinstance(iterator, type) and issubclass(iterator, TensorLoader):
             prefix = "iterator_train" if training else "iterator_valid"
-            loader = TensorLoader(dataset, **self._iterator_kwargs(prefix, dataset, training))
+            loader = iterator(dataset, **self._iterator_kwargs(prefix, dataset, training))
         else:
             loader = super().get_iterator(dataset, training=training)
         if training:
@@ -729,6 +931,8 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
             kwargs["batch_size"] = len(dataset)
         kwargs.setdefault("shuffle", training)
         kwargs.setdefault("device", self.device)
+        if training and self._distributed_run() is not None:
+            kwargs.update(num_replicas=world_size(), rank=rank())
         return kwargs
 
     def _autocast(self):
@@ -760,30 +964,151 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         Xi, yi = unpack_data(batch)
         Xi = to_tensor(Xi, device=self.device)
         yi = to_tensor(yi, device=self.device)
-        objective = self.objective_
-        # an objective that ignores the adversarial batch (TRADES with beta=0)
-        # skips the attack: the step is then exactly a clean training step
-        attack = self.attack_ if objective.needs_adv else None
-        X_adv = Xi
-        if attack is not None:
-            with self._autocast():
-                if isinstance(attack, Attack):
-                    X_adv = attack.train_perturb(self.module_, Xi, yi)
-                else:
-                    X_adv = attack(self.module_, Xi, yi)
-        self._set_training(True)
-        y_pred = self.infer(X_adv, **fit_params)
-        logits_clean = None
-        if objective.needs_clean:
-            logits_clean = y_pred if X_adv is Xi else self.infer(Xi, **fit_params)
-        loss = objective.loss(self, y_pred, yi, logits_clean)
-        if isinstance(attack, Attack):
-            with self._autocast():
-                extra = attack.regularizer(self.module_, Xi, X_adv, yi, y_pred)
-            if extra is not None:
-                loss = loss + extra
-        loss.backward()
+        # data-parallel: the rows of the global batch this rank holds; inside
+        # the block per-sample draws are the global batch's, sliced
+        shard = getattr(batch, "shard", None)
+        with batch_shard(shard):
+            objective = self.objective_
+            # an objective that ignores the adversarial batch (TRADES with beta=0)
+            # skips the attack: the step is then exactly a clean training step
+            attack = self.attack_ if objective.needs_adv else None
+            X_adv = Xi
+            if attack is not None:
+                # the unwrapped module, on this rank's shard: attacks take
+                # gradients w.r.t. the input only, so nothing is all-reduced
+                with self._autocast():
+                    if isinstance(attack, Attack):
+                        X_adv = attack.train_perturb(self.module_, Xi, yi)
+                    else:
+                        X_adv = attack(self.module_, Xi, yi)
+            self._set_training(True)
+            # adversarial weight perturbation: the gradient is taken at perturbed
+            # weights (in data-parallel training each rank perturbs by its own
+            # shard's weight gradient; DDP then averages the gradients)
+            if self.awp_ is not None:
+                self.awp_.perturb(self, Xi, X_adv, yi, **fit_params)
+            y_pred = self._train_forward(X_adv, **fit_params)
+            logits_clean = None
+            if objective.needs_clean:
+                logits_clean = y_pred if X_adv is Xi else self.infer(Xi, **fit_params)
+            loss = objective.loss(self, y_pred, yi, logits_clean)
+            if isinstance(attack, Attack):
+                with self._autocast():
+                    extra = attack.regularizer(self.module_, Xi, X_adv, yi, y_pred)
+                if extra is not None:
+                    loss = loss + extra
+            # DistributedDataParallel averages gradients over ranks; weighting
+            # each rank's mean loss by its share makes that average the gradient
+            # of the global batch's mean loss, also for uneven shards
+            (loss if shard is None else loss * shard.weight).backward()
+            if self.awp_ is not None:
+                self.awp_.restore(self)  # the weights go back exactly; the gradient stays
         return {"loss": loss, "y_pred": y_pred}
+
+    def _train_forward(self, x, **fit_params):
+        """The training forward pass: through DistributedDataParallel in a
+        data-parallel fit (so that the backward pass all-reduces gradients),
+        else :meth:`infer`."""
+        run = self._distributed_run()
+        if run is None or run.ddp is None:
+            return self.infer(x, **fit_params)
+        x = to_tensor(x, device=self.device)
+        with self._autocast():
+            if isinstance(x, Mapping):
+                return run.ddp(**self._merge_x_and_fit_params(x, fit_params))
+            return run.ddp(x, **fit_params)
+
+    #: Training batches between two checks of the batch losses (one host-device
+    #: synchronization each, and one all-reduce in data-parallel training).
+    loss_check_every = 50
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        """One pass over ``iterator``, with the batch losses kept on the device.
+
+        skorch's version reads ``loss.item()`` after every batch, a
+        host-device synchronization that stalls the GPU's queue. Here the
+        losses stay on the device and are read every ``loss_check_every``
+        batches and at the end of the epoch; they are then written into the
+        batch rows of the history (``train_loss``/``valid_loss``, as skorch
+        records them), so the epoch's ``train_loss`` keeps its meaning. In
+        data-parallel training the batch losses (and ``train_batch_size``)
+        are those of the global batch, reduced across ranks.
+
+        A non-finite training loss stops training with a ``ValueError`` naming
+        the epoch and the batch (see :meth:`_check_losses`).
+
+        Parameters
+        ----------
+        iterator : iterable or None
+            The batches; ``None`` skips the pass.
+        training : bool
+            Training or validation pass.
+        prefix : str
+            ``"train"`` or ``"valid"``, for the history keys.
+        step_fn : callable
+            ``step_fn(batch, **fit_params) -> {"loss": ..., ...}``.
+        **fit_params
+            Passed to ``step_fn``.
+        """
+        if iterator is None:
+            return
+        rows = self.history[-1]["batches"]
+        first_row = len(rows)
+        pending = []  # (row, loss tensor) not yet read
+        count = 0
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            shard = getattr(batch, "shard", None)
+            loss = step["loss"].detach().float().reshape(())
+            if shard is None:
+                size = get_len(batch[0]) if isinstance(batch, (tuple, list)) else get_len(batch)
+            else:  # this rank's part of the global batch's mean loss
+                size, loss = shard.total, loss * (shard.size / shard.total)
+            pending.append((count, loss))
+            self.history.record_batch(prefix + "_batch_size", size)
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+            count += 1
+            if training and len(pending) >= self.loss_check_every:
+                self._check_losses(pending, prefix, first_row, training)
+                pending = []
+        self._check_losses(pending, prefix, first_row, training)
+        self.history.record(prefix + "_batch_count", count)
+
+    def _check_losses(self, pending, prefix, first_row, training):
+        """Read the pending ``(batch index, loss)`` pairs (one synchronization),
+        record them in the batch rows from ``first_row`` on, and stop on a
+        non-finite training loss."""
+        if not pending:
+            return
+        values = torch.stack([loss for _, loss in pending])
+        if training and self._distributed_run() is not None:
+            values = all_reduce_sum(values)  # global batch means, the same on every rank
+        values = values.cpu().tolist()
+        rows = self.history[-1]["batches"]
+        for (index, _), value in zip(pending, values):
+            rows[first_row + index][prefix + "_loss"] = value
+        bad = [i for i, v in enumerate(values) if not np.isfinite(v)]
+        if training and bad:
+            index, _ = pending[bad[0]]
+            raise ValueError(self._divergence_message(values[bad[0]], index + 1))
+
+    def _divergence_message(self, value, batch):
+        epoch = len(self.history)
+        att = self.attack
+        eps = getattr(att, "epsilon", None)
+        hints = [f"a learning rate too high (lr={self.lr!r}: try a smaller one)"]
+        if eps is not None:
+            hints.append(
+                f"an attack budget too large for its warm-up (epsilon={eps!r}, "
+                f"attack_warmup={self.attack_warmup!r}: ramp epsilon over more epochs)")
+        hints.append("bad data (values far outside the attack's bounds, mislabelled "
+                     "or degenerate samples), or a module that overflows")
+        return (
+            f"the training loss became {value} at epoch {epoch}, batch {batch}; training "
+            f"stopped, since the parameters are no longer finite. Likely causes: "
+            + "; ".join(hints) + "."
+        )
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         super().on_epoch_end(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
@@ -791,7 +1116,6 @@ class AdversarialClassifier(ParamsValidationMixin, NeuralNetClassifier):
         if objective is not None:
             for key, value in objective.on_epoch_end().items():
                 self.history.record(key, value)
-
 
 def _encoded_accuracy(net, X, y):
     """Accuracy on skorch's validation data, whose labels are class indices."""

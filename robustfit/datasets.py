@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._utils import optional_import
+
 _MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -113,8 +115,7 @@ def load_mnist(root=None, split="test", download=False):
     img_name, lbl_name = _MNIST_FILES[split]
     img, lbl = _find(root, img_name), _find(root, lbl_name)
     if (img is None or lbl is None) and download:
-        from torchvision.datasets import MNIST
-
+        MNIST = optional_import("torchvision.datasets", "load_mnist(download=True)").MNIST
         MNIST(str(root), train=(split == "train"), download=True)
         img, lbl = _find(root, img_name), _find(root, lbl_name)
     if img is None or lbl is None:

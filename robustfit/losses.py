@@ -13,20 +13,35 @@ An objective is a small parameter object, like an attack, passed as
 * :class:`PrimalDual` - robust loss plus ``nu`` times the clean loss, with the
   dual variable ``nu`` updated by projected ascent on the constraint
   ``clean loss <= margin`` (Robey et al. 2021, DALE).
+* :class:`MART` - adversarial cross-entropy plus a margin term, and a KL term
+  weighted towards misclassified examples (Wang et al. 2020).
+
+Every cross-entropy term goes through the classifier's criterion
+(``net.get_loss``), so ``criterion__label_smoothing`` reaches all of them; the
+KL and margin terms use the plain softmax.
+
+:func:`dale_recipe` gives the whole training recipe of the DALE authors' code
+(attack, objective, optimizer, schedule) as classifier parameters.
 """
 
 from __future__ import annotations
 
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
+from skorch.callbacks import LRScheduler
 
+from ._distributed import batch_mean
 from ._ot import sinkhorn_distance
-from ._validation import Interval, Options, ParamsValidationMixin
+from ._validation import Interval, Options, ParamsValidationMixin, check_param
+from .attacks import PGD, Langevin
 
-__all__ = ["AdversarialCE", "Objective", "PrimalDual", "TRADES", "kl_divergence", "sinkhorn_distance"]
+__all__ = [
+    "MART", "AdversarialCE", "Objective", "PrimalDual", "TRADES", "dale_recipe", "kl_divergence",
+    "sinkhorn_distance",
+]
 
 
 def kl_divergence(logits_clean, logits_adv):
@@ -61,7 +76,9 @@ class Objective(ParamsValidationMixin, BaseEstimator):
 
     The hooks :meth:`reset`, :meth:`on_epoch_end` keep and report state;
     :meth:`validate_params` checks the parameters against the class's
-    ``_parameter_constraints``.
+    ``_parameter_constraints``. :meth:`value` is the loss without any state
+    update; adversarial weight perturbation (:class:`~robustfit.recipes.AWP`)
+    ascends it.
     """
 
     #: Whether :meth:`loss` needs the clean batch's logits.
@@ -94,6 +111,26 @@ class Objective(ParamsValidationMixin, BaseEstimator):
             Scalar to back-propagate.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement loss()")  # pragma: no cover
+
+    def value(self, net, logits_adv, y, logits_clean=None):
+        """The loss of one batch, without updating any state.
+
+        Equal to :meth:`loss` for stateless objectives (the default calls it);
+        an objective with state (:class:`PrimalDual`) overrides it so that an
+        extra evaluation, such as the weight perturbation of
+        :class:`~robustfit.recipes.AWP`, leaves the state alone.
+
+        Parameters
+        ----------
+        net, logits_adv, y, logits_clean
+            As for :meth:`loss`.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            Scalar.
+        """
+        return self.loss(net, logits_adv, y, logits_clean)
 
     def on_epoch_end(self):
         """Values to record in the classifier's history after an epoch.
@@ -218,6 +255,18 @@ class PrimalDual(Objective):
         The dual variable at the start of ``fit`` (the authors' code starts
         from 1).
 
+    The authors' settings (advbench's ``Gaussian_DALE_PD`` and
+    ``KL_DALE_PD``) are ``PrimalDual(margin=0.1, dual_lr=1e-3, nu_init=1.0)``
+    with ``update="batch"``, and ``robust_loss="kl"`` for KL-DALE;
+    :func:`dale_recipe` sets them together with the authors' sampler and
+    optimizer.
+
+    Notes
+    -----
+    In data-parallel training (``torchrun``) the clean loss of each step is
+    all-reduced over the ranks before the dual step, so ``nu`` is the same
+    on every rank and equals the one-process value for the same global batch.
+
     Attributes
     ----------
     nu_ : float
@@ -267,24 +316,37 @@ class PrimalDual(Objective):
         nu = getattr(self, "nu_t_", None)
         return float(self.nu_init) if nu is None else float(nu)
 
-    def loss(self, net, logits_adv, y, logits_clean=None):
-        """``robust_loss + nu * clean_loss``, then the dual step; see :meth:`Objective.loss`."""
+    def _nu(self, device):
+        # nu stays a tensor on the device: no host sync per batch
+        if getattr(self, "nu_t_", None) is None:
+            self.nu_t_ = torch.tensor(float(self.nu_init), device=device)
+        if self.nu_t_.device != device:  # unpickled on another device
+            self.nu_t_ = self.nu_t_.to(device)
+        return self.nu_t_
+
+    def _terms(self, net, logits_adv, y, logits_clean):
         clean = net.get_loss(logits_clean, y, training=True)
         if self.robust_loss == "ce":
             robust = net.get_loss(logits_adv, y, training=True)
         else:
             robust = kl_divergence(logits_clean, logits_adv)
-        # nu stays a tensor on the device: no host sync per batch
-        if getattr(self, "nu_t_", None) is None:
-            self.nu_t_ = torch.tensor(float(self.nu_init), device=clean.device)
-        nu = self.nu_t_
-        if nu.device != clean.device:  # unpickled on another device
-            nu = self.nu_t_ = nu.to(clean.device)
+        return clean, robust
+
+    def value(self, net, logits_adv, y, logits_clean=None):
+        """``robust_loss + nu * clean_loss`` with the current ``nu``, no dual step."""
+        clean, robust = self._terms(net, logits_adv, y, logits_clean)
+        return robust + self._nu(clean.device) * clean
+
+    def loss(self, net, logits_adv, y, logits_clean=None):
+        """``robust_loss + nu * clean_loss``, then the dual step; see :meth:`Objective.loss`."""
+        clean, robust = self._terms(net, logits_adv, y, logits_clean)
+        nu = self._nu(clean.device)
         loss = robust + nu * clean
-        slack = clean.detach().float() - self.margin
+        # data-parallel: the dual step uses the global batch's clean loss
+        # (all-reduced), so every rank holds the same nu
+        acc = batch_mean(clean.detach().float())
         if self.update == "batch":
-            self.nu_t_ = (nu + self.dual_lr * slack).clamp_min(0.0)
-        acc = clean.detach().float()
+            self.nu_t_ = (nu + self.dual_lr * (acc - self.margin)).clamp_min(0.0)
         self.epoch_loss_ = acc if getattr(self, "epoch_loss_", None) is None else self.epoch_loss_ + acc
         self.epoch_batches_ = getattr(self, "epoch_batches_", 0) + 1
         return loss
@@ -315,3 +377,204 @@ class PrimalDual(Objective):
                 values["dual_nu"] = self.nu_
         self._clear_epoch()
         return values
+
+
+def _log_one_minus_softmax(logits, index):
+    """``log(1 - softmax(logits)[i, index[i]])``, computed without cancellation.
+
+    ``1 - p_k`` is the probability of every class but ``k``, so its log is
+    ``logsumexp`` of the other logits minus ``logsumexp`` of all of them: exact
+    even where ``p_k`` rounds to 1 in floating point.
+    """
+    others = logits.scatter(1, index[:, None], float("-inf"))
+    return torch.logsumexp(others, dim=1) - torch.logsumexp(logits, dim=1)
+
+
+class MART(Objective):
+    """MART (Wang et al. 2020): misclassification-aware adversarial training.
+
+    .. math::
+
+        \\ell = \\underbrace{\\mathrm{CE}(f(x'), y)
+        - \\log\\big(1 - \\max_{k \\ne y} p_k(x')\\big)}_{\\mathrm{BCE}}
+        + \\beta\\,\\mathrm{KL}\\big(p(x) \\,\\|\\, p(x')\\big)\\,\\big(1 - p_y(x)\\big)
+
+    averaged over the batch, with ``x'`` the adversarial and ``x`` the clean
+    input. The boosted cross-entropy (BCE) adds a margin term that pushes down
+    the most likely wrong class; the KL regularizer of :class:`TRADES` is
+    weighted by ``1 - p_y(x)``, so examples the model misclassifies (or
+    classifies with little confidence) weigh more. As in the paper, the
+    weight is part of the graph (not detached). The adversarial examples come
+    from the classifier's ``attack``, which for MART is PGD on the
+    cross-entropy (the default ``PGD(loss="ce")``).
+
+    The cross-entropy term is the classifier's criterion (label smoothing
+    applies to it); the margin and KL terms use the plain softmax. The margin
+    term is computed as ``log(1 - p_k) = logsumexp(z_{-k}) - logsumexp(z)``,
+    exact where ``p_k`` is close to 1 (the authors' code adds ``1e-4`` inside
+    the log instead).
+
+    Parameters
+    ----------
+    beta : float, default=6.0
+        Weight of the misclassification-aware KL term, ``>= 0`` (Wang et al.
+        use 6 on CIFAR-10 and MNIST). ``beta=0`` leaves the boosted
+        cross-entropy alone.
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.attacks import PGD
+    >>> from robustfit.losses import MART
+    >>> clf = AdversarialClassifier(attack=PGD(epsilon=0.3, steps=7), objective=MART(beta=6.0))
+    >>> clf.set_params(objective__beta=3.0).objective.beta
+    3.0
+    """
+
+    needs_clean = True
+    _parameter_constraints = {"beta": [Interval(Real, 0, None)]}
+
+    def __init__(self, beta=6.0):
+        self.beta = beta
+
+    def loss(self, net, logits_adv, y, logits_clean=None):
+        """Boosted cross-entropy plus the weighted KL term; see :meth:`Objective.loss`."""
+        ce = net.get_loss(logits_adv, y, training=True)
+        z_adv = logits_adv.float()
+        # the most likely wrong class of each adversarial example
+        wrong = z_adv.scatter(1, y[:, None], float("-inf")).argmax(dim=1)
+        margin = -_log_one_minus_softmax(z_adv, wrong).mean()
+        loss = ce + margin
+        if self.beta == 0:
+            return loss
+        log_p_clean = F.log_softmax(logits_clean.float(), dim=1)
+        log_p_adv = F.log_softmax(z_adv, dim=1)
+        kl = (log_p_clean.exp() * (log_p_clean - log_p_adv)).sum(dim=1)
+        weight = 1.0 - log_p_clean.gather(1, y[:, None]).squeeze(1).exp()
+        return loss + self.beta * (kl * weight).mean()
+
+
+# --------------------------------------------------------------------------- the authors' recipe
+_DALE_METHODS = ("dale", "dale-laplace", "kl-dale", "pgd", "trades")
+
+
+def dale_recipe(method="dale", epsilon=0.3, epochs=50, steps=7, step_size=0.1, batch_size=128,
+                schedule="constant"):
+    """The MNIST training recipe of the DALE authors' code, as classifier parameters.
+
+    Robey et al.'s code (github.com/arobey1/advbench) trains every method of
+    their MNIST comparison with the same optimizer and schedule; this function
+    returns those settings for one method, to unpack into
+    :class:`~robustfit.AdversarialClassifier`::
+
+        AdversarialClassifier(MnistCNN, **dale_recipe("kl-dale"))
+
+    Every entry can be overridden after unpacking, e.g.
+    ``clf.set_params(max_epochs=20)`` (the schedule's milestones follow
+    ``epochs``, so pass the epoch count here rather than later).
+
+    * optimizer: SGD, lr 0.01, momentum 0.9, weight decay 3.5e-3, batch 128,
+      50 epochs, no epsilon warm-up, the whole training set (no validation
+      split); the learning rate constant (``schedule="constant"``: the code
+      of the paper's time, October 2021, stepped it at epochs 55, 75 and 90,
+      which 50 epochs never reach) or divided by 10 at epochs 25, 35 and 40
+      (``schedule="step"``: the repository's 2023 code; the milestones scale
+      with ``epochs``, at 50%, 70% and 80%);
+    * ``"dale"`` (``Gaussian_DALE_PD``): :class:`~robustfit.attacks.Langevin`
+      on ``log(1 - p_y)``, ``steps`` steps of ``step_size`` from
+      ``x + 0.001 N(0, I)``, Gaussian noise of coefficient 1e-3; the
+      cross-entropy robust loss; :class:`PrimalDual` with ``nu_init=1``,
+      ``dual_lr=1e-3``, ``margin=0.1``;
+    * ``"dale-laplace"``: the same with Laplace noise inside the sign
+      (advbench's ``LMC_Laplacian_Linf`` sampler, coefficient 1e-3 on the
+      batch-mean gradient, ``1e-3 * batch_size`` on robustfit's summed one);
+    * ``"kl-dale"`` (``KL_DALE_PD``): the TRADES attack, i.e. Langevin on
+      ``KL(p(x) || p(x + delta))`` from the near-zero start without noise,
+      and the KL robust loss, same dual settings;
+    * ``"pgd"``: the authors' PGD baseline, PGD steps from ``x`` itself (no
+      random start) on the cross-entropy, :class:`AdversarialCE`;
+    * ``"trades"``: the authors' TRADES baseline, the TRADES attack and
+      :class:`TRADES` with their MNIST ``beta=1`` (the authors' code puts
+      the cross-entropy on the adversarial batch; robustfit's TRADES on the
+      clean one, as Zhang et al.).
+
+    Parameters
+    ----------
+    method : {"dale", "dale-laplace", "kl-dale", "pgd", "trades"}, default="dale"
+        Which method of the comparison.
+    epsilon : float, default=0.3
+        l_inf radius (the authors' MNIST value).
+    epochs : int, default=50
+        Training epochs (the authors': 50).
+    steps : int, default=7
+        Attack or sampler steps in training (the authors': 7).
+    step_size : float, default=0.1
+        Their length (the authors': 0.1).
+    batch_size : int, default=128
+        Training batch size (the authors' at the time of the paper; the
+        repository's latest default is 64).
+    schedule : {"constant", "step"}, default="constant"
+        The learning-rate schedule (see above).
+
+    Returns
+    -------
+    params : dict
+        ``attack``, ``objective``, ``optimizer``, ``lr``,
+        ``optimizer__momentum``, ``optimizer__weight_decay``, ``batch_size``,
+        ``max_epochs``, ``lr_schedule`` (``"constant"``), ``attack_warmup``
+        (0), ``train_split`` (None) and, for ``schedule="step"``,
+        ``callbacks`` (a skorch ``LRScheduler`` named ``"step_lr"``).
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.losses import dale_recipe
+    >>> from robustfit.models import MnistCNN
+    >>> clf = AdversarialClassifier(MnistCNN, **dale_recipe("kl-dale", epochs=20))
+    >>> clf.attack.potential, clf.objective.robust_loss, clf.objective.nu_init
+    ('kl', 'kl', 1.0)
+    """
+    check_param(method, "method", [Options(_DALE_METHODS)], "dale_recipe")
+    check_param(epsilon, "epsilon", [Interval(Real, 0, None, closed="left")], "dale_recipe")
+    check_param(epochs, "epochs", [Interval(Integral, 1, None)], "dale_recipe")
+    check_param(steps, "steps", [Interval(Integral, 1, None)], "dale_recipe")
+    check_param(step_size, "step_size", [Interval(Real, 0, None, closed="left")], "dale_recipe")
+    check_param(batch_size, "batch_size", [Interval(Integral, 1, None)], "dale_recipe")
+    check_param(schedule, "schedule", [Options(("constant", "step"))], "dale_recipe")
+    sampler = dict(epsilon=epsilon, steps=steps, step_size=step_size)
+    near_zero = dict(random_start="normal", start_scale=1e-3)
+    dual = dict(margin=0.1, dual_lr=1e-3, nu_init=1.0, update="batch")
+    if method == "dale":
+        attack = Langevin(potential="log1m", noise="gaussian", noise_coef=1e-3, **near_zero, **sampler)
+        objective = PrimalDual(robust_loss="ce", **dual)
+    elif method == "dale-laplace":
+        attack = Langevin(potential="log1m", noise="laplace", noise_coef=1e-3 * batch_size,
+                          **near_zero, **sampler)
+        objective = PrimalDual(robust_loss="ce", **dual)
+    elif method == "kl-dale":
+        attack = Langevin(potential="kl", noise_coef=0.0, **near_zero, **sampler)
+        objective = PrimalDual(robust_loss="kl", **dual)
+    elif method == "pgd":
+        attack = PGD(random_start=False, **sampler)
+        objective = AdversarialCE()
+    else:  # trades
+        attack = Langevin(potential="kl", noise_coef=0.0, **near_zero, **sampler)
+        objective = TRADES(beta=1.0)
+    params = {
+        "attack": attack,
+        "objective": objective,
+        "optimizer": torch.optim.SGD,
+        "lr": 0.01,
+        "optimizer__momentum": 0.9,
+        "optimizer__weight_decay": 3.5e-3,
+        "batch_size": batch_size,
+        "max_epochs": epochs,
+        "lr_schedule": "constant",
+        "attack_warmup": 0,
+        "train_split": None,
+    }
+    if schedule == "step":
+        milestones = sorted({max(1, round(epochs * f)) for f in (0.5, 0.7, 0.8)})
+        params["callbacks"] = [("step_lr", LRScheduler(policy=torch.optim.lr_scheduler.MultiStepLR,
+                                                       milestones=milestones, gamma=0.1))]
+    return params

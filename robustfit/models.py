@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._utils import optional_import
+
 
 class MLP(nn.Module):
     """A multi-layer perceptron for tabular data of shape ``(n, n_features)``.
@@ -155,8 +157,7 @@ def ResNet18(n_classes=10, in_channels=3):
     -------
     module : torchvision.models.ResNet
     """
-    from torchvision.models import resnet18
-
+    resnet18 = optional_import("torchvision.models", "robustfit.models.ResNet18").resnet18
     net = resnet18(weights=None, num_classes=n_classes)
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()

@@ -256,7 +256,7 @@ def _bad_inputs(X, y):
         "1d": (X[:, 0, 0, 0], y, r"got 1 with shape \(40,\)"),
         "length": (X, y[:-1], r"different lengths: 40 and 39"),
         "one-class": (X, np.zeros_like(y), r"1 class\(es\), \[0\].*at least 2"),
-        "2d-y": (X, y[:, None], r"y must be 1-dimensional"),
+        "2d-y": (X, np.stack([y, y], 1), r"y must be 1-dimensional"),
         "box": (X * 2 - 0.5, y, r"values in \[-0\.5, 1\.5\], outside .* bounds=\(0, 1\)"),
         "empty": (X[:0], y[:0], r"0 samples"),
     }
@@ -338,12 +338,28 @@ def test_valid_acc_with_labels_that_are_not_indices(digits_small):
 
 def test_verbose_progress(digits_small, capsys):
     Xtr, ytr, _, _ = digits_small
-    clf = AdversarialClassifier(attack=FGSM(epsilon=0.1), max_epochs=2, verbose=1,
-                                random_state=0).fit(Xtr[:200], ytr[:200])
+    bar = io.StringIO()
+    clf = AdversarialClassifier(
+        attack=FGSM(epsilon=0.1), max_epochs=2, verbose=1, random_state=0, batch_size=64,
+        proxy_data=(Xtr[200:300], ytr[200:300]), proxy_ratio=0.5,
+        callbacks__progress__file=bar, callbacks__progress__disable=False,
+    ).fit(Xtr[:200], ytr[:200])
     assert "progress" in dict(clf.callbacks_)
     out = capsys.readouterr()
     assert "train_loss" in out.out  # skorch's per-epoch table
-    assert "epochs" in out.err  # the tqdm bar
+    text = bar.getvalue()
+    # 180 real training samples, 32 real per mixed batch of 64: 6 batches, not 3
+    assert "epoch 1/2" in text and "epoch 2/2" in text and "/6" in text, text[-500:]
+    # the table is never interrupted by the bar: every row is a line of its own
+    rows = [line for line in out.out.splitlines() if line.strip()]
+    assert rows[0].split()[0] == "epoch" and len(rows) == 4, out.out
+
+
+def test_no_progress_bar_in_a_log_file(digits_small, capsys):
+    Xtr, ytr, _, _ = digits_small
+    AdversarialClassifier(max_epochs=1, verbose=1, random_state=0).fit(Xtr[:100], ytr[:100])
+    err = capsys.readouterr().err
+    assert "epoch 1/1" not in err  # stderr is not a terminal here: the table alone reports
 
 
 # ----------------------------------------------------------------- device
@@ -477,3 +493,9 @@ def test_attack_warmup_does_not_mutate_user_attack(digits_small):
                                 random_state=0).fit(Xtr[:200], ytr[:200])
     assert attack.epsilon == 0.2
     assert 0.0 < clf.attack_.epsilon < 0.2
+
+
+def test_accelerate_mixin_is_refused_with_a_reason():
+    hf = pytest.importorskip("skorch.hf")
+    with pytest.raises(TypeError, match="AccelerateMixin.*clean data.*torchrun"):
+        type("AcceleratedNet", (hf.AccelerateMixin, AdversarialClassifier), {})

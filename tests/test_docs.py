@@ -22,6 +22,9 @@ def test_docs_build_without_warnings(tmp_path):
     # Build a copy, so that the generated API pages do not land in the source tree.
     src = tmp_path / "docs"
     shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "generated"))
+    # pages include scripts from examples/ by relative path
+    shutil.copytree(DOCS.parent / "examples", tmp_path / "examples",
+                    ignore=shutil.ignore_patterns("*.ipynb", "__pycache__"))
     out = tmp_path / "html"
     proc = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(src),
@@ -46,9 +49,9 @@ def _documented_names():
 
 
 def _public_names():
-    names = {"robustfit.classifier.resolve_device"}
+    names = {"robustfit.classifier.resolve_device", "robustfit.classifier.training_state_path"}
     packages = ("robustfit", "robustfit.attacks", "robustfit.metrics", "robustfit.losses",
-                "robustfit.proxy")
+                 "robustfit.proxy", "robustfit.certify", "robustfit.recipes")
     for package in packages:
         mod = importlib.import_module(package)
         names |= {f"{package}.{n}" for n in mod.__all__ if not n.startswith("__")}
@@ -69,11 +72,13 @@ def test_api_page_lists_every_public_name():
     assert not stale, f"not public (any more), remove from docs/api.rst: {stale}"
 
 
-def test_getting_started_code_runs(tmp_path):
-    """Every Python block of getting_started.rst, run in order as one script."""
-    text = (DOCS / "getting_started.rst").read_text()
+@pytest.mark.parametrize("page,min_blocks", [("getting_started.rst", 5), ("skorch_tools.rst", 5),
+                                             ("recipes.rst", 8)])
+def test_page_code_runs(tmp_path, page, min_blocks):
+    """Every Python block of a docs page, run in order as one script."""
+    text = (DOCS / page).read_text()
     blocks = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)", text)
-    assert len(blocks) >= 5
+    assert len(blocks) >= min_blocks
     script = "import torch\ntorch.set_num_threads(1)\n" + "\n".join(
         "\n".join(line[4:] for line in block.splitlines()) for block in blocks
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 import subprocess
@@ -16,6 +17,7 @@ ROW = re.compile(NAMES + r"\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)%\s+([\d.]+)s$")
 
 
 def test_quickstart_quick(tmp_path):
+    importlib.import_module("matplotlib")  # robustfit[plot]; conftest skips without it
     out = tmp_path / "x.png"
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "quickstart.py"), "--quick", "--out", str(out)],
@@ -50,6 +52,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     # Notebooks read ROBUSTFIT_QUICK=1 and shrink their data and epochs, so the suite stays fast;
     # the kernel inherits this environment.
     monkeypatch.setenv("ROBUSTFIT_QUICK", "1")
+    importlib.import_module("matplotlib")  # robustfit[plot]; conftest skips without it
     if importlib.util.find_spec("ipykernel") is None:
         pytest.skip("ipykernel is not installed (pip install -e '.[test]'), so no kernel can run")
     nbformat = pytest.importorskip("nbformat")
@@ -68,3 +71,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert "error" not in {o.get("output_type") for c in nb.cells for o in c.get("outputs", [])}
     if path.name.startswith("01_"):
         assert "best: {'attack__epsilon':" in text, text
+    if path.name.startswith("06_"):
+        # a certificate holds against an attack on the smoothed classifier within its radius
+        assert "best: {'sigma':" in text, text
+        assert re.search(r"certified radius \+ 0\.0: flipped 0 of [1-9]", text), text

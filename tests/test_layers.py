@@ -3,20 +3,26 @@
 The order, bottom to top (also in the README's layout section and in
 docs/developers.rst):
 
-0. ``_validation`` - parameter constraints, devices, boxes, arrays, labels
-1. ``_utils``, ``datasets`` - seeding, cloning, optional imports; data loaders
-2. ``_ot``, ``models`` - the OT divergence; networks (classifiers, generators)
-3. ``attacks`` - attack algorithms
-4. ``losses`` - training objectives
-5. ``_evaluation`` - robust accuracy, scorers, gradient-masking checks
-6. ``_proxy_pool`` - the pool of proxy samples of one fit
-7. ``_loader`` - device-resident batch iterators, real/proxy mixing
-8. ``callbacks`` - schedules, robust validation, progress
-9. ``classifier`` - AdversarialClassifier
-10. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
+0. ``_validation``, ``_distributed`` - parameter constraints, devices, boxes,
+   arrays, labels; process-group helpers and batch shards (torch.distributed)
+1. ``_utils``, ``_persist`` - seeding (RandomSource), cloning, optional imports,
+   mixed precision; files without pickle
+2. ``datasets`` - data loaders (torchvision through ``_utils.optional_import``)
+3. ``_ot``, ``models`` - the OT divergence; networks (classifiers, generators)
+4. ``attacks`` - attack algorithms
+5. ``losses`` - training objectives
+6. ``_evaluation`` - robust accuracy, scorers, gradient-masking checks
+7. ``_proxy_pool`` - the pool of proxy samples of one fit
+8. ``_loader`` - device-resident batch iterators, real/proxy mixing
+9. ``callbacks`` - schedules, robust validation, progress, weight snapshots
+10. ``recipes`` - training recipes: weight averaging, AWP, the collapse guard
+11. ``_classifier_saving``, ``_classifier_ddp`` - the classifier's mixins:
+    saving/loading/resuming, data-parallel hooks
+12. ``classifier`` - AdversarialClassifier
+13. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
     bound, ARC (which trains discriminators with the classifier)
-11. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
-12. ``robustfit/__init__`` - the public names
+14. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
+15. ``robustfit/__init__`` - the public names
 
 A module may import from any lower layer and from its own package; imports of
 robustfit modules sit at module level only (no import deferred into a
@@ -33,8 +39,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "robustfit"
 
 LAYERS = [
-    {"_validation"},
-    {"_utils", "datasets"},
+    {"_validation", "_distributed"},
+    {"_utils", "_persist"},
+    {"datasets"},
     {"_ot", "models"},
     {"attacks"},
     {"losses"},
@@ -42,6 +49,8 @@ LAYERS = [
     {"_proxy_pool"},
     {"_loader"},
     {"callbacks"},
+    {"recipes"},
+    {"_classifier_saving", "_classifier_ddp"},
     {"classifier"},
     {"metrics"},
     {"proxy", "certify"},

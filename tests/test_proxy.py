@@ -10,6 +10,8 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 from robustfit import AdversarialClassifier
 from robustfit._loader import MixedLoader
+from robustfit.attacks import PGD
+from robustfit.metrics import make_robust_scorer
 from robustfit.proxy import (
     ArrayProxy,
     DiffusionProxy,
@@ -74,7 +76,8 @@ def test_fit_resample_shapes_and_parameter_errors(data):
         GaussianMixtureProxy(n_samples=0).fit(X, y)
     with pytest.raises(ValueError, match="mixture_components"):
         GaussianMixtureProxy(mixture_components=0).fit(X, y)
-    with pytest.raises(ValueError, match="outside bounds"):
+    with pytest.raises(ValueError, match=r"outside the declared input box bounds=\(0, 1\).*"
+                                         r"GaussianMixtureProxy's bounds"):
         GaussianMixtureProxy().fit(X * 2, y)
     with pytest.raises(Exception, match="not fitted"):
         GaussianMixtureProxy().sample(3)
@@ -118,7 +121,7 @@ def test_array_proxy_errors(tmp_path, data):
         (dict(X=good.astype(np.int32), y=y[:30]), "dtype"),
         (dict(X=good * 3, y=y[:30]), "outside bounds"),
         (dict(X=good, y=y[:30] + 100), "not among the training classes"),
-        (dict(X=good, y=y[:29]), "one label per sample"),
+        (dict(X=good, y=y[:29]), "proxy y have different lengths: 30 and 29"),
         (dict(X=good, y=np.zeros(30, dtype=int)), "no samples of classes"),
         (dict(X=np.full_like(good, np.nan), y=y[:30]), "NaN"),
         (dict(), "exactly one of X"),
@@ -251,7 +254,7 @@ def test_batches_mix_real_and_proxy_in_the_ratio(data):
         seen.append(xb.detach().clone())
         return xb
 
-    _clf(attack=recording_attack, proxy_data=(Xp, np.zeros(500, dtype=int)), proxy_ratio=0.25,
+    _clf(attack=recording_attack, proxy_data=(Xp, np.arange(500) % 10), proxy_ratio=0.25,
          max_epochs=1).fit(X, y)
     is_proxy = [(b.reshape(len(b), -1) == 0.5).all(axis=1) for b in seen]
     n_real = sum(int((~p).sum()) for p in is_proxy)
@@ -262,6 +265,59 @@ def test_batches_mix_real_and_proxy_in_the_ratio(data):
     loader = MixedLoader(_clf().get_dataset(X, y), torch.as_tensor(Xp), torch.zeros(500),
                          0.5, batch_size=10)
     assert len(loader) == 80 and all(len(xb) == 10 for xb, _ in list(loader)[:-1])
+
+
+class _RecordingNet(torch.nn.Module):
+    """A linear classifier that keeps every training input it sees."""
+
+    def __init__(self, width=None):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+        self.seen = []
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("ratio, n_proxy", [(0.5, 64), (0.25, 21)])
+def test_append_mixing_adds_proxy_samples_to_a_full_real_batch(data, ratio, n_proxy):
+    """``proxy_mixing="append"``: every training forward pass sees a full real
+    batch of ``batch_size`` plus ``round(batch_size * r / (1 - r))`` proxy
+    samples (at 0.5 the batch doubles); an epoch is still one pass over the
+    real data."""
+    X, y, _, _ = data
+    Xp = np.full((2000, 1, 8, 8), 0.5, dtype=np.float32)
+    clf = _clf(module=_RecordingNet, proxy_data=(Xp, np.arange(2000) % 10), proxy_ratio=ratio,
+               proxy_mixing="append").fit(X, y)
+    net = clf.module_
+    is_proxy = [(b.reshape(len(b), -1) == 0.5).all(axis=1) for b in net.seen]
+    assert sum(int((~p).sum()) for p in is_proxy) == len(X)
+    for p in is_proxy[:-1]:
+        assert int((~p).sum()) == 64 and int(p.sum()) == n_proxy
+    assert len(net.seen) == -(-len(X) // 64) == clf.train_batches_
+    split_net = _clf(module=_RecordingNet, proxy_data=(Xp, np.arange(2000) % 10),
+                     proxy_ratio=ratio).fit(X, y).module_
+    assert len(split_net.seen[0]) == 64
+    if ratio == 0.5:
+        assert len(net.seen[0]) == 2 * len(split_net.seen[0])  # the batch seen by the module doubles
+
+
+def test_append_mixing_pool_size_and_errors(data):
+    from robustfit._proxy_pool import proxy_per_batch, proxy_per_epoch
+
+    assert proxy_per_batch(128, 0.5, "append") == 128
+    assert proxy_per_batch(128, 0.5) == 64
+    assert proxy_per_batch(1, 0.5, "append") == 1 and proxy_per_batch(1, 0.5) == 0
+    assert proxy_per_epoch(1000, 128, 0.5, "append") == 8 * 128
+    assert proxy_per_epoch(1000, 128, 0.5) == 16 * 64
+    X, y, _, _ = data
+    proxy = GaussianMixtureProxy(pca_components=5, mixture_components=1, random_state=0)
+    clf = _clf(proxy_data=proxy, proxy_mixing="append").fit(X, y)
+    assert len(clf.proxy_X_) == proxy_per_epoch(len(X), 64, 0.5, "append")
+    with pytest.raises(ValueError, match=r"proxy_mixing must be one of .*'concat'"):
+        _clf(proxy_data=proxy, proxy_mixing="concat").fit(X, y)
 
 
 class CountingProxy(GaussianMixtureProxy):
@@ -312,3 +368,24 @@ def test_no_validation_sample_reaches_the_generator_in_grid_search(data):
         assert len(np.intersect1d(rows, test)) == 0  # no CV validation fold
         assert set(rows) < set(train)  # and not skorch's internal validation split either
         assert len(rows) == len(train) - int(np.ceil(len(train) / 10))
+
+
+def test_proxy_as_a_sampler_in_an_imblearn_pipeline(data):
+    """A ProxyDistribution is an imbalanced-learn sampler: in an imblearn Pipeline it adds
+    synthetic samples at fit time only, and GridSearchCV tunes it like any step."""
+    imblearn_pipeline = pytest.importorskip("imblearn.pipeline")
+    X, y, _, _ = data
+    X, y = X[:300], y[:300]
+    proxy = GaussianMixtureProxy(mixture_components=1, pca_components=8, n_samples=150,
+                                 random_state=0)
+    pipe = imblearn_pipeline.Pipeline([("proxy", proxy), ("clf", _clf())])
+    pipe.fit(X, y)
+    # 300 real + 150 synthetic samples reached the classifier: 8 batches of 64, not 5
+    assert pipe.named_steps["clf"].history[-1, "train_batch_count"] == 8
+    assert pipe.predict(X[:10]).shape == (10,)  # the sampler is skipped at prediction
+    search = GridSearchCV(
+        pipe, {"proxy__pca_components": [4, 8]}, cv=2,
+        scoring=make_robust_scorer(PGD(epsilon=0.1, steps=2)),
+    ).fit(X, y)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    assert search.best_params_["proxy__pca_components"] in (4, 8)

@@ -12,6 +12,7 @@ from sklearn.model_selection import GridSearchCV
 
 from robustfit import AdversarialClassifier
 from robustfit.attacks import PGD
+from robustfit.datasets import load_digits_images
 from robustfit.metrics import (
     TransferBound,
     arc_score,
@@ -140,6 +141,79 @@ def test_average_robustness_matches_the_linear_boundary_distance(norm, dual):
     # random restarts instead of targeted runs find the same distances
     alt = average_robustness(net, X[:50], y[:50], norm=norm, bounds=None, restarts=2, n_targets=0)
     np.testing.assert_allclose(alt.distances, analytic[:50], rtol=0.02, atol=1e-4)
+
+
+def _pinned_net():
+    """A small ReLU network with weights from a seeded numpy generator (the same on every platform)."""
+    rng = np.random.RandomState(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.tensor(rng.randn(*p.shape) * 0.5, dtype=torch.float32))
+    return net
+
+
+# Computed with the search as it stood in robustfit/metrics/_transfer.py before it
+# became robustfit.attacks.MinimumNorm (commit f72b279); the attack must reproduce them.
+PINNED = {
+    "linf": [0.0, 0.0, 0.05183690786361694, 0.08857381343841553, 0.028546638786792755, 0.13041621446609497,
+             0.05183690786361694, 0.1953125, 0.10196316242218018, 0.15798968076705933, 0.022656261920928955,
+             0.07489168643951416],
+    "l2": [0.0, 0.0, 0.2735108435153961, 0.514025866985321, 0.14755873382091522, 0.6787678599357605,
+           0.2743949890136719, 1.064632773399353, 0.5223609805107117, 0.805318295955658, 0.12615394592285156,
+           0.40495535731315613],
+}
+
+
+@pytest.mark.parametrize("norm, kwargs", [("linf", {}), ("l2", {"restarts": 2, "n_targets": 1})])
+def test_average_robustness_reproduces_the_pinned_distances(norm, kwargs):
+    X = load_digits_images()[0][:12]
+    net = _pinned_net()
+    y = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0])  # the net's predictions, the first two flipped
+    with torch.no_grad():
+        np.testing.assert_array_equal(net(torch.as_tensor(X)).argmax(1).numpy()[2:], y[2:])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        res = average_robustness(net, X, y, norm, steps=10, search_steps=8, batch_size=5, **kwargs)
+    np.testing.assert_allclose(res.distances, PINNED[norm], rtol=1e-5, atol=1e-7)
+    assert res.mean == pytest.approx(np.mean(PINNED[norm]), rel=1e-5)
+
+
+class _HalfConstant(torch.nn.Module):
+    """Class 0 wherever ``x[0] > 0.5`` and everywhere for the samples whose
+    ``x[1] > 0.5`` (no adversarial point exists for them in the box)."""
+
+    def forward(self, x):
+        lock = (x[:, 1:2] > 0.5).float()
+        z0 = (x[:, :1] - 0.5) + 10.0 * lock
+        return torch.cat([z0, -z0], dim=1)
+
+
+@pytest.mark.parametrize("norm, limit", [("linf", 1.0), ("l2", 2 ** 0.5)])
+def test_average_robustness_keeps_unfound_points_at_the_upper_limit(norm, limit):
+    """A sample without an adversarial point counts at the search's limit (the
+    box's diameter), with a warning: the mean stays over every sample, with the
+    class weights given, not over the found ones renormalized."""
+    X = np.array([[0.9, 0.0], [0.7, 0.0], [0.9, 0.9], [0.8, 0.9]], dtype=np.float32)
+    y = np.array([0, 0, 0, 0])
+    with pytest.warns(RuntimeWarning, match=r"2 of 4 samples; they count at the search's upper limit"):
+        res = average_robustness(_HalfConstant(), X, y, norm=norm, n_targets=0)
+    assert res.upper_limit == pytest.approx(limit)
+    np.testing.assert_array_equal(res.found, [True, True, False, False])
+    np.testing.assert_allclose(res.distances[:2], [0.4, 0.2], rtol=0.02)
+    assert np.all(res.distances[2:] == res.upper_limit)
+    assert res.mean == pytest.approx((0.4 + 0.2 + 2 * limit) / 4, rel=0.02)
+    # the weights are the ones given, on every sample (no renormalization over found ones)
+    w = np.array([1.0, 1.0, 2.0, 0.0])
+    with pytest.warns(RuntimeWarning):
+        weighted = average_robustness(_HalfConstant(), X, y, norm=norm, n_targets=0,
+                                      sample_weight=w)
+    assert weighted.mean == pytest.approx((0.4 + 0.2 + 2 * limit) / 4, rel=0.02)
+    # without bounds the limit is the largest budget the doubling reaches
+    with pytest.warns(RuntimeWarning):
+        free = average_robustness(_HalfConstant(), X, y, norm=norm, bounds=None, n_targets=0,
+                                  eps_init=0.5, search_steps=4)
+    assert free.upper_limit == 0.5 * 2 ** 3 and np.all(free.distances[2:] == 4.0)
 
 
 # ------------------------------------------------------------ the theorem

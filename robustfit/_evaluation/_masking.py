@@ -13,14 +13,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_bounds, check_in_bounds
+from .._utils import random_source
+from .._validation import Interval, check_bounds, check_in_bounds, check_param
 from ..attacks import PGD, AutoAttack, Square
 from ..attacks._base import Attack, _as_tensors, eval_mode
-from ._accuracy import encode_for, resolve_estimator
+from ._accuracy import encode_for, evaluation_copy, evaluation_seed, resolve_estimator, robust_mask
 
 CHECKS = ("steps", "large_epsilon", "blackbox", "gradients")
 
@@ -230,24 +232,18 @@ class GradientMaskingReport:
 
 
 def _robust_mask(module, x, y, run, batch_size):
-    """Per point: classified correctly both clean and on ``run``'s output."""
-    out = []
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        with torch.no_grad():
-            ok = module(xb).argmax(1) == yb
-        x_adv = run(module, xb, yb)
-        with torch.no_grad():
-            ok &= module(x_adv).argmax(1) == yb
-        out.append(ok)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool, device=x.device)
+    """Per point: classified correctly both clean and on ``run``'s output
+    (sharded over the ranks under torchrun, see :func:`robust_mask`)."""
+    return robust_mask(module, x, y, run, batch_size)
 
 
 def _mean(mask):
+    """Fraction of ``True`` in a boolean tensor (0 when empty)."""
     return int(mask.sum()) / mask.numel() if mask.numel() else 0.0
 
 
 def _default_large_epsilon(epsilon, norm, bounds, x):
+    """The budget that reaches every point of the box (``10 * epsilon`` without a box)."""
     if bounds is None:
         return 10.0 * float(epsilon)
     width = bounds[1] - bounds[0]
@@ -256,10 +252,81 @@ def _default_large_epsilon(epsilon, norm, bounds, x):
     return float(width * math.sqrt(x[0].numel()))
 
 
+def _run_of(attack):
+    """The trusted run of an Attack (validated first), or a plain callable as is."""
+    if isinstance(attack, Attack):
+        attack.validate_params()
+        return evaluation_copy(attack).perturb
+    return attack
+
+
+def _masking_inputs(estimator, X, y, bounds, max_samples):
+    """The module and the (first ``max_samples``) inputs and class indices as tensors, checked in the box."""
+    module, X, clf = resolve_estimator(estimator, X)
+    y_idx = encode_for(clf, y) if clf is not None else y
+    x, y_t = _as_tensors(module, X, y_idx)
+    if max_samples is not None:
+        x, y_t = x[:max_samples], y_t[:max_samples]
+    check_in_bounds(x, bounds)
+    return module, x, y_t, clf
+
+
+def _steps_check(report, module, x, y, epsilon, *, steps, restarts, common, batch_size):
+    """Fill the ``"steps"`` check: robust accuracy must not rise with more PGD steps, then restarts."""
+    configs = [
+        (f"PGD-{steps}", PGD(epsilon=epsilon, steps=steps, **common)),
+        (f"PGD-{5 * steps}", PGD(epsilon=epsilon, steps=5 * steps, **common)),
+        (f"PGD-{5 * steps}x{restarts}", PGD(epsilon=epsilon, steps=5 * steps, restarts=restarts, **common)),
+    ]
+    accs = [_mean(_robust_mask(module, x, y, _run_of(a), batch_size)) for _, a in configs]
+    report.steps_accuracies = {name: acc for (name, _), acc in zip(configs, accs)}
+    report.steps_ok = all(
+        accs[j] <= accs[i] + report.tolerance for i in range(len(accs)) for j in range(i + 1, len(accs))
+    )
+
+
+def _large_epsilon_check(report, module, x, y, large, n_classes, *, steps, common, batch_size):
+    """Fill the ``"large_epsilon"`` check: PGD at budget ``large`` must reach chance level."""
+    pgd = PGD(epsilon=large, steps=5 * steps, **common)
+    report.large_epsilon = large
+    report.large_epsilon_accuracy = _mean(_robust_mask(module, x, y, _run_of(pgd), batch_size))
+    report.chance_level = 1.0 / n_classes
+    report.large_epsilon_ok = report.large_epsilon_accuracy <= report.chance_level + report.tolerance
+
+
+def _blackbox_check(report, module, x, y, attack, *, epsilon, n_queries, common, batch_size):
+    """Fill the ``"blackbox"`` check: Square must not break the white-box attack's survivors."""
+    robust = _robust_mask(module, x, y, _run_of(attack), batch_size)
+    report.whitebox_accuracy = _mean(robust)
+    idx = robust.nonzero().flatten()
+    report.blackbox_accuracy = report.whitebox_accuracy
+    if x.dim() == 4 and idx.numel():
+        square = Square(epsilon=epsilon, n_queries=n_queries, **common)
+        survived = _robust_mask(module, x[idx], y[idx], _run_of(square), batch_size)
+        report.blackbox_accuracy = float(survived.sum()) / len(x)
+    if x.dim() == 4:  # Square needs images (n, C, H, W); else not run
+        report.blackbox_ok = report.whitebox_accuracy - report.blackbox_accuracy <= report.tolerance
+
+
+def _gradients_check(report, module, x, y, batch_size):
+    """Fill the ``"gradients"`` check: the input gradient of the cross-entropy must not vanish."""
+    norms = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(module(xb), y[start:start + batch_size], reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xb)
+        norms.append(grad.reshape(len(xb), -1).norm(dim=1))
+    norms = torch.cat(norms)
+    report.zero_gradient_fraction = _mean(norms == 0)
+    report.median_gradient_norm = float(norms.median()) if norms.numel() else 0.0
+    report.gradients_ok = report.zero_gradient_fraction <= report.tolerance
+
+
 def check_gradient_masking(
     estimator, X, y, epsilon, norm="linf", *, bounds=(0.0, 1.0), attack=None,
     steps=10, restarts=5, large_epsilon=None, n_queries=1000, tolerance=0.02,
-    checks=CHECKS, max_samples=None, batch_size=256,
+    checks=CHECKS, max_samples=None, batch_size=256, random_state=None,
 ):
     """Look for the symptoms of gradient masking in a robustness evaluation.
 
@@ -318,6 +385,10 @@ def check_gradient_masking(
         Run on the first ``max_samples`` points only.
     batch_size : int, default=256
         Samples attacked at once.
+    random_state : int, numpy RandomState or None, default=None
+        Seeds the attacks' random draws through a source private to this call
+        (see :func:`~robustfit.metrics.robust_accuracy`); ``None`` uses the
+        estimator's ``random_state``. ``attack`` is never changed (a copy runs).
 
     Returns
     -------
@@ -339,79 +410,32 @@ def check_gradient_masking(
     unknown = [c for c in checks if c not in CHECKS]
     if isinstance(checks, str) or unknown:
         raise ValueError(f"checks must be a sequence of names among {CHECKS}, got {checks!r}")
-    if not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
-        raise ValueError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
+    check_param(tolerance, "tolerance", [Interval(Real, 0, 1, closed="left")], "check_gradient_masking")
     bounds = check_bounds(bounds)
-    module, X, clf = resolve_estimator(estimator, X)
-    y_idx = encode_for(clf, y) if clf is not None else y
-    x, y_t = _as_tensors(module, X, y_idx)
-    if max_samples is not None:
-        x, y_t = x[:max_samples], y_t[:max_samples]
-    check_in_bounds(x, bounds)
+    module, x, y_t, clf = _masking_inputs(estimator, X, y, bounds, max_samples)
     if attack is None:
         attack = AutoAttack(epsilon=epsilon, norm=norm, bounds=bounds)
     if isinstance(attack, Attack):
         attack.validate_params()
-
-    def run_of(att):
-        if isinstance(att, Attack):
-            att.validate_params()
-            return att.perturb
-        return att
-
-    with eval_mode(module):
+    common = {"norm": norm, "bounds": bounds}
+    with eval_mode(module), random_source(evaluation_seed(random_state, clf)):
         with torch.no_grad():
             logits = module(x)
         report = GradientMaskingReport(
             epsilon=float(epsilon), norm=norm, n_samples=len(x), tolerance=float(tolerance),
             clean_accuracy=_mean(logits.argmax(1) == y_t),
         )
-        common = {"norm": norm, "bounds": bounds}
         if "steps" in checks:
-            configs = [
-                (f"PGD-{steps}", PGD(epsilon=epsilon, steps=steps, **common)),
-                (f"PGD-{5 * steps}", PGD(epsilon=epsilon, steps=5 * steps, **common)),
-                (f"PGD-{5 * steps}x{restarts}",
-                 PGD(epsilon=epsilon, steps=5 * steps, restarts=restarts, **common)),
-            ]
-            accs = [_mean(_robust_mask(module, x, y_t, run_of(a), batch_size)) for _, a in configs]
-            report.steps_accuracies = {name: acc for (name, _), acc in zip(configs, accs)}
-            report.steps_ok = all(
-                accs[j] <= accs[i] + tolerance for i in range(len(accs)) for j in range(i + 1, len(accs))
-            )
+            _steps_check(report, module, x, y_t, epsilon, steps=steps, restarts=restarts, common=common,
+                         batch_size=batch_size)
         if "large_epsilon" in checks:
             large = (_default_large_epsilon(epsilon, norm, bounds, x)
                      if large_epsilon is None else float(large_epsilon))
-            pgd = PGD(epsilon=large, steps=5 * steps, **common)
-            report.large_epsilon = large
-            report.large_epsilon_accuracy = _mean(_robust_mask(module, x, y_t, run_of(pgd), batch_size))
-            report.chance_level = 1.0 / logits.shape[1]
-            report.large_epsilon_ok = (
-                report.large_epsilon_accuracy <= report.chance_level + tolerance
-            )
+            _large_epsilon_check(report, module, x, y_t, large, logits.shape[1], steps=steps, common=common,
+                                 batch_size=batch_size)
         if "blackbox" in checks:
-            robust = _robust_mask(module, x, y_t, run_of(attack), batch_size)
-            report.whitebox_accuracy = _mean(robust)
-            idx = robust.nonzero().flatten()
-            report.blackbox_accuracy = report.whitebox_accuracy
-            if x.dim() == 4 and idx.numel():
-                square = Square(epsilon=epsilon, n_queries=n_queries, **common)
-                survived = _robust_mask(module, x[idx], y_t[idx], run_of(square), batch_size)
-                report.blackbox_accuracy = float(survived.sum()) / len(x)
-            if x.dim() == 4:  # Square needs images (n, C, H, W); else not run
-                report.blackbox_ok = (
-                    report.whitebox_accuracy - report.blackbox_accuracy <= tolerance
-                )
+            _blackbox_check(report, module, x, y_t, attack, epsilon=epsilon, n_queries=n_queries, common=common,
+                            batch_size=batch_size)
         if "gradients" in checks:
-            norms = []
-            for start in range(0, len(x), batch_size):
-                xb = x[start:start + batch_size].detach().requires_grad_(True)
-                with torch.enable_grad():
-                    loss = F.cross_entropy(module(xb), y_t[start:start + batch_size], reduction="sum")
-                    (grad,) = torch.autograd.grad(loss, xb)
-                norms.append(grad.reshape(len(xb), -1).norm(dim=1))
-            norms = torch.cat(norms)
-            report.zero_gradient_fraction = _mean(norms == 0)
-            report.median_gradient_norm = float(norms.median()) if norms.numel() else 0.0
-            report.gradients_ok = report.zero_gradient_fraction <= tolerance
+            _gradients_check(report, module, x, y_t, batch_size)
     return report

@@ -20,7 +20,10 @@ from .apgd import APGD, apgd_checkpoints, dlr_loss
 from .autoattack import AutoAttack, resolve_attack
 from .fab import FAB, hyperplane_projection
 from .langevin import Langevin
+from .minimum_norm import MinimumNorm
+from .noise import GaussianNoise, gaussian_copies
 from .pgd import FGSM, PGD
+from .smoothadv import SmoothAdv, smoothed_nll
 from .square import Square
 from .synth import GeneratorSynth
 
@@ -30,12 +33,16 @@ __all__ = [
     "AutoAttack",
     "FAB",
     "FGSM",
+    "GaussianNoise",
     "GeneratorSynth",
     "Langevin",
+    "MinimumNorm",
     "PGD",
+    "SmoothAdv",
     "Square",
     "apgd_checkpoints",
     "dlr_loss",
+    "gaussian_copies",
     "hyperplane_projection",
     "margin",
     "normalize_gradient",
@@ -45,4 +52,5 @@ __all__ = [
     "project_box",
     "random_init",
     "resolve_attack",
+    "smoothed_nll",
 ]

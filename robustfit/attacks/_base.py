@@ -18,6 +18,7 @@ from .._validation import (
     Interval,
     Options,
     ParamsValidationMixin,
+    check_attack_data,
     check_bounds,
     check_in_bounds,
 )
@@ -255,6 +256,7 @@ def _module_device(module):
 
 
 def _as_tensors(module, X, y):
+    X, y = check_attack_data(X, y)
     device = _module_device(module)
     x = torch.as_tensor(X, dtype=torch.float32 if not torch.is_tensor(X) else None)
     if x.device != device:

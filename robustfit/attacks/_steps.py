@@ -1,10 +1,10 @@
 """Steps shared by several attacks: potentials, the projected ascent loop,
 per-point scores, restarts and the logit margin.
 
-PGD, FGSM and Langevin run :func:`ascent_steps`; APGD, Square, AutoAttack and
-the minimum-norm search keep the best of several runs with
-:func:`best_of_restarts` and :func:`attack_score`; Square, the minimum-norm
-search and the transfer bound use :func:`margin`.
+PGD, FGSM and Langevin run :func:`ascent_steps`; APGD, Square and AutoAttack
+keep the best of several runs with :func:`best_of_restarts` and
+:func:`attack_score`; Square and MinimumNorm (and through it the transfer
+bound) use :func:`margin`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._utils import randn_like
 from ._base import normalize_gradient, project, random_init
 
 
@@ -34,8 +35,13 @@ def kl_potential(module, x):
     return potential
 
 
-def start(x, epsilon, norm, bounds, random_start):
-    """The first iterate: uniform in the ball (then fit to the box), or zero."""
+def start(x, epsilon, norm, bounds, random_start, scale=1e-3):
+    """The first iterate: uniform in the ball (then fit to the box) for
+    ``True``/``"uniform"``, ``scale * N(0, I)`` projected onto the ball and
+    the box for ``"normal"`` (the near-zero start of the DALE and TRADES
+    authors' code), or zero for ``False``."""
+    if isinstance(random_start, str) and random_start == "normal":
+        return project(x, float(scale) * randn_like(x), epsilon, norm, bounds)
     if random_start:
         return random_init(x, epsilon, norm, bounds)
     return torch.zeros_like(x)

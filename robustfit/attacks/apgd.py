@@ -126,6 +126,16 @@ def apgd_checkpoints(n_iter):
     return checkpoints
 
 
+def _halve_at_checkpoint(history, w0, w1, rho, reduced_last, loss_best, loss_best_last):
+    """Where APGD halves the step at checkpoint ``w1``: the loss rose in fewer than a
+    fraction ``rho`` of the steps since ``w0`` (condition 1), or the step was not
+    reduced last time and the best loss has not improved since (condition 2)."""
+    increases = (history[w0 + 1:w1 + 1] > history[w0:w1]).sum(0)
+    cond1 = increases < rho * (w1 - w0)
+    cond2 = ~reduced_last & (loss_best <= loss_best_last)
+    return cond1 | cond2
+
+
 class APGD(Attack):
     """Auto-PGD: projected gradient ascent with an adaptive step size.
 
@@ -334,11 +344,8 @@ class APGD(Attack):
                     grad_best[idx] = grad[idx]
                 loss_best = torch.where(improved, loss, loss_best)
                 if at_checkpoint:
-                    w0, w1 = checkpoints[j - 1], checkpoints[j]
-                    increases = (history[w0 + 1:w1 + 1] > history[w0:w1]).sum(0)
-                    cond1 = increases < self.rho * (w1 - w0)
-                    cond2 = ~reduced_last & (loss_best <= loss_best_last)
-                    halve = cond1 | cond2
+                    halve = _halve_at_checkpoint(history, checkpoints[j - 1], checkpoints[j], self.rho,
+                                                 reduced_last, loss_best, loss_best_last)
                     step[halve] /= 2.0
                     x_adv[halve] = x_best[halve]
                     grad[halve] = grad_best[halve]

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._distributed import all_reduce_mean_, broadcast_tensors_, current_shard
 from .._ot import sinkhorn_distance
-from .._utils import randn, randperm, torch_seeded
+from .._utils import randn, random_source, randperm, torch_seeded
 from .._validation import Interval, check_in_bounds, check_param
 from ..models import default_generator
 from ._base import (
@@ -235,6 +236,8 @@ class GeneratorSynth(Attack):
             self.generator_optimizer_ = torch.optim.Adam(self.generator_.parameters(), lr=self.generator_lr)
             self.input_shape_ = shape
             self.n_generator_steps_ = 0
+            if current_shard() is not None:  # data-parallel: start from rank 0's weights
+                broadcast_tensors_(list(self.generator_.parameters()) + list(self.generator_.buffers()))
         elif _module_device(gen) != x.device:
             self.generator_ = gen.to(x.device)
             for state in self.generator_optimizer_.state.values():
@@ -296,22 +299,40 @@ class GeneratorSynth(Attack):
         Returns the objective before the step (detached), and with
         ``return_sample=True`` also the synthesized batch it was computed on
         (detached), which :meth:`train_perturb` hands to the classifier.
+
+        In data-parallel training (a batch shard is active) the generator
+        trains data-parallel too: its gradients are averaged over the ranks
+        (one all-reduce) and its buffers (BatchNorm statistics) follow rank 0,
+        so every rank keeps the same generator. A rank whose shard has a
+        single sample takes part with a zero gradient.
         """
         gen = self._ensure_generator(x)
         gen.train()
         params = [p for p in gen.parameters() if p.requires_grad]
-        with eval_mode(module), torch.enable_grad():
-            with torch.no_grad():
-                f_clean, _ = self._features(module, x)
-            x_adv = self._synthesize(x)
-            f_adv, logits_adv = self._features(module, x_adv)
-            objective = self._ot(f_clean, f_adv)
-            if self.generator_ce_weight:
-                objective = objective + self.generator_ce_weight * F.cross_entropy(logits_adv.float(), y)
-            grads = torch.autograd.grad(-objective, params, allow_unused=True)
+        shard = current_shard()
+        if shard is not None and x.shape[0] < 2:  # BatchNorm cannot train on one sample
+            with eval_mode(gen), torch.no_grad():
+                x_adv = self._synthesize(x)
+            objective = torch.zeros((), device=x.device)
+            grads = [torch.zeros_like(p) for p in params]
+        else:
+            with eval_mode(module), torch.enable_grad():
+                with torch.no_grad():
+                    f_clean, _ = self._features(module, x)
+                x_adv = self._synthesize(x)
+                f_adv, logits_adv = self._features(module, x_adv)
+                objective = self._ot(f_clean, f_adv)
+                if self.generator_ce_weight:
+                    objective = objective + self.generator_ce_weight * F.cross_entropy(logits_adv.float(), y)
+                grads = torch.autograd.grad(-objective, params, allow_unused=True)
+        if shard is not None:
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            all_reduce_mean_(grads)
         for p, g in zip(params, grads):
             p.grad = g
         self.generator_optimizer_.step()
+        if shard is not None:
+            broadcast_tensors_(list(gen.buffers()))
         self.n_generator_steps_ += 1
         if return_sample:
             return objective.detach(), x_adv.detach()
@@ -342,7 +363,8 @@ class GeneratorSynth(Attack):
         """
         if float(self.epsilon) == 0:  # epsilon warm-up: nothing to synthesize yet
             return x.clone()
-        if x.shape[0] < 2:  # a one-sample batch: BatchNorm cannot train, so sample only
+        shard = current_shard()  # data-parallel: decide on the global batch, alike on every rank
+        if (x.shape[0] if shard is None else shard.total) < 2:  # one sample: BatchNorm cannot train
             gen = self._ensure_generator(x)
             with eval_mode(gen), torch.no_grad():
                 return self._synthesize(x).detach()
@@ -467,7 +489,7 @@ class GeneratorSynth(Attack):
         check_param(batch_size, "batch_size", [Interval(Integral, 1, None)], "fit_generator")
         x, y = _as_tensors(module, X, y)
         check_in_bounds(x, self._bounds)
-        with torch_seeded(random_state):
+        with torch_seeded(random_state), random_source(random_state):
             for _ in range(epochs):
                 order = randperm(x.shape[0], device=x.device)
                 for start in range(0, x.shape[0], batch_size):
@@ -475,6 +497,70 @@ class GeneratorSynth(Attack):
                     if idx.numel() < 2:  # BatchNorm needs two samples
                         continue
                     self._generator_step(module, x[idx], y[idx])
+        return self
+
+    # ------------------------------------------------------------ state
+    def get_fitted_state(self):
+        """The learned state, as plain values and tensors (no pickle needed).
+
+        What :meth:`robustfit.AdversarialClassifier.save` and the training
+        checkpoints store: the generator's weights and its optimizer's state
+        (``state_dict()`` of each), the input shape and the step counters.
+
+        Returns
+        -------
+        state : dict
+            Empty before the generator exists.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from robustfit.attacks import GeneratorSynth
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> X, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+        >>> attack = GeneratorSynth(epsilon=0.1).fit_generator(net, X, y, random_state=0)
+        >>> copy = GeneratorSynth(epsilon=0.1).set_fitted_state(attack.get_fitted_state())
+        >>> first = [next(a.generator_.parameters()) for a in (attack, copy)]
+        >>> copy.n_generator_steps_, bool(torch.equal(*first))
+        (1, True)
+        """
+        state = {k: v for k, v in vars(self).items()
+                 if k.endswith("_") and not k.startswith("_")
+                 and k not in ("generator_", "generator_optimizer_")}
+        if getattr(self, "generator_", None) is not None:
+            state["generator_"] = self.generator_.state_dict()
+            state["generator_optimizer_"] = self.generator_optimizer_.state_dict()
+        return state
+
+    def set_fitted_state(self, state):
+        """Restore the state of :meth:`get_fitted_state` (the generator is rebuilt, then loaded).
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`get_fitted_state`.
+
+        Returns
+        -------
+        self : GeneratorSynth
+        """
+        state = dict(state)
+        weights = state.pop("generator_", None)
+        optimizer = state.pop("generator_optimizer_", None)
+        for key, value in state.items():
+            setattr(self, key, tuple(value) if key == "input_shape_" else value)
+        if weights is None:
+            return self
+        steps = getattr(self, "n_generator_steps_", 0)
+        self.generator_ = None
+        # the new generator's initial weights are overwritten at once: draw them
+        # from a fork, so that loading leaves torch's global generator alone
+        with torch_seeded(0):
+            self._ensure_generator(torch.zeros((1, *self.input_shape_)))
+        self.generator_.load_state_dict(weights)
+        if optimizer is not None:
+            self.generator_optimizer_.load_state_dict(optimizer)
+        self.n_generator_steps_ = steps
         return self
 
     def __getstate__(self):

@@ -9,17 +9,19 @@ of ``epsilon``: lower means the proxy is closer.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 
 from .._evaluation import robust_accuracy
+from .._validation import Interval, Options, check_param
 from ..attacks import PGD
+from ..attacks._base import NORMS
 from ..classifier import AdversarialClassifier
-from ._transfer import _check_norm, _proxy_samples
+from ._transfer import _proxy_samples
 from ._wasserstein import conditional_wasserstein_distance
 
 
@@ -62,10 +64,60 @@ class ARCResult:
 
 
 def _as_float_array(X, name):
+    """``X`` as a float32 array of at least 4 samples with at least 2 dimensions."""
     X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X, dtype=np.float32)
     if X.ndim < 2 or len(X) < 4:
         raise ValueError(f"{name} must have shape (n, ...) with n >= 4, got {X.shape}")
     return X
+
+
+def _check_arc_args(epsilons, norm, test_size, max_samples):
+    """Validate the arguments of :func:`arc_score` that need no data; return the sorted budgets."""
+    check_param(norm, "norm", [Options(NORMS)], "arc_score")
+    message = f"epsilons must be a non-empty sequence of finite numbers >= 0, got {epsilons!r}"
+    try:
+        eps = np.sort(np.asarray(epsilons, dtype=float).ravel())
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if eps.size == 0 or np.any(eps < 0) or not np.all(np.isfinite(eps)):
+        raise ValueError(message)
+    check_param(test_size, "test_size", [Interval(Real, 0, 1, closed="neither")], "arc_score")
+    check_param(max_samples, "max_samples", [None, Interval(Integral, 4, None)], "arc_score")
+    return eps
+
+
+def _discrimination_data(X_real, X_synthetic, test_size, max_samples, random_state):
+    """Real (label 0) and synthetic (1) samples of equal number, split stratified, and a training seed."""
+    Xr, Xs = _as_float_array(X_real, "X_real"), _as_float_array(X_synthetic, "X_synthetic")
+    if Xr.shape[1:] != Xs.shape[1:]:
+        raise ValueError(f"X_real and X_synthetic have different sample shapes: {Xr.shape[1:]} and {Xs.shape[1:]}")
+    rng = check_random_state(random_state)
+    n = min(len(Xr), len(Xs), max_samples or len(Xr))
+    Xr = Xr[rng.choice(len(Xr), n, replace=False)]
+    Xs = Xs[rng.choice(len(Xs), n, replace=False)]
+    X = np.concatenate([Xr, Xs])
+    y = np.repeat([0, 1], n)
+    seed = int(rng.randint(2**31))
+    return train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed), seed
+
+
+def _discriminator_accuracy(epsilon, split, seed, *, norm, attack_steps, eval_attack, **clf_params):
+    """Held-out (robust, clean) accuracy of a discriminator adversarially trained at ``epsilon``."""
+    X_tr, X_te, y_tr, y_te = split
+    attack = PGD(epsilon=epsilon, norm=norm, steps=attack_steps) if epsilon > 0 else None
+    clf = AdversarialClassifier(attack=attack, train_split=None, random_state=seed, **clf_params)
+    clf.fit(X_tr, y_tr)
+    clean = clf.score(X_te, y_te)
+    if epsilon == 0:
+        return clean, clean
+    return robust_accuracy(clf, X_te, y_te, attack=eval_attack, epsilon=epsilon, norm=norm), clean
+
+
+def _normalized_area(eps, acc):
+    """Trapezoid area under ``acc`` over ``eps`` divided by the range (the mean without a range)."""
+    if len(eps) > 1 and eps[-1] > eps[0]:
+        return float(np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(eps)) / (eps[-1] - eps[0]))
+    return float(acc.mean())
 
 
 def arc_score(
@@ -148,45 +200,16 @@ def arc_score(
     >>> res.score > 0.9
     True
     """
-    _check_norm(norm)
-    eps = np.sort(np.asarray(epsilons, dtype=float).ravel())
-    if eps.size == 0 or np.any(eps < 0) or not np.all(np.isfinite(eps)):
-        raise ValueError(f"epsilons must be a non-empty sequence of finite numbers >= 0, got {epsilons!r}")
-    if not 0 < test_size < 1:
-        raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
-    if max_samples is not None and (not isinstance(max_samples, numbers.Integral) or max_samples < 4):
-        raise ValueError(f"max_samples must be None or an integer >= 4, got {max_samples!r}")
-    Xr, Xs = _as_float_array(X_real, "X_real"), _as_float_array(X_synthetic, "X_synthetic")
-    if Xr.shape[1:] != Xs.shape[1:]:
-        raise ValueError(f"X_real and X_synthetic have different sample shapes: {Xr.shape[1:]} and {Xs.shape[1:]}")
-    rng = check_random_state(random_state)
-    n = min(len(Xr), len(Xs), max_samples or len(Xr))
-    Xr = Xr[rng.choice(len(Xr), n, replace=False)]
-    Xs = Xs[rng.choice(len(Xs), n, replace=False)]
-    X = np.concatenate([Xr, Xs])
-    y = np.repeat([0, 1], n)
-    seed = int(rng.randint(2**31))
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
-    acc, clean = [], []
-    for e in eps:
-        attack = PGD(epsilon=float(e), norm=norm, steps=attack_steps) if e > 0 else None
-        clf = AdversarialClassifier(
-            module=module, attack=attack, max_epochs=max_epochs, lr=lr, batch_size=batch_size,
-            train_split=None, random_state=seed, device=device, **{
-                f"module__{k}": v for k, v in (module_params or {}).items()
-            },
-        )
-        clf.fit(X_tr, y_tr)
-        clean.append(clf.score(X_te, y_te))
-        acc.append(robust_accuracy(clf, X_te, y_te, attack=eval_attack, epsilon=float(e), norm=norm)
-                   if e > 0 else clean[-1])
-    acc = np.asarray(acc)
-    if len(eps) > 1 and eps[-1] > eps[0]:
-        area = float(np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(eps)) / (eps[-1] - eps[0]))
-    else:
-        area = float(acc.mean())
-    return ARCResult(score=area, epsilons=eps, accuracy=acc, clean_accuracy=np.asarray(clean), norm=norm,
-                     n_train=len(X_tr), n_test=len(X_te))
+    eps = _check_arc_args(epsilons, norm, test_size, max_samples)
+    split, seed = _discrimination_data(X_real, X_synthetic, test_size, max_samples, random_state)
+    clf_params = {"module": module, "max_epochs": max_epochs, "lr": lr, "batch_size": batch_size, "device": device,
+                  **{f"module__{k}": v for k, v in (module_params or {}).items()}}
+    curves = [_discriminator_accuracy(float(e), split, seed, norm=norm, attack_steps=attack_steps,
+                                      eval_attack=eval_attack, **clf_params) for e in eps]
+    acc = np.asarray([robust for robust, _ in curves])
+    return ARCResult(score=_normalized_area(eps, acc), epsilons=eps, accuracy=acc,
+                     clean_accuracy=np.asarray([clean for _, clean in curves]), norm=norm,
+                     n_train=len(split[0]), n_test=len(split[1]))
 
 
 class ProxyScorer:
@@ -297,6 +320,6 @@ def make_arc_scorer(epsilons=(0.0, 0.1, 0.2, 0.3), norm="linf", *, n_samples=Non
     >>> from robustfit.metrics import make_arc_scorer
     >>> scorer = make_arc_scorer(epsilons=[0.0, 0.2], max_epochs=2)
     """
-    _check_norm(norm)
+    check_param(norm, "norm", [Options(NORMS)], "make_arc_scorer")
     return ProxyScorer("arc", n_samples=n_samples, random_state=random_state,
                        params={"epsilons": epsilons, "norm": norm, **arc_params})

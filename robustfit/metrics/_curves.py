@@ -9,6 +9,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from .._evaluation import robust_accuracy
+from .._utils import optional_import
 from ..attacks import APGD
 from ..attacks._base import Attack
 
@@ -82,7 +83,8 @@ def _default_template(estimator):
     )
 
 
-def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, label=None):
+def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, label=None,
+                     random_state=None):
     """Robust accuracy of ``estimator`` at each budget of ``epsilons``.
 
     For each epsilon, a clone of the ``attack`` template with that epsilon
@@ -90,7 +92,9 @@ def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, 
     :func:`~robustfit.metrics.robust_accuracy`. Each budget is attacked
     independently, so a curve that *rises* somewhere is itself a warning sign:
     a larger ball contains the smaller one, and a working attack can only do
-    better in it.
+    better in it. Under ``torchrun`` every point of the curve is evaluated
+    across the ranks (see :func:`~robustfit.metrics.robust_accuracy`): every
+    rank must call it, with the same points, and gets the one-process curve.
 
     Parameters
     ----------
@@ -112,6 +116,9 @@ def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, 
         Samples attacked at once.
     label : str, default=None
         Stored on the curve, for plot legends.
+    random_state : int, numpy RandomState or None, default=None
+        Seeds every point's attack (see :func:`robust_accuracy`); ``None``
+        uses the estimator's ``random_state``.
 
     Returns
     -------
@@ -144,7 +151,7 @@ def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, 
         robust_accuracy(
             estimator, X, y,
             attack=clone(template).set_params(epsilon=float(e)),
-            batch_size=batch_size,
+            batch_size=batch_size, random_state=random_state,
         )
         for e in eps
     ])
@@ -210,8 +217,7 @@ def plot_robustness_curve(curves, ax=None, **plot_kwargs):
     """
     items = _as_curves(curves)
     if ax is None:
-        import matplotlib.pyplot as plt
-
+        plt = optional_import("matplotlib.pyplot", "plot_robustness_curve")
         _, ax = plt.subplots(figsize=(5, 3.5))
     kwargs = {"marker": "o"}
     kwargs.update(plot_kwargs)

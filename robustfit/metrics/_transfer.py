@@ -15,10 +15,9 @@ of its means under the two class-conditionals by their W_1 distance.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -28,17 +27,19 @@ from sklearn.utils import check_random_state
 
 from .._evaluation import encode_for, resolve_estimator
 from .._utils import clone_keeping_fitted
-from .._validation import check_bounds
-from ..attacks._base import (
-    NORMS,
-    _as_tensors,
-    _flat_norm,
-    eval_mode,
-    normalize_gradient,
-    project,
-    random_init,
+from .._validation import (
+    HasMethods,
+    InstanceOf,
+    Interval,
+    Options,
+    ParamsValidationMixin,
+    check_bounds,
+    check_labels,
+    check_param,
+    validate_parameter_constraints,
 )
-from ..attacks._steps import margin
+from ..attacks import MinimumNorm
+from ..attacks._base import NORMS, _as_tensors, eval_mode
 from ._wasserstein import conditional_wasserstein_distance
 
 
@@ -49,14 +50,20 @@ class AverageRobustness:
     Attributes
     ----------
     mean : float
-        ``Rob_d``: the (weighted) mean of ``distances``.
+        ``Rob_d``: the (weighted) mean of ``distances`` over **every** sample.
     distances : numpy.ndarray of shape (n,)
         Per sample, the ``norm`` of the smallest verified adversarial
-        perturbation found (0 where the clean point is misclassified; ``inf``
-        where none was found up to the largest budget tried). Each finite value
-        is an **upper bound** of the true distance to the decision boundary.
+        perturbation found (0 where the clean point is misclassified), or
+        ``upper_limit`` where the search found none. Each value where
+        ``found`` is an **upper bound** of the true distance to the decision
+        boundary; the others are censored at the search's limit.
     found : numpy.ndarray of bool, shape (n,)
         Where an adversarial point (or a clean misclassification) was found.
+    upper_limit : float
+        The value counted for a sample without an adversarial point: the
+        largest budget the search can reach, the diameter of ``bounds`` in
+        ``norm`` (``width`` for l_inf, ``width * sqrt(d)`` for l_2), or
+        without bounds ``eps_init * 2 ** (search_steps - 1)``.
     ci : tuple of float
         ``(low, high)``: normal interval of ``mean`` from the per-sample
         standard deviation (class-stratified when weighted).
@@ -72,114 +79,61 @@ class AverageRobustness:
     ci: tuple
     norm: str
     misclassified: float
+    upper_limit: float = float("inf")
 
     def __float__(self):
         return float(self.mean)
 
 
-def _uniform_start(x, eps, norm, bounds):
-    """A random point of the per-sample ``norm`` ball of radius ``eps`` (shaped like x), in the box."""
-    unit = random_init(torch.zeros_like(x), 1.0, norm, None)  # uniform in the unit ball
-    return project(x, unit * eps, eps, norm, bounds)
+#: What each argument of :func:`average_robustness` may be: the search's own
+#: parameters (those of :class:`~robustfit.attacks.MinimumNorm`) and the batching.
+_ROBUSTNESS_CONSTRAINTS = {
+    **{k: v for k, v in MinimumNorm._parameter_constraints.items() if k != "max_epsilon"},
+    "batch_size": [Interval(Integral, 1, None)],
+    "confidence": [Interval(Real, 0, 1, closed="neither")],
+}
 
 
-def _margin_pgd(module, x, y, eps, delta, steps, norm, bounds, target=None):
-    """PGD descent on the logit margin inside per-sample balls of radius ``eps``.
-
-    Returns, per sample, the smallest norm of an iterate the module
-    misclassifies (``inf`` if none) and that iterate.
-    """
-    cand = torch.full((x.shape[0],), float("inf"), device=x.device)
-    cand_x = x.clone()
-    for i in range(steps + 1):
-        delta.requires_grad_(i < steps)
-        logits = module(x + delta)
-        m = margin(logits, y)
-        # the descended loss: the margin, or z_y - z_t towards a target class t
-        loss = m if target is None else logits.gather(1, y[:, None]).squeeze(1) - logits.gather(
-            1, target[:, None]).squeeze(1)
-        with torch.no_grad():
-            nrm = _flat_norm(delta, norm).flatten()
-            better = (m < 0) & (nrm < cand)
-            cand = torch.where(better, nrm, cand)
-            cand_x[better] = (x + delta)[better]
-        if i == steps:
-            break
-        (grad,) = torch.autograd.grad(loss.sum(), delta)
-        # cosine-decayed step from eps / 4 to eps / 100: large moves first, then a
-        # fine search near the boundary (as in FMN, Pintor et al. 2021)
-        step = eps * (0.01 + 0.24 * (1 + math.cos(math.pi * i / steps)) / 2)
-        with torch.no_grad():
-            delta = project(x, delta - step * normalize_gradient(grad, norm), eps, norm, bounds)
-    return cand, cand_x
+def _boundary_distances(module, x, y, attack, batch_size):
+    """Per-sample minimum-norm distances (float64 numpy), ``batch_size`` samples at a time."""
+    out = []
+    with eval_mode(module), torch.enable_grad():
+        for s in range(0, len(x), batch_size):
+            out.append(attack.run(module, x[s:s + batch_size], y[s:s + batch_size], check_input=False)[1])
+    return torch.cat(out).cpu().numpy().astype(np.float64) if out else np.zeros(0)
 
 
-def _bisection_attack(module, x, y, *, norm, bounds, steps, restarts, n_targets, search_steps, eps_init,
-                      eps_max):
-    """Smallest verified adversarial perturbation per sample, by bisection.
-
-    Each round runs ``steps`` projected steps of descent on the logit margin
-    ``z_y - max_{j != y} z_j`` inside a per-sample ``norm`` ball of radius
-    ``eps``; every iterate that the module misclassifies is a candidate, and
-    the smallest candidate norm becomes the new upper end ``hi``. Rounds
-    without success raise the lower end ``lo``. The next radius is
-    ``(lo + hi) / 2``, or ``2 * eps`` while nothing was found.
-    """
-    n = x.shape[0]
-    shape = (n,) + (1,) * (x.dim() - 1)
-    best = torch.full((n,), float("inf"), device=x.device)
-    best_x = x.clone()
-    lo = torch.zeros(n, device=x.device)
-    eps = torch.full((n,), float(eps_init), device=x.device)
-    with torch.no_grad():
-        logits = module(x)
-        clean_wrong = logits.argmax(1) != y
-        # target classes of the targeted runs: the runners-up of the clean logits
-        n_targets = min(n_targets, logits.shape[1] - 1)
-        targets = logits.scatter(1, y[:, None], float("-inf")).topk(n_targets, dim=1).indices
-    best[clean_wrong] = 0.0
-    active = ~clean_wrong
-    for _ in range(search_steps):
-        idx = active.nonzero().flatten()
-        if idx.numel() == 0:
-            break
-        xi, yi, ei = x[idx], y[idx], eps[idx].view(-1, *shape[1:])
-        cand, cand_x = _margin_pgd(module, xi, yi, ei, torch.zeros_like(xi), steps, norm, bounds)
-        runs = [(_uniform_start, None)] * (restarts - 1) + [(None, t) for t in targets[idx].T]
-        for start, target in runs:
-            delta0 = torch.zeros_like(xi) if start is None else start(xi, ei, norm, bounds)
-            c2, x2 = _margin_pgd(module, xi, yi, ei, delta0, steps, norm, bounds, target)
-            better = c2 < cand
-            cand = torch.where(better, c2, cand)
-            cand_x[better] = x2[better]
-        with torch.no_grad():
-            improved = cand < best[idx]
-            best[idx[improved]] = cand[improved]
-            best_x[idx[improved]] = cand_x[improved]
-            failed = ~torch.isfinite(cand)
-            lo[idx[failed]] = torch.maximum(lo[idx[failed]], eps[idx[failed]])
-            hi = best[idx]
-            nxt = torch.where(torch.isfinite(hi), (lo[idx] + hi) / 2, eps[idx] * 2)
-            eps[idx] = nxt.clamp(max=eps_max)
-            # stop a sample once its budget cannot grow any more without success
-            stuck = failed & (eps[idx] >= eps_max) & (lo[idx] >= eps_max)
-            active[idx[stuck]] = False
-    # verification: every finite distance must come with a misclassified point
-    with torch.no_grad():
-        pos = torch.isfinite(best) & (best > 0)
-        if pos.any():
-            still = module(best_x[pos]).argmax(1) != y[pos]
-            dist = _flat_norm(best_x[pos] - x[pos], norm).flatten()
-            ok = still & (dist <= best[pos] + 1e-5)
-            b = best[pos]
-            b[~ok] = float("inf")
-            best[pos] = b
-    return best
+def _upper_limit(norm, bounds, eps_init, search_steps, n_features):
+    """The largest radius the minimum-norm search reaches: the box's diameter in
+    ``norm``, or without a box the last radius of the doubling phase."""
+    bounds = check_bounds(bounds)
+    width = 1.0 if bounds is None else bounds[1] - bounds[0]
+    if bounds is not None:
+        return float(width if norm == "linf" else width * n_features ** 0.5)
+    first = (0.1 if norm == "linf" else 1.0) * width if eps_init is None else float(eps_init)
+    return first * 2.0 ** (search_steps - 1)
 
 
-def _check_norm(norm):
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+def _summarize(d, w, norm, confidence, upper_limit):
+    """Weighted mean of the distances ``d`` over every sample, those without an
+    adversarial point counted at ``upper_limit`` (with a warning), and its normal interval."""
+    found = np.isfinite(d)
+    if not found.all():
+        warnings.warn(
+            f"average_robustness: no adversarial point found for {int((~found).sum())} of {len(d)} "
+            f"samples; they count at the search's upper limit {upper_limit:.4g}", RuntimeWarning,
+            stacklevel=3,
+        )
+        d = np.where(found, d, upper_limit)
+    wn = w / w.sum() if len(d) else w
+    mean = float(np.sum(wn * d))
+    # standard error of a weighted mean of independent samples
+    se = float(np.sqrt(np.sum(wn ** 2 * (d - mean) ** 2)))
+    half = float(scipy_norm.ppf(0.5 + confidence / 2)) * se
+    return AverageRobustness(
+        mean=mean, distances=d, found=found, ci=(mean - half, mean + half), norm=norm,
+        misclassified=float(np.mean(d == 0)) if len(d) else 0.0, upper_limit=float(upper_limit),
+    )
 
 
 def average_robustness(
@@ -201,12 +155,21 @@ def average_robustness(
     """Average distance to the decision boundary, ``Rob_d`` of Sehwag et al. (2022).
 
     For each sample, the ``norm`` of the smallest perturbation found that
-    makes the classifier err (0 if it errs on the clean point), from a
-    minimum-norm search: bisection over the budget with a margin-loss PGD of
-    ``steps`` steps in each round (doubling the budget until a first success,
-    then halving the bracket). Every iterate the classifier misclassifies is
-    kept as a candidate, and the final adversarial points are re-checked: a
-    reported distance always comes with a point that is really misclassified.
+    makes the classifier err (0 if it errs on the clean point), from the
+    minimum-norm attack :class:`~robustfit.attacks.MinimumNorm`: bisection
+    over the budget with a margin-loss PGD of ``steps`` steps in each round
+    (doubling the budget until a first success, then halving the bracket).
+    Every iterate the classifier misclassifies is kept as a candidate, and the
+    final adversarial points are re-checked: a reported distance always comes
+    with a point that is really misclassified.
+
+    Every sample counts in the mean: one for which the search found no
+    adversarial point counts at the search's upper limit
+    (``result.upper_limit``: the diameter of ``bounds`` in ``norm``, or
+    ``eps_init * 2 ** (search_steps - 1)`` without bounds), with a
+    ``RuntimeWarning`` saying how many. So the mean is over the samples given,
+    with their weights unchanged, and both sides of the transfer bound are
+    computed on the same samples.
 
     Parameters
     ----------
@@ -219,7 +182,8 @@ def average_robustness(
     norm : {"linf", "l2"}, default="linf"
         The threat model's norm.
     steps : int, default=20
-        PGD steps per bisection round (step ``2.5 * eps / steps``).
+        PGD steps per bisection round (the step decays from ``eps / 4`` to
+        ``eps / 100``).
     restarts : int, default=1
         PGD runs per round: one from the clean point, ``restarts - 1`` more
         from uniform random points of the ball; the smallest success counts.
@@ -272,52 +236,19 @@ def average_robustness(
     >>> [round(float(d), 2) for d in res.distances]
     [0.5, 2.0]
     """
-    _check_norm(norm)
-    if not isinstance(n_targets, numbers.Integral) or n_targets < 0:
-        raise ValueError(f"n_targets must be an integer >= 0, got {n_targets!r}")
-    for value, name in ((steps, "steps"), (restarts, "restarts"), (search_steps, "search_steps"), (batch_size, "batch_size")):
-        if not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    bounds = check_bounds(bounds)
-    width = 1.0 if bounds is None else bounds[1] - bounds[0]
-    if eps_init is None:
-        eps_init = (0.1 if norm == "linf" else 1.0) * width
-    elif not isinstance(eps_init, numbers.Real) or not eps_init > 0:
-        raise ValueError(f"eps_init must be a number > 0, got {eps_init!r}")
-    module, X, clf = resolve_estimator(estimator, X)
-    y_idx = encode_for(clf, y) if clf is not None else y
-    x, y_t = _as_tensors(module, X, y_idx)
-    n_features = x[0].numel()
-    if bounds is None:
-        eps_max = float("inf")
-    else:
-        eps_max = width if norm == "linf" else width * n_features ** 0.5
-    out = []
-    with eval_mode(module), torch.enable_grad():
-        for s in range(0, len(x), batch_size):
-            out.append(_bisection_attack(
-                module, x[s:s + batch_size], y_t[s:s + batch_size], norm=norm, bounds=bounds, steps=steps,
-                restarts=restarts, n_targets=n_targets, search_steps=search_steps, eps_init=eps_init, eps_max=eps_max,
-            ))
-    d = torch.cat(out).cpu().numpy().astype(np.float64) if out else np.zeros(0)
-    found = np.isfinite(d)
-    if not found.all():
-        warnings.warn(
-            f"average_robustness: no adversarial point found for {int((~found).sum())} of {len(d)} "
-            "samples; they are left out of the mean", RuntimeWarning, stacklevel=2,
-        )
-    w = np.ones(len(d)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
-    if w.shape != d.shape:
-        raise ValueError(f"sample_weight must have shape {d.shape}, got {w.shape}")
-    wf = w[found] / w[found].sum()
-    mean = float(np.sum(wf * d[found]))
-    # standard error of a weighted mean of independent samples
-    se = float(np.sqrt(np.sum(wf ** 2 * (d[found] - mean) ** 2)))
-    half = float(scipy_norm.ppf(0.5 + confidence / 2)) * se
-    return AverageRobustness(
-        mean=mean, distances=d, found=found, ci=(mean - half, mean + half), norm=norm,
-        misclassified=float(np.mean(d == 0)) if len(d) else 0.0,
+    params = {"norm": norm, "steps": steps, "restarts": restarts, "n_targets": n_targets,
+              "search_steps": search_steps, "eps_init": eps_init, "bounds": bounds}
+    validate_parameter_constraints(
+        _ROBUSTNESS_CONSTRAINTS, {**params, "batch_size": batch_size, "confidence": confidence}, "average_robustness"
     )
+    module, X, clf = resolve_estimator(estimator, X)
+    x, y_t = _as_tensors(module, X, encode_for(clf, y) if clf is not None else y)
+    w = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+    if w.shape != (len(x),):
+        raise ValueError(f"sample_weight must have shape {(len(x),)}, got {w.shape}")
+    d = _boundary_distances(module, x, y_t, MinimumNorm(**params), batch_size)
+    limit = _upper_limit(norm, bounds, eps_init, search_steps, x[0].numel() if len(x) else 1)
+    return _summarize(d, w, norm, confidence, limit)
 
 
 @dataclass
@@ -454,7 +385,7 @@ def robustness_transfer_bound(
     >>> bool(res.holds), round(res.gap, 3) <= round(res.cwd.distance, 3)
     (True, True)
     """
-    _check_norm(norm)
+    check_param(norm, "norm", [Options(NORMS)], "robustness_transfer_bound")
     if method == "sliced":
         raise ValueError("method='sliced' under-estimates W_1 and cannot serve as the upper bound; "
                          "use 'auto', 'exact' or 'sinkhorn'")
@@ -484,7 +415,7 @@ def _proxy_samples(proxy, n, random_state):
     )
 
 
-class TransferBound(BaseEstimator):
+class TransferBound(ParamsValidationMixin, BaseEstimator):
     """Robustness-transfer diagnostics of proxies against one real data set.
 
     ``fit`` stores the real data (and, with an ``estimator``, its average
@@ -549,6 +480,25 @@ class TransferBound(BaseEstimator):
         self.random_state = random_state
         self.robustness_params = robustness_params
 
+    _parameter_constraints = {
+        "estimator": [None, torch.nn.Module, HasMethods(("predict_proba",))],
+        "norm": [Options(("linf", "l2", "l1"))],
+        "method": [Options(("auto", "exact", "sinkhorn", "sliced"))],
+        "n_samples": [None, Interval(Integral, 1, None)],
+        "max_samples_per_class": [None, Interval(Integral, 1, None)],
+        "n_bootstrap": [Interval(Integral, 0, None)],
+        "random_state": ["random_state"],
+        "robustness_params": [None, InstanceOf(dict, "a dict of average_robustness arguments")],
+    }
+
+    def _validate_params_extra(self):
+        if self.estimator is not None and self.norm == "l1":
+            raise self._param_error(
+                "norm", "'l1' has no attack for average_robustness; use 'linf' or 'l2' with an "
+                "estimator (or estimator=None for distances only)")
+        if self.method == "sliced" and self.norm != "l2":
+            raise self._param_error("method", f"'sliced' needs norm='l2' (norm is {self.norm!r})")
+
     def fit(self, X, y):
         """Store the real data; compute ``Rob_d`` of ``estimator`` on it.
 
@@ -563,14 +513,18 @@ class TransferBound(BaseEstimator):
         -------
         self : TransferBound
         """
-        if self.norm not in ("linf", "l2", "l1"):
-            raise ValueError(f"norm must be one of ('linf', 'l2', 'l1'), got {self.norm!r}")
-        if self.estimator is not None and self.norm == "l1":
-            raise ValueError("norm='l1' has no attack for average_robustness; use 'linf' or 'l2' with an estimator")
-        self.X_real_ = np.asarray(X, dtype=np.float32)
-        self.y_real_ = np.asarray(y)
-        if len(self.X_real_) != len(self.y_real_):
-            raise ValueError(f"X and y have different lengths: {len(self.X_real_)} and {len(self.y_real_)}")
+        self.validate_params()
+        try:
+            X = np.asarray(X.detach().cpu() if torch.is_tensor(X) else X, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"TransferBound: X must be a numeric array: {exc}") from None
+        if X.ndim < 2 or X.shape[0] == 0 or X[0].size == 0:
+            raise ValueError(f"TransferBound: X must have shape (n_samples, ...) with n >= 1 and "
+                             f"at least one feature, got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError("TransferBound: X contains NaN or infinite values")
+        self.y_real_ = check_labels(y, len(X))
+        self.X_real_ = X
         self.rob_real_ = None
         if self.estimator is not None:
             self.rob_real_ = average_robustness(self.estimator, self.X_real_, self.y_real_, self.norm,

@@ -15,16 +15,34 @@ frequencies of the *first* (real) set.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 import numpy as np
 from scipy.spatial.distance import cdist
+from scipy.stats import norm as scipy_norm
 from sklearn.utils import check_random_state
+
+from .._utils import optional_import
+from .._validation import Interval, Options, validate_parameter_constraints
 
 #: Ground costs and the scipy ``cdist`` metric computing each.
 METRICS = {"l2": "euclidean", "linf": "chebyshev", "l1": "cityblock"}
 METHODS = ("auto", "exact", "sinkhorn", "sliced")
+
+#: What each option of :func:`conditional_wasserstein_distance` may be.
+_CWD_CONSTRAINTS = {
+    "metric": [Options(tuple(METRICS))],
+    "method": [Options(METHODS)],
+    "max_samples_per_class": [None, Interval(Integral, 1, None)],
+    "n_bootstrap": [Interval(Integral, 0, None)],
+    "confidence": [Interval(Real, 0, 1, closed="neither")],
+    "ci_method": [Options(("normal", "percentile"))],
+    "reg": [Interval(Real, 0, None, closed="neither")],
+    "n_projections": [Interval(Integral, 1, None)],
+    "exact_max_pairs": [Interval(Integral, 1, None)],
+    "num_iter": [Interval(Integral, 1, None)],
+}
 
 
 @dataclass
@@ -83,11 +101,14 @@ class WassersteinResult:
 
 
 def _flatten(X, name):
+    """``X`` as a finite float64 array of shape (n, n_features)."""
     X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X)
     if X.ndim < 2:
         raise ValueError(f"{name} must have shape (n, ...) with at least 2 dimensions, got {X.shape}")
-    if not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
+    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
+        raise ValueError(f"{name} must be real-valued numeric, got dtype {X.dtype}")
+    if X.shape[0] == 0 or X[0].size == 0:
+        raise ValueError(f"{name} must hold at least one sample with one feature, got shape {X.shape}")
     X = X.reshape(X.shape[0], -1).astype(np.float64, copy=False)
     if not np.all(np.isfinite(X)):
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -95,6 +116,7 @@ def _flatten(X, name):
 
 
 def _labels(y, n, name):
+    """``y`` as a 1-d array of ``n`` labels."""
     y = np.asarray(y.detach().cpu() if hasattr(y, "detach") else y)
     if y.ndim != 1 or len(y) != n:
         raise ValueError(f"{name} must be 1-d with one label per sample ({n}), got shape {y.shape}")
@@ -123,7 +145,7 @@ def _ot_value(a, b, M, method, reg, num_iter):
     """Transport cost of ``a -> b`` under costs ``M``: exact (network simplex)
     or the cost ``<P, M>`` of the entropic plan (an upper bound of the exact
     value, since that plan is feasible)."""
-    import ot
+    ot = optional_import("ot", "conditional_wasserstein_distance")
 
     if method == "exact":
         value = ot.emd2(a, b, M, numItermax=num_iter)
@@ -135,49 +157,102 @@ def _ot_value(a, b, M, method, reg, num_iter):
 
 def _interval(estimate, replicates, confidence, ci_method="normal"):
     """Bootstrap interval: ``estimate +- z * sd`` or the replicates' quantiles."""
-    from scipy.stats import norm
-
     alpha = (1 - confidence) / 2
     if ci_method == "percentile":
         return float(np.quantile(replicates, alpha)), float(np.quantile(replicates, 1 - alpha))
-    half = float(norm.ppf(1 - alpha) * np.std(replicates, ddof=1)) if len(replicates) > 1 else 0.0
+    half = float(scipy_norm.ppf(1 - alpha) * np.std(replicates, ddof=1)) if len(replicates) > 1 else 0.0
     return estimate - half, estimate + half
 
 
 def _sliced(A, B, a, b, n_projections, seed):
-    import ot
-
+    """Sliced W_1 between the weighted point sets ``(A, a)`` and ``(B, b)``."""
+    ot = optional_import("ot", "conditional_wasserstein_distance")
     return float(ot.sliced_wasserstein_distance(A, B, a, b, n_projections=n_projections, p=1, seed=seed))
 
 
-def _check_params(metric, method, max_samples_per_class, n_bootstrap, confidence, ci_method, reg,
-                  n_projections, exact_max_pairs):
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {tuple(METRICS)}, got {metric!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "sliced" and metric != "l2":
+def _check_params(params):
+    """Check the options of :func:`conditional_wasserstein_distance` against their constraints."""
+    validate_parameter_constraints(_CWD_CONSTRAINTS, params, "conditional_wasserstein_distance")
+    if params["method"] == "sliced" and params["metric"] != "l2":
         raise ValueError(
-            f"method='sliced' is defined for the l2 ground cost only, got metric={metric!r}: "
+            f"method='sliced' is defined for the l2 ground cost only, got metric={params['metric']!r}: "
             "projections onto lines preserve l2 distances in expectation, not l_inf or l_1 ones. "
             "Use method='exact' or 'sinkhorn' (with max_samples_per_class for large sets)."
         )
-    if max_samples_per_class is not None and (
-        not isinstance(max_samples_per_class, numbers.Integral) or max_samples_per_class < 1
-    ):
-        raise ValueError(f"max_samples_per_class must be None or an integer >= 1, got {max_samples_per_class!r}")
-    if not isinstance(n_bootstrap, numbers.Integral) or isinstance(n_bootstrap, bool) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}")
-    if not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    if ci_method not in ("normal", "percentile"):
-        raise ValueError(f"ci_method must be 'normal' or 'percentile', got {ci_method!r}")
-    if not isinstance(reg, numbers.Real) or not reg > 0:
-        raise ValueError(f"reg must be a number > 0, got {reg!r}")
-    if not isinstance(n_projections, numbers.Integral) or n_projections < 1:
-        raise ValueError(f"n_projections must be an integer >= 1, got {n_projections!r}")
-    if not isinstance(exact_max_pairs, numbers.Integral) or exact_max_pairs < 1:
-        raise ValueError(f"exact_max_pairs must be an integer >= 1, got {exact_max_pairs!r}")
+
+
+def _check_samples(X1, y1, X2, y2):
+    """Flatten and check both labelled sets; also return the first set's classes and their frequencies."""
+    X1, X2 = _flatten(X1, "X1"), _flatten(X2, "X2")
+    y1, y2 = _labels(y1, len(X1), "y1"), _labels(y2, len(X2), "y2")
+    if X1.shape[1] != X2.shape[1]:
+        raise ValueError(f"X1 and X2 have different numbers of features: {X1.shape[1]} and {X2.shape[1]}")
+    if len(X1) == 0:
+        raise ValueError("X1 is empty")
+    classes, counts = np.unique(y1, return_counts=True)
+    missing = np.setdiff1d(classes, np.unique(y2))
+    if len(missing):
+        raise ValueError(
+            f"classes {missing[:5].tolist()} of y1 have no samples in y2: their conditional "
+            "distance is undefined"
+        )
+    return X1, y1, X2, y2, classes, counts / counts.sum()
+
+
+def _subsample(A, B, max_samples_per_class, rng):
+    """At most ``max_samples_per_class`` rows of each of ``A`` and ``B``, drawn without replacement."""
+    if max_samples_per_class is not None:
+        if len(A) > max_samples_per_class:
+            A = A[rng.choice(len(A), max_samples_per_class, replace=False)]
+        if len(B) > max_samples_per_class:
+            B = B[rng.choice(len(B), max_samples_per_class, replace=False)]
+    return A, B
+
+
+def _class_distance(A, B, method, *, metric, reg, num_iter, n_projections, n_bootstrap, rng):
+    """W_1 between two point sets by ``method``, and its ``n_bootstrap`` bootstrap replicates."""
+    n1, n2 = len(A), len(B)
+    a, b = np.full(n1, 1.0 / n1), np.full(n2, 1.0 / n2)
+    if method == "sliced":
+        seed = int(rng.randint(2**31))
+        value = _sliced(A, B, a, b, n_projections, seed)
+        boot = [
+            _sliced(A, B, rng.multinomial(n1, a) / n1, rng.multinomial(n2, b) / n2, n_projections, seed)
+            for _ in range(n_bootstrap)
+        ]
+        return value, boot
+    M = cost_matrix(A, B, metric)
+    value = _ot_value(a, b, M, method, reg, num_iter)
+    boot = []
+    for _ in range(n_bootstrap):
+        # A bootstrap resample is a multinomial reweighting of the points;
+        # zero-weight points drop out of the transport.
+        wa, wb = rng.multinomial(n1, a) / n1, rng.multinomial(n2, b) / n2
+        ia, ib = wa > 0, wb > 0
+        boot.append(_ot_value(wa[ia], wb[ib], M[np.ix_(ia, ib)], method, reg, num_iter))
+    return value, boot
+
+
+def _cwd_result(per_class, weights, reps, used, n_samples, *, metric, method, n_bootstrap, confidence, ci_method):
+    """Weigh the per-class distances (and bootstrap replicates) into a :class:`WassersteinResult`."""
+    distance = float(sum(w * per_class[k] for k, w in zip(per_class, weights)))
+    bootstrap = ci = None
+    if n_bootstrap:
+        bootstrap = np.sum(reps, axis=0)
+        ci = _interval(distance, bootstrap, confidence, ci_method)
+    methods = set(used.values())
+    return WassersteinResult(
+        distance=distance,
+        per_class=per_class,
+        class_weights={k: float(w) for k, w in zip(per_class, weights)},
+        ci=ci,
+        metric=metric,
+        method=methods.pop() if len(methods) == 1 else method,
+        n_samples=n_samples,
+        per_class_method=used,
+        bootstrap=bootstrap,
+        confidence=float(confidence),
+    )
 
 
 def conditional_wasserstein_distance(
@@ -299,74 +374,24 @@ def conditional_wasserstein_distance(
     >>> round(res.distance, 6), res.per_class
     (2.0, {0: 2.0, 1: 2.0})
     """
-    _check_params(metric, method, max_samples_per_class, n_bootstrap, confidence, ci_method, reg,
-                  n_projections, exact_max_pairs)
-    X1, X2 = _flatten(X1, "X1"), _flatten(X2, "X2")
-    y1, y2 = _labels(y1, len(X1), "y1"), _labels(y2, len(X2), "y2")
-    if X1.shape[1] != X2.shape[1]:
-        raise ValueError(f"X1 and X2 have different numbers of features: {X1.shape[1]} and {X2.shape[1]}")
-    if len(X1) == 0:
-        raise ValueError("X1 is empty")
-    classes, counts = np.unique(y1, return_counts=True)
-    missing = np.setdiff1d(classes, np.unique(y2))
-    if len(missing):
-        raise ValueError(
-            f"classes {missing[:5].tolist()} of y1 have no samples in y2: their conditional "
-            "distance is undefined"
-        )
+    _check_params({
+        "metric": metric, "method": method, "max_samples_per_class": max_samples_per_class,
+        "n_bootstrap": n_bootstrap, "confidence": confidence, "ci_method": ci_method, "reg": reg,
+        "n_projections": n_projections, "exact_max_pairs": exact_max_pairs, "num_iter": num_iter,
+    })
+    X1, y1, X2, y2, classes, weights = _check_samples(X1, y1, X2, y2)
     rng = check_random_state(random_state)
-    weights = counts / counts.sum()
-
     per_class, n_samples, used, reps = {}, {}, {}, []
     for c, w in zip(classes, weights):
-        A, B = X1[y1 == c], X2[y2 == c]
-        if max_samples_per_class is not None:
-            if len(A) > max_samples_per_class:
-                A = A[rng.choice(len(A), max_samples_per_class, replace=False)]
-            if len(B) > max_samples_per_class:
-                B = B[rng.choice(len(B), max_samples_per_class, replace=False)]
-        n1, n2 = len(A), len(B)
+        A, B = _subsample(X1[y1 == c], X2[y2 == c], max_samples_per_class, rng)
         key = c.item() if hasattr(c, "item") else c
-        n_samples[key] = (n1, n2)
-        m = method
-        if m == "auto":
-            m = "exact" if n1 * n2 <= exact_max_pairs else "sinkhorn"
-        used[key] = m
-        a, b = np.full(n1, 1.0 / n1), np.full(n2, 1.0 / n2)
-        if m == "sliced":
-            seed = int(rng.randint(2**31))
-            per_class[key] = _sliced(A, B, a, b, n_projections, seed)
-            boot = [
-                _sliced(A, B, rng.multinomial(n1, a) / n1, rng.multinomial(n2, b) / n2, n_projections, seed)
-                for _ in range(n_bootstrap)
-            ]
-        else:
-            M = cost_matrix(A, B, metric)
-            per_class[key] = _ot_value(a, b, M, m, reg, num_iter)
-            boot = []
-            for _ in range(n_bootstrap):
-                # A bootstrap resample is a multinomial reweighting of the points;
-                # zero-weight points drop out of the transport.
-                wa, wb = rng.multinomial(n1, a) / n1, rng.multinomial(n2, b) / n2
-                ia, ib = wa > 0, wb > 0
-                boot.append(_ot_value(wa[ia], wb[ib], M[np.ix_(ia, ib)], m, reg, num_iter))
+        n_samples[key] = (len(A), len(B))
+        auto = "exact" if len(A) * len(B) <= exact_max_pairs else "sinkhorn"
+        used[key] = auto if method == "auto" else method
+        per_class[key], boot = _class_distance(
+            A, B, used[key], metric=metric, reg=reg, num_iter=num_iter, n_projections=n_projections,
+            n_bootstrap=n_bootstrap, rng=rng,
+        )
         reps.append(w * np.asarray(boot, dtype=float))
-
-    distance = float(sum(w * per_class[k] for k, w in zip(per_class, weights)))
-    bootstrap = ci = None
-    if n_bootstrap:
-        bootstrap = np.sum(reps, axis=0)
-        ci = _interval(distance, bootstrap, confidence, ci_method)
-    methods = set(used.values())
-    return WassersteinResult(
-        distance=distance,
-        per_class=per_class,
-        class_weights={k: float(w) for k, w in zip(per_class, weights)},
-        ci=ci,
-        metric=metric,
-        method=methods.pop() if len(methods) == 1 else method,
-        n_samples=n_samples,
-        per_class_method=used,
-        bootstrap=bootstrap,
-        confidence=float(confidence),
-    )
+    return _cwd_result(per_class, weights, reps, used, n_samples, metric=metric, method=method,
+                       n_bootstrap=n_bootstrap, confidence=confidence, ci_method=ci_method)

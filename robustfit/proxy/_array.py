@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from numbers import Integral
 
 import numpy as np
+from sklearn.utils import check_random_state
 
-from .._validation import check_bounds
-from ._base import ProxyDistribution, _check_labels
+from .._validation import Interval, InvalidParameterError, check_bounds, check_labels, check_param
+from ._base import ProxyDistribution
 
 _X_KEYS = ("image", "images", "X", "x", "data")
 _Y_KEYS = ("label", "labels", "y")
@@ -100,15 +102,34 @@ class ArrayProxy(ProxyDistribution):
         self.bounds = bounds
         self.random_state = random_state
 
-    def _load(self):
+    _parameter_constraints = {
+        **ProxyDistribution._parameter_constraints,
+        "X": "no_validation",
+        "y": "no_validation",
+        "path": [None, str, os.PathLike],
+        "x_key": [None, str],
+        "y_key": [None, str],
+    }
+
+    def _validate_params_extra(self):
         if (self.X is None) == (self.path is None):
-            raise ValueError("give exactly one of X (arrays) and path (an .npz file)")
+            raise InvalidParameterError(
+                "ArrayProxy: give exactly one of X (the samples as an array) and path (an .npz "
+                f"file), got X={'None' if self.X is None else 'an array'} and path={self.path!r}"
+            )
+
+    def _load(self):
         if self.X is not None:
             return np.asarray(self.X), None if self.y is None else np.asarray(self.y)
-        if not isinstance(self.path, (str, os.PathLike)):
-            raise ValueError(f"path must be a str or os.PathLike, got {self.path!r}")
         try:
-            with np.load(self.path, allow_pickle=False) as f:
+            f = np.load(self.path, allow_pickle=False)
+            if isinstance(f, np.ndarray):
+                raise ValueError(
+                    f"ArrayProxy: path={self.path!r} holds a single array (.npy), not an .npz "
+                    "archive of samples and labels; pass ArrayProxy(X=numpy.load(path), y=labels), "
+                    "or save both with numpy.savez(path, image=X, label=y)"
+                )
+            with f:
                 keys = set(f.files)
                 xk = _pick(keys, self.x_key, _X_KEYS, "samples", self.path)
                 if xk is None:
@@ -164,7 +185,7 @@ class ArrayProxy(ProxyDistribution):
         self.X_ = np.ascontiguousarray(Xp)
         self.y_ = None
         if yp is not None:
-            yp = _check_labels(Xp, yp)
+            yp = check_labels(yp, len(Xp), name="proxy y")
             unknown = np.setdiff1d(np.unique(yp), self.classes_)
             if len(unknown):
                 raise ValueError(
@@ -210,8 +231,7 @@ class ArrayProxy(ProxyDistribution):
         -------
         X : numpy.ndarray of shape ``(n, *input_shape_)``, float32
         """
-        from sklearn.utils import check_random_state
-
         self._check_fitted()
+        check_param(n, "n", [Interval(Integral, 1, None)], "ArrayProxy.sample_unlabeled")
         rng = check_random_state(random_state)
         return self.X_[self._draw(np.arange(len(self.X_)), int(n), rng)]

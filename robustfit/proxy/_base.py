@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from numbers import Integral
 
 import numpy as np
@@ -10,39 +9,22 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 
-from .._validation import Interval, Options, ParamsValidationMixin, check_bounds
+from .._validation import (
+    Interval,
+    Options,
+    ParamsValidationMixin,
+    check_array,
+    check_bounds,
+    check_in_bounds,
+    check_labels,
+    check_param,
+)
 from ..metrics import conditional_wasserstein_distance
 
 _CLASS_DISTRIBUTIONS = ("balanced", "empirical")
 
 #: samples per class that :meth:`ProxyDistribution.score` compares
 SCORE_SAMPLES_PER_CLASS = 100
-
-
-def check_images(X, name="X"):
-    """Validate ``X`` as a float32 array of shape ``(n, d)`` or ``(n, C, H, W)``."""
-    try:
-        X = np.asarray(X, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric: {exc}") from None
-    if X.ndim not in (2, 4):
-        raise ValueError(
-            f"{name} must have shape (n_samples, n_features) or (n_samples, channels, "
-            f"height, width), got shape {X.shape}"
-        )
-    if len(X) == 0:
-        raise ValueError(f"{name} has 0 samples")
-    if not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return X
-
-
-def _check_labels(X, y):
-    y = np.asarray(y)
-    if y.ndim != 1 or len(y) != len(X):
-        raise ValueError(f"y must be 1-dimensional with one label per sample ({len(X)}), "
-                         f"got shape {y.shape}")
-    return y
 
 
 def class_counts(n, priors, rng):
@@ -138,12 +120,9 @@ class ProxyDistribution(ParamsValidationMixin, BaseEstimator):
         """
         self.validate_params()
         bounds = check_bounds(getattr(self, "bounds", None))
-        X = check_images(X)
-        y = _check_labels(X, y)
-        if bounds is not None and (X.min() < bounds[0] - 1e-6 or X.max() > bounds[1] + 1e-6):
-            raise ValueError(
-                f"X has values in [{X.min():.4g}, {X.max():.4g}], outside bounds={bounds}"
-            )
+        X = check_array(X, allow_tensor=False)
+        y = check_labels(y, len(X))
+        check_in_bounds(X, bounds, owner=f"{type(self).__name__}'s")
         self.classes_, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
         self.class_prior_ = counts / counts.sum()
         self.input_shape_ = tuple(X.shape[1:])
@@ -168,8 +147,7 @@ class ProxyDistribution(ParamsValidationMixin, BaseEstimator):
             Their labels, from ``classes_``.
         """
         self._check_fitted()
-        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        check_param(n, "n", [Interval(Integral, 1, None)], f"{type(self).__name__}.sample")
         rng = check_random_state(random_state)
         counts = class_counts(int(n), self._priors(), rng)
         X = np.asarray(self._generate(counts, rng), dtype=np.float32)
@@ -218,7 +196,7 @@ class ProxyDistribution(ParamsValidationMixin, BaseEstimator):
         y_resampled : numpy.ndarray of shape (n + n_samples,)
         """
         self.fit(X, y)
-        X = check_images(X)
+        X = check_array(X, allow_tensor=False)
         n = self.n_samples if getattr(self, "n_samples", None) is not None else len(X)
         Xs, ys = self.sample(n, random_state=getattr(self, "random_state", None))
         y = np.asarray(y)
@@ -249,8 +227,8 @@ class ProxyDistribution(ParamsValidationMixin, BaseEstimator):
             ``-distance``.
         """
         self._check_fitted()
-        X = check_images(X)
-        y = _check_labels(X, y)
+        X = check_array(X, allow_tensor=False)
+        y = check_labels(y, len(X))
         labels, counts = np.unique(y, return_counts=True)
         unknown = np.setdiff1d(labels, self.classes_)
         if len(unknown):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._utils import torch_seeded
+from .._utils import optional_import, torch_seeded
 from .._validation import InstanceOf, Interval, Options, resolve_device
 from ._base import ProxyDistribution
 
@@ -19,14 +19,8 @@ _SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def _import_diffusers():
-    try:
-        import diffusers
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "DiffusionProxy needs the diffusers library: pip install 'robustfit[diffusion]' "
-            "(or pip install diffusers)"
-        ) from exc
-    return diffusers
+    """The diffusers package, or an ImportError naming robustfit's ``diffusion`` extra."""
+    return optional_import("diffusers", "DiffusionProxy")
 
 
 class DiffusionProxy(ProxyDistribution):
@@ -210,88 +204,157 @@ class DiffusionProxy(ProxyDistribution):
 
     @contextlib.contextmanager
     def _torch_seed(self, offset):
+        """Seed torch's generators with ``random_state + offset`` inside the block (nothing when None)."""
         seed = None if self.random_state is None else int(self.random_state) + offset
         with torch_seeded(seed):
             yield
 
     # ------------------------------------------------------------ fitting
     def _fit(self, X, y):
+        """Validate, then build and train the denoising UNet on ``(X, y)`` under the seed."""
         diffusers = _import_diffusers()
         self.validate_params()
-        channels = self._channels()
         if X.ndim != 4:
             raise ValueError(
                 f"DiffusionProxy needs images of shape (n, C, H, W), got shape {X.shape}"
             )
         t0 = time.perf_counter()
         device = torch.device(resolve_device(self.device))
+        self._set_geometry(X)
+        with self._torch_seed(0):
+            unet = self._make_unet(diffusers, X.shape[1:]).to(device)
+            self.scheduler_ = self._make_scheduler(diffusers)
+            x0 = self._to_model_space(torch.as_tensor(X)).to(device)
+            labels = torch.as_tensor(y, dtype=torch.long, device=device)
+            ema = self._train(unet, x0, labels)
+        self.unet_ = (ema.module if ema is not None else unet).eval()
+        self.fit_time_ = time.perf_counter() - t0
+        return self
+
+    def _set_geometry(self, X):
+        """Set ``scale_`` (the box mapped to [-1, 1]), ``pad_`` (to a multiple of the UNet's stride) and ``null_class_``."""
         lo, hi = self.bounds if self.bounds is not None else (float(X.min()), float(X.max()))
         self.scale_ = (float(lo), float(hi))
-        C, H, W = X.shape[1:]
-        m = 2 ** (len(channels) - 1)
+        H, W = X.shape[2:]
+        m = 2 ** (len(self._channels()) - 1)
         self.pad_ = (0, (-W) % m, 0, (-H) % m)  # F.pad order: left, right, top, bottom
-        n_classes = len(self.classes_)
-        self.null_class_ = n_classes
+        self.null_class_ = len(self.classes_)
+
+    def _make_unet(self, diffusers, shape):
+        """A class-conditional UNet for (padded) images of ``shape`` (C, H, W), with a null class."""
+        channels = self._channels()
+        C, H, W = shape
         down = ["DownBlock2D"] * len(channels)
         up = ["UpBlock2D"] * len(channels)
         if self.attention:
             down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
-        with self._torch_seed(0):
-            unet = diffusers.UNet2DModel(
-                sample_size=(H + self.pad_[3], W + self.pad_[1]), in_channels=C, out_channels=C,
-                block_out_channels=channels, layers_per_block=self.layers_per_block,
-                down_block_types=tuple(down), up_block_types=tuple(up),
-                norm_num_groups=self.norm_num_groups, num_class_embeds=n_classes + 1,
-            ).to(device)
-            self.scheduler_ = diffusers.DDPMScheduler(
-                num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
-                prediction_type="epsilon", clip_sample=True,
-            )
-            x0 = self._to_model_space(torch.as_tensor(X)).to(device)
-            labels = torch.as_tensor(y, dtype=torch.long, device=device)
-            ema = None
-            if self.ema_decay > 0:
-                ema = torch.optim.swa_utils.AveragedModel(
-                    unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.ema_decay))
-            opt = torch.optim.AdamW(unet.parameters(), lr=self.lr, weight_decay=0.0)
-            n = len(x0)
-            per_epoch = -(-n // self.batch_size)
-            total = per_epoch * self.max_epochs
-            warm = max(1, int(0.05 * total))
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: min((s + 1) / warm, 0.5 * (1 + np.cos(np.pi * min(s / total, 1.0)))))
-            alphas = self.scheduler_.alphas_cumprod.to(device)
-            unet.train()
-            self.loss_curve_ = []
-            for epoch in range(self.max_epochs):
-                perm = torch.randperm(n, device=device)
-                total_loss = 0.0
-                for start in range(0, n, self.batch_size):
-                    idx = perm[start:start + self.batch_size]
-                    xb, yb = x0[idx], labels[idx]
-                    if self.label_dropout > 0:
-                        drop = torch.rand(len(yb), device=device) < self.label_dropout
-                        yb = torch.where(drop, torch.full_like(yb, self.null_class_), yb)
-                    noise = torch.randn_like(xb)
-                    t = torch.randint(0, self.num_train_timesteps, (len(xb),), device=device)
-                    a = alphas[t].view(-1, 1, 1, 1)
-                    noisy = a.sqrt() * xb + (1 - a).sqrt() * noise
-                    pred = unet(noisy, t, class_labels=yb).sample
-                    loss = F.mse_loss(pred, noise)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    if ema is not None:
-                        ema.update_parameters(unet)
-                    total_loss = total_loss + loss.detach() * len(xb)  # no host sync per batch
-                self.loss_curve_.append(float(total_loss) / n)
-                if self.verbose and (epoch % 10 == 9 or epoch == self.max_epochs - 1):
-                    print(f"epoch {epoch + 1}/{self.max_epochs}: loss {self.loss_curve_[-1]:.4f}",
-                          flush=True)
-        self.unet_ = (ema.module if ema is not None else unet).eval()
-        self.fit_time_ = time.perf_counter() - t0
+        return diffusers.UNet2DModel(
+            sample_size=(H + self.pad_[3], W + self.pad_[1]), in_channels=C, out_channels=C,
+            block_out_channels=channels, layers_per_block=self.layers_per_block,
+            down_block_types=tuple(down), up_block_types=tuple(up),
+            norm_num_groups=self.norm_num_groups, num_class_embeds=self.null_class_ + 1,
+        )
+
+    def _make_scheduler(self, diffusers):
+        """The DDPM noise scheduler of ``num_train_timesteps`` and ``beta_schedule``."""
+        return diffusers.DDPMScheduler(
+            num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
+            prediction_type="epsilon", clip_sample=True,
+        )
+
+    def get_fitted_state(self):
+        """The fitted state as plain values and tensors (the UNet as its ``state_dict()``).
+
+        What the ``proxy_memory`` cache and
+        :meth:`robustfit.AdversarialClassifier.save` store, without pickle.
+
+        Returns
+        -------
+        state : dict
+        """
+        state = {k: v for k, v in vars(self).items()
+                 if k.endswith("_") and not k.startswith("_") and k not in ("unet_", "scheduler_")}
+        if getattr(self, "unet_", None) is not None:
+            state["unet_"] = self.unet_.state_dict()
+        return state
+
+    def set_fitted_state(self, state):
+        """Restore :meth:`get_fitted_state`'s state: the UNet is rebuilt, then loaded.
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`get_fitted_state`.
+
+        Returns
+        -------
+        self : DiffusionProxy
+        """
+        state = dict(state)
+        weights = state.pop("unet_", None)
+        for key, value in state.items():
+            setattr(self, key, value)
+        if weights is not None:
+            diffusers = _import_diffusers()
+            with torch_seeded(0):  # initial weights, overwritten at once: from a fork
+                unet = self._make_unet(diffusers, self.input_shape_).to(resolve_device(self.device))
+            self.scheduler_ = self._make_scheduler(diffusers)
+            unet.load_state_dict(weights)
+            self.unet_ = unet.eval()
         return self
+
+    def _train(self, unet, x0, labels):
+        """Train ``unet`` to predict the noise of ``x0``; set ``loss_curve_``; return the EMA model or None."""
+        ema = None
+        if self.ema_decay > 0:
+            ema = torch.optim.swa_utils.AveragedModel(
+                unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.ema_decay))
+        opt = torch.optim.AdamW(unet.parameters(), lr=self.lr, weight_decay=0.0)
+        sched = self._lr_schedule(opt, len(x0))
+        alphas = self.scheduler_.alphas_cumprod.to(x0.device)
+        unet.train()
+        self.loss_curve_ = []
+        for epoch in range(self.max_epochs):
+            total_loss = self._train_epoch(unet, x0, labels, alphas, opt, sched, ema)
+            self.loss_curve_.append(float(total_loss) / len(x0))
+            if self.verbose and (epoch % 10 == 9 or epoch == self.max_epochs - 1):
+                print(f"epoch {epoch + 1}/{self.max_epochs}: loss {self.loss_curve_[-1]:.4f}", flush=True)
+        return ema
+
+    def _lr_schedule(self, opt, n):
+        """Linear warm-up over the first 5% of the steps, then cosine decay to 0."""
+        total = -(-n // self.batch_size) * self.max_epochs
+        warm = max(1, int(0.05 * total))
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, 0.5 * (1 + np.cos(np.pi * min(s / total, 1.0)))))
+
+    def _train_epoch(self, unet, x0, labels, alphas, opt, sched, ema):
+        """One pass in random batches; the summed loss as a tensor (no host sync per batch)."""
+        n = len(x0)
+        perm = torch.randperm(n, device=x0.device)
+        total_loss = 0.0
+        for start in range(0, n, self.batch_size):
+            idx = perm[start:start + self.batch_size]
+            loss = self._denoising_loss(unet, x0[idx], labels[idx], alphas)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(unet)
+            total_loss = total_loss + loss.detach() * len(idx)
+        return total_loss
+
+    def _denoising_loss(self, unet, xb, yb, alphas):
+        """MSE of the predicted noise at random timesteps (labels dropped to the null class at ``label_dropout``)."""
+        if self.label_dropout > 0:
+            drop = torch.rand(len(yb), device=xb.device) < self.label_dropout
+            yb = torch.where(drop, torch.full_like(yb, self.null_class_), yb)
+        noise = torch.randn_like(xb)
+        t = torch.randint(0, self.num_train_timesteps, (len(xb),), device=xb.device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * xb + (1 - a).sqrt() * noise
+        return F.mse_loss(unet(noisy, t, class_labels=yb).sample, noise)
 
     def _to_model_space(self, x):
         lo, hi = self.scale_

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
+from .._validation import Interval, Options
 from ._base import ProxyDistribution
 
 _COVARIANCES = ("full", "tied", "diag", "spherical")
@@ -87,18 +88,29 @@ class GaussianMixtureProxy(ProxyDistribution):
         self.bounds = bounds
         self.random_state = random_state
 
+    _parameter_constraints = {
+        **ProxyDistribution._parameter_constraints,
+        "mixture_components": [Interval(Integral, 1, None)],
+        "pca_components": [None, Interval(Integral, 1, None), Interval(Real, 0, 1, closed="neither")],
+        "covariance_type": [Options(_COVARIANCES)],
+        "reg_covar": [Interval(Real, 0, None)],
+    }
+
     def _fit(self, X, y):
         k = self.mixture_components
-        if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"mixture_components must be an integer >= 1, got {k!r}")
-        if self.covariance_type not in _COVARIANCES:
-            raise ValueError(
-                f"covariance_type must be one of {_COVARIANCES}, got {self.covariance_type!r}"
-            )
         flat = X.reshape(len(X), -1).astype(np.float64)
         self.pca_ = None
-        if self.pca_components is not None:
-            self.pca_ = PCA(n_components=self.pca_components, random_state=self.random_state)
+        n_comp = self.pca_components
+        if n_comp is not None:
+            most = min(flat.shape)
+            if isinstance(n_comp, Integral) and n_comp > most:
+                raise ValueError(
+                    f"GaussianMixtureProxy: pca_components={n_comp} is more than the "
+                    f"{flat.shape[0]} training samples of {flat.shape[1]} features allow "
+                    f"(at most {most}); lower pca_components, pass a fraction of variance such "
+                    "as 0.95, or None for no PCA"
+                )
+            self.pca_ = PCA(n_components=n_comp, random_state=self.random_state)
             flat = self.pca_.fit_transform(flat)
         self.mixtures_ = []
         for c in range(len(self.classes_)):
@@ -107,7 +119,16 @@ class GaussianMixtureProxy(ProxyDistribution):
                 n_components=min(k, len(Z)), covariance_type=self.covariance_type,
                 reg_covar=self.reg_covar, random_state=self.random_state,
             )
-            self.mixtures_.append(gm.fit(Z))
+            try:
+                self.mixtures_.append(gm.fit(Z))
+            except ValueError as exc:
+                raise ValueError(
+                    f"GaussianMixtureProxy: the mixture of class {self.classes_[c:c + 1].tolist()[0]!r} "
+                    f"({len(Z)} samples, {Z.shape[1]} dimensions after PCA, "
+                    f"mixture_components={k}, covariance_type={self.covariance_type!r}) "
+                    f"could not be fitted: {str(exc).rstrip('.')}. Give the class more samples, or lower "
+                    "mixture_components or pca_components"
+                ) from None
         return self
 
     def _generate(self, counts, rng):

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import numbers
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import clone
 
 from .._utils import clone_keeping_fitted
 from .._utils import is_fitted as _is_fitted
+from .._validation import HasMethods, Interval, check_array
 from ._base import ProxyDistribution
 
 
@@ -117,20 +118,16 @@ class PseudoLabeledProxy(ProxyDistribution):
         self.bounds = bounds
         self.random_state = random_state
 
-    def _check_keep(self):
-        f = self.keep_fraction
-        if not isinstance(f, numbers.Real) or isinstance(f, bool) or not 0 < f <= 1:
-            raise ValueError(f"keep_fraction must be a number in (0, 1], got {f!r}")
-        r = self.max_rounds
-        if not isinstance(r, numbers.Integral) or isinstance(r, bool) or r < 1:
-            raise ValueError(f"max_rounds must be an integer >= 1, got {r!r}")
+    _parameter_constraints = {
+        **ProxyDistribution._parameter_constraints,
+        "generator": [HasMethods(("fit", "sample"))],
+        "teacher": [HasMethods(("predict_proba",))],
+        "keep_fraction": [Interval(Real, 0, 1, closed="right")],
+        "relabel": ["boolean"],
+        "max_rounds": [Interval(Integral, 1, None)],
+    }
 
     def _fit(self, X, y):
-        self._check_keep()
-        if not (hasattr(self.generator, "fit") and hasattr(self.generator, "sample")):
-            raise ValueError(f"generator must be a ProxyDistribution, got {self.generator!r}")
-        if not hasattr(self.teacher, "predict_proba"):
-            raise ValueError(f"teacher must have predict_proba, got {self.teacher!r}")
         labels = self.classes_[y]
         self.generator_ = clone(self.generator).fit(X, labels)
         if _is_fitted(self.teacher):
@@ -177,8 +174,8 @@ class PseudoLabeledProxy(ProxyDistribution):
             Their labels (from ``classes_``).
         """
         self._check_fitted()
-        self._check_keep()
-        X = np.asarray(X, dtype=np.float32)
+        self.validate_params()
+        X = check_array(X, allow_tensor=False)
         labels, conf = self._scores(X, y)
         keep = []
         for c in range(len(self.classes_)):
@@ -189,7 +186,7 @@ class PseudoLabeledProxy(ProxyDistribution):
         return X[keep], self.classes_[labels[keep]]
 
     def _generate(self, counts, rng):
-        self._check_keep()
+        self.validate_params()
         counts = np.asarray(counts)
         need = np.ceil(counts / self.keep_fraction - 1e-9).astype(int)
         Xs, labels, conf = [], [], []

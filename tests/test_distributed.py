@@ -1,0 +1,343 @@
+"""Data-parallel training and evaluation on torch.distributed (gloo, CPU).
+
+One ``torchrun --standalone --nproc_per_node=2`` run of tests/ddp_worker.py
+trains every scenario on 2 ranks; the same scenarios run here in one process
+are the reference: same global batch, same seed, so the weights and the
+history must agree within float tolerance. The rest are in-process tests of
+the pieces (batch shards, sharded draws, loaders, the loss check).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skorch.dataset import Dataset
+from torch.utils.data import TensorDataset
+
+from robustfit import AdversarialClassifier
+from robustfit._distributed import Shard, ShardedBatch, batch_shard, split_bounds
+from robustfit._loader import MixedLoader, TensorLoader
+from robustfit._utils import rand_like, randn, random_source
+from robustfit.attacks import PGD
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import ddp_worker  # noqa: E402
+
+needs_gloo = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with gloo is not available")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Run the worker on 2 ranks; return (rank 0 results, rank 1 results, out dir)."""
+    out = tmp_path_factory.mktemp("ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "ddp_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return ranks[0], ranks[1], out
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    torch.manual_seed(0)
+    pgd = ddp_worker.fit_pgd()
+    ref = {"pgd": ddp_worker.summary(pgd), "eval": ddp_worker.evaluate(pgd), "model": pgd}
+    dale = ddp_worker.fit_dale()
+    ref["dale"] = ddp_worker.summary(dale)
+    ref["dale"]["nu"] = dale.objective_.nu_
+    ref["proxy"] = ddp_worker.summary(ddp_worker.fit_proxy())
+    ref["stream"] = ddp_worker.summary(ddp_worker.fit_stream())
+    return ref
+
+
+def _assert_same_run(dist, ref):
+    assert dist["batch_sizes"] == ref["batch_sizes"]  # the global batches, as one process cuts them
+    torch.testing.assert_close(dist["weights"], ref["weights"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dist["batch_losses"], ref["batch_losses"], rtol=1e-5, atol=1e-6)
+    assert dist["history"].keys() == ref["history"].keys()
+    for key in ref["history"]:
+        np.testing.assert_allclose(dist["history"][key], ref["history"][key], rtol=1e-5, atol=1e-6)
+
+
+@needs_gloo
+@pytest.mark.parametrize("scenario", ["pgd", "dale", "proxy", "stream"])
+def test_two_ranks_reproduce_one_process(two_ranks, one_process, scenario):
+    r0, r1, _ = two_ranks
+    assert r0["world_size"] == 2
+    # every rank ends with the same estimator...
+    assert torch.equal(r0[scenario]["weights"], r1[scenario]["weights"])
+    assert r0[scenario]["history"] == r1[scenario]["history"]
+    # ...which is the one-process estimator for the same global batch and seed
+    _assert_same_run(r0[scenario], one_process[scenario])
+
+
+@needs_gloo
+def test_dual_variable_is_the_same_on_every_rank(two_ranks, one_process):
+    r0, r1, _ = two_ranks
+    assert r0["dale"]["nu"] == r1["dale"]["nu"]
+    assert r0["dale"]["nu"] == pytest.approx(one_process["dale"]["nu"], rel=1e-5)
+    assert r0["dale"]["nu"] > 0  # the dual variable moved: the reduction was exercised
+
+
+@needs_gloo
+def test_generator_trains_data_parallel(two_ranks):
+    r0, r1, _ = two_ranks
+    assert torch.equal(r0["synth_generator"], r1["synth_generator"])
+
+
+@needs_gloo
+def test_checkpoints_are_written_by_rank_0_only(two_ranks):
+    r0, r1, _ = two_ranks
+    assert "params.pt" in r0["checkpoint_files"]
+    assert r1["checkpoint_files"] == []
+
+
+@needs_gloo
+def test_distributed_evaluation_equals_one_process(two_ranks, one_process):
+    r0, r1, _ = two_ranks
+    assert r0["eval"] == r1["eval"]
+    # same points, same weights within float tolerance: the same figure
+    assert r0["eval"]["robust_accuracy"] == pytest.approx(one_process["eval"]["robust_accuracy"],
+                                                         abs=1 / 300 + 1e-9)
+    np.testing.assert_allclose(r0["eval"]["curve"], one_process["eval"]["curve"], atol=1 / 300 + 1e-9)
+    for key in ("autoattack", "robust_score"):
+        assert r0["eval"][key] == pytest.approx(one_process["eval"][key], abs=1 / 300 + 1e-9)
+
+
+@needs_gloo
+def test_distributed_evaluation_of_a_given_model_is_exact(two_ranks):
+    """The model pickled on rank 0, evaluated here in one process, gives
+    exactly the figure both ranks computed together."""
+    r0, _, out = two_ranks
+    with open(out / "pgd.pkl", "rb") as f:
+        clf = pickle.load(f)
+    assert ddp_worker.evaluate(clf) == r0["eval"]
+
+
+@needs_gloo
+def test_pickle_from_rank_0_loads_in_one_cpu_process(two_ranks):
+    r0, _, out = two_ranks
+    with open(out / "pgd.pkl", "rb") as f:
+        clf = pickle.load(f)
+    assert type(clf.module_).__name__ != "DistributedDataParallel"
+    weights = torch.cat([p.detach().reshape(-1) for p in clf.module_.parameters()])
+    assert torch.equal(weights, r0["pgd"]["weights"])
+    X, y = ddp_worker.digits(200, offset=1500)
+    assert clf.predict(X).shape == (200,)
+    clf.partial_fit(X, y)  # trains on in one process, without a process group
+    assert len(clf.history) == 4
+
+
+@needs_gloo
+def test_bad_input_under_torchrun(two_ranks):
+    for errors in two_ranks[:2]:
+        assert "batch_size=1 is the global batch" in errors["errors"]["batch"]
+        assert "2 ranks" in errors["errors"]["batch"]
+        sizes = errors["errors"]["sizes"]
+        assert "rank 0: 200 samples" in sizes and "rank 1: 190 samples" in sizes
+        if not torch.cuda.is_available():
+            assert "no CUDA GPU is available" in errors["errors"]["cuda"]
+
+
+# ----------------------------------------------------------------- in-process pieces
+def test_split_bounds_cover_the_batch_evenly():
+    for n in (1, 5, 29, 64):
+        for parts in (1, 2, 3):
+            bounds = [split_bounds(n, parts, r) for r in range(parts)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            sizes = [b - a for a, b in bounds]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_sharded_draws_are_slices_of_the_global_draw():
+    with random_source(3):
+        full = rand_like(torch.zeros(8, 2))
+        full_n = randn((8, 4))
+    for ranges in (((0, 3),), ((3, 8),), ((1, 2), (5, 7))):
+        shard = Shard(8, ranges)
+        with random_source(3), batch_shard(shard):
+            part = rand_like(torch.zeros(shard.size, 2))
+            part_n = randn((shard.size, 4))
+        assert torch.equal(part, shard.select(full))
+        assert torch.equal(part_n, shard.select(full_n))
+    # a draw of another leading size is not sharded
+    with random_source(3), batch_shard(Shard(8, ((0, 3),))):
+        assert rand_like(torch.zeros(5)).shape == (5,)
+
+
+def _arrays(n=29):
+    X = torch.arange(n, dtype=torch.float32).reshape(n, 1)
+    return X, torch.arange(n) % 3
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_ranks_share_each_global_batch(streamed):
+    X, y = _arrays(29)
+    data = TensorDataset(X, y) if streamed else Dataset(X, y)
+    with random_source(0):
+        single = [b[0].reshape(-1).tolist() for b in TensorLoader(data, batch_size=8, shuffle=True)]
+    per_rank = []
+    for rank in (0, 1):
+        with random_source(0):
+            loader = TensorLoader(data, batch_size=8, shuffle=True, num_replicas=2, rank=rank)
+            per_rank.append(list(loader))
+    assert len(per_rank[0]) == len(per_rank[1]) == len(single) == 4
+    for k, whole in enumerate(single):
+        a, b = per_rank[0][k], per_rank[1][k]
+        assert isinstance(a, ShardedBatch) and a.shard.total == len(whole)
+        assert a[0].reshape(-1).tolist() + b[0].reshape(-1).tolist() == whole
+        assert a.shard.ranges == ((0, a.shard.size),)
+        assert b.shard.ranges == ((a.shard.size, len(whole)),)
+
+
+def test_streamed_batches_follow_the_array_plan():
+    X, y = _arrays(29)
+    with random_source(0):
+        arrays = [b[0] for b in TensorLoader(Dataset(X, y), batch_size=8, shuffle=True)]
+    with random_source(0):
+        streamed = [b[0] for b in TensorLoader(TensorDataset(X, y), batch_size=8, shuffle=True,
+                                               num_workers=0)]
+    assert all(torch.equal(a, s) for a, s in zip(arrays, streamed)) and len(arrays) == len(streamed)
+
+
+def test_a_last_batch_smaller_than_the_ranks_is_skipped():
+    X, y = _arrays(17)  # 2 batches of 8, then 1 sample for 2 ranks
+    loader = TensorLoader(Dataset(X, y), batch_size=8, num_replicas=2, rank=1)
+    with pytest.warns(UserWarning, match="fewer samples than the 2 ranks"):
+        batches = list(loader)
+    assert len(loader) == len(batches) == 2
+
+
+def test_mixed_batches_shard_real_and_proxy_parts():
+    X, y = _arrays(29)
+    Xp, yp = -torch.arange(1, 41, dtype=torch.float32).reshape(40, 1), torch.zeros(40, dtype=torch.long)
+    with random_source(0):
+        single = [b[0].reshape(-1).tolist() for b in MixedLoader(Dataset(X, y), Xp, yp, 0.5, batch_size=8)]
+    parts = []
+    for rank in (0, 1):
+        with random_source(0):
+            parts.append(list(MixedLoader(Dataset(X, y), Xp, yp, 0.5, batch_size=8,
+                                          num_replicas=2, rank=rank)))
+    for k, whole in enumerate(single):
+        rebuilt = [None] * len(whole)
+        for batch in (parts[0][k], parts[1][k]):
+            assert batch.shard.total == len(whole)
+            values = batch[0].reshape(-1).tolist()
+            pos = 0
+            for a, b in batch.shard.ranges:
+                rebuilt[a:b] = values[pos:pos + b - a]
+                pos += b - a
+        assert rebuilt == whole  # the two ranks hold the one-process batch, nothing twice
+
+
+def test_batch_losses_are_recorded_per_batch(digits_small):
+    X, y = digits_small[0][:200], digits_small[1][:200]
+    clf = AdversarialClassifier(max_epochs=2, batch_size=32, random_state=0, device="cpu").fit(X, y)
+    for row in clf.history:
+        train = [b["train_loss"] for b in row["batches"] if "train_batch_size" in b]
+        sizes = [b["train_batch_size"] for b in row["batches"] if "train_batch_size" in b]
+        assert all(isinstance(v, float) for v in train) and len(train) == row["train_batch_count"]
+        assert row["train_loss"] == pytest.approx(np.average(train, weights=sizes))
+        assert isinstance(row["valid_loss"], float)
+
+
+def test_a_non_finite_loss_stops_training_with_epoch_and_batch():
+    X, y = ddp_worker.digits(200)
+    clf = AdversarialClassifier(attack=PGD(epsilon=0.1, steps=1), lr=1e6, optimizer=torch.optim.SGD,
+                                max_epochs=3, batch_size=32, train_split=None, random_state=0,
+                                device="cpu")
+    with pytest.raises(ValueError, match=r"training loss became (nan|inf) at epoch 1, batch \d+") as info:
+        clf.fit(X, y)
+    message = str(info.value)
+    assert "lr=1000000.0" in message and "epsilon=0.1" in message and "bad data" in message
+    # the history holds the finite batch losses read before the stop
+    batch = int(message.split("batch ")[1].split(";")[0])
+    losses = [b.get("train_loss") for b in clf.history[-1]["batches"]]
+    assert all(np.isfinite(v) for v in losses[:batch - 1])
+
+
+def test_the_loss_check_runs_every_k_batches(monkeypatch):
+    X, y = ddp_worker.digits(200)
+    clf = AdversarialClassifier(max_epochs=1, batch_size=8, train_split=None, random_state=0,
+                                device="cpu")
+    reads = []
+    original = AdversarialClassifier._check_losses
+
+    def spy(self, pending, *args):
+        reads.append(len(pending))
+        return original(self, pending, *args)
+
+    monkeypatch.setattr(AdversarialClassifier, "_check_losses", spy)
+    monkeypatch.setattr(AdversarialClassifier, "loss_check_every", 10)
+    clf.fit(X, y)
+    assert reads == [10, 10, 5]  # 25 batches: two reads of 10, one at the epoch's end
+
+
+def test_callbacks_are_silenced_for_one_fit_only():
+    from skorch.callbacks import Checkpoint, PrintLog, TrainEndCheckpoint
+
+    from robustfit._classifier_ddp import _DistributedRun
+
+    printed = []
+    log, cp, end = PrintLog(sink=printed.append), Checkpoint(), TrainEndCheckpoint().initialize()
+    run = _DistributedRun()
+    run.silence([log, cp, end])
+    log.sink("x")
+    cp.save_model(None)  # would fail on a None net if it ran
+    end.checkpoint_.save_model(None)
+    assert printed == []
+    assert pickle.loads(pickle.dumps(run)).patched == []  # nothing of a run is pickled
+    run.close()
+    log.sink("y")
+    assert printed == ["y"] and "save_model" not in cp.__dict__
+
+
+def test_the_example_runs_on_one_process(tmp_path):
+    out = tmp_path / "model.pkl"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, str(HERE.parent / "examples" / "ddp_train.py"), "--quick",
+                           "--device", "cpu", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ranks=1 global_batch=128" in proc.stdout and out.is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronization needs CUDA")
+def test_no_host_device_synchronization_per_batch():
+    """On CUDA, the number of synchronizing calls of an epoch does not grow
+    with its number of batches (torch's sync debug mode counts them)."""
+    import warnings
+
+    X, y = ddp_worker.digits(512)
+
+    def syncs(batch_size):
+        clf = AdversarialClassifier(attack=PGD(epsilon=0.1, steps=2), max_epochs=1,
+                                    batch_size=batch_size, train_split=None, random_state=0,
+                                    device="cuda")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                clf.fit(X, y)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(128) == syncs(32)  # 4 batches or 16: the same reads

@@ -1,0 +1,213 @@
+"""The CUDA path, and the CPU smoke runs of the GPU benchmark scripts.
+
+Tests marked ``gpu`` need a CUDA GPU and are skipped without one; ``make
+gpu-check`` runs them on a GPU machine (``pytest -m gpu tests/test_gpu.py``).
+They cover what the CPU suite cannot: fit/predict/robust_score on CUDA with the
+default bf16 autocast and channels-last memory, attacks under autocast as
+strong as in fp32, a CUDA model pickled and loaded on a CPU-only process, no
+host synchronization inside the attack loop, and a Dask worker pinned to the
+GPU. The unmarked tests at the end run ``benchmarks/bench_gpu.py --smoke`` and
+``benchmarks/bench_amp.py`` on the CPU, so the scripts ``make gpu-check`` runs
+are known to work before a GPU is ever lent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robustfit import AdversarialClassifier
+from robustfit.attacks import FGSM, PGD, Langevin
+from robustfit.attacks._base import eval_mode
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+HAS_CUDA = torch.cuda.is_available()
+EPS = 0.1
+
+
+def gpu_test(fn):
+    """Mark a test ``gpu`` (``make gpu-check`` selects these) and skip it without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")(fn))
+
+
+def _load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def split(digits):
+    X, y = digits
+    return (X[:-600], y[:-600]), (X[-600:], y[-600:])
+
+
+@pytest.fixture(scope="module")
+def cuda_clf(split):
+    """PGD-trained on the GPU with every default: device="auto", amp="auto"."""
+    if not HAS_CUDA:
+        pytest.skip("needs a CUDA GPU")
+    (X, y), _ = split
+    clf = AdversarialClassifier(attack=PGD(epsilon=EPS, steps=5), max_epochs=15, random_state=0)
+    return clf.fit(X, y)
+
+
+# ----------------------------------------------------------------------- on a GPU
+@gpu_test
+def test_cuda_fit_predict_robust_score(cuda_clf, split):
+    _, (X, y) = split
+    assert cuda_clf.device == "cuda" and cuda_clf.get_params()["device"] == "auto"
+    assert next(cuda_clf.module_.parameters()).is_cuda
+    pred = cuda_clf.predict(X)
+    assert isinstance(pred, np.ndarray) and set(pred) <= set(cuda_clf.classes_)
+    clean = cuda_clf.score(X, y)
+    assert clean > 0.8
+    robust = cuda_clf.robust_score(X[:300], y[:300])  # the default AutoAttack-style ensemble
+    assert 0 < robust <= cuda_clf.score(X[:300], y[:300])
+    standard = AdversarialClassifier(max_epochs=15, random_state=0).fit(*split[0])
+    assert robust > standard.robust_score(X[:300], y[:300], attack=cuda_clf.default_evaluation_attack(),
+                                          check=False) + 0.1
+
+
+@gpu_test
+def test_bf16_autocast_and_channels_last_by_default(cuda_clf, split):
+    convs = [m for m in cuda_clf.module_.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    x = torch.as_tensor(split[1][0][:64], device="cuda")
+    with cuda_clf._autocast(), eval_mode(cuda_clf.module_), torch.no_grad():
+        assert cuda_clf.module_(x).dtype == torch.bfloat16
+    assert cuda_clf.predict_proba(split[1][0][:64]).dtype == np.float32
+    fp32 = AdversarialClassifier(attack=PGD(epsilon=EPS, steps=2), max_epochs=1, amp=None,
+                                 random_state=0).fit(*split[0])
+    assert not any(m.weight.is_contiguous(memory_format=torch.channels_last)
+                   for m in fp32.module_.modules() if isinstance(m, torch.nn.Conv2d))
+    with fp32._autocast(), eval_mode(fp32.module_), torch.no_grad():
+        assert fp32.module_(x).dtype == torch.float32
+
+
+@gpu_test
+def test_attacks_under_bf16_are_as_strong_as_fp32(cuda_clf, split):
+    bench_amp = _load(BENCH / "bench_amp.py", "bench_amp")
+    _, (X, y) = split
+    full, low = bench_amp.compare(cuda_clf, X, y, EPS, "cuda", seed=0)
+    assert 0 < full < cuda_clf.score(X, y)
+    # not weaker by more than half a point (600 points: 3 of them)
+    assert low <= full + 0.005, (full, low)
+
+
+@gpu_test
+def test_cuda_model_pickles_and_loads_on_a_cpu_only_process(cuda_clf, split, tmp_path):
+    _, (X, y) = split
+    path = tmp_path / "clf.pkl"
+    path.write_bytes(pickle.dumps(cuda_clf))
+    np.save(tmp_path / "X.npy", X[:100])
+    code = (
+        "import pickle, sys, numpy as np, torch\n"
+        "assert not torch.cuda.is_available()\n"
+        f"clf = pickle.loads(open({str(path)!r}, 'rb').read())\n"
+        "assert clf.device == 'cpu' and clf.get_params()['device'] == 'auto'\n"
+        "assert not next(clf.module_.parameters()).is_cuda\n"
+        "clf.set_params(amp=None)\n"
+        f"np.save({str(tmp_path / 'p.npy')!r}, clf.predict_proba(np.load({str(tmp_path / 'X.npy')!r})))\n"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gpu_copy = pickle.loads(path.read_bytes()).set_params(amp=None)
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), gpu_copy.predict_proba(X[:100]),
+                               rtol=0, atol=1e-4)
+
+
+@gpu_test
+@pytest.mark.parametrize("attack", [PGD(epsilon=EPS, steps=5), FGSM(epsilon=EPS),
+                                    Langevin(epsilon=EPS, steps=5)], ids=lambda a: type(a).__name__)
+def test_no_host_sync_inside_the_attack(cuda_clf, split, attack):
+    x = torch.as_tensor(split[1][0][:256], device="cuda")
+    y = torch.as_tensor(np.searchsorted(cuda_clf.classes_, split[1][1][:256]), device="cuda")
+    module = cuda_clf.module_
+    with cuda_clf._autocast():
+        attack.perturb(module, x, y)  # warm-up: cuDNN plans, allocator
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            x_adv = attack.perturb(module, x, y)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert float((x_adv - x).abs().max()) <= EPS + 1e-6
+
+
+@gpu_test
+def test_dask_worker_pinned_to_the_gpu_trains_there(split):
+    distributed = pytest.importorskip("distributed")
+    example = _load(ROOT / "examples" / "dask_grid_search.py", "dask_grid_search")
+    (X, y), _ = split
+
+    def fit_in_worker():
+        clf = AdversarialClassifier(attack=PGD(epsilon=EPS, steps=2), max_epochs=1, random_state=0)
+        clf.fit(X, y)
+        return torch.cuda.device_count(), str(next(clf.module_.parameters()).device), clf
+
+    with example.pinned_cluster() as cluster, distributed.Client(cluster) as client:
+        assert set(client.run(example.visible_devices).values()) == {"0"}
+        n_devices, device, clf = client.submit(fit_in_worker).result(timeout=300)
+    assert (n_devices, device) == (1, "cuda:0")
+    assert isinstance(clf, AdversarialClassifier) and clf.predict(X[:5]).shape == (5,)
+
+
+# ------------------------------------------------------- CPU smoke runs of the scripts
+def test_bench_gpu_smoke_runs_every_case(tmp_path):
+    out = tmp_path / "bench_gpu.txt"
+    model = "resnet18" if importlib.util.find_spec("torchvision") else "mnistcnn"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_gpu.py"), "--smoke", "--device", "cpu",
+         "--model", model, "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    data = json.loads(out.with_suffix(".json").read_text())
+    cases = data["cases"]
+    assert data["cases"].pop("_done") is True
+    assert set(cases) == {"a", "b", "e", "c", "atk", "aa", "d", "atk_d"}, text
+    for key, entry in cases.items():
+        assert entry["status"] == "ok" and entry["images_per_s"] > 0, (key, entry)
+    assert "robust_model_images_per_s" in cases["aa"] and "first_pass_s" in cases["d"]
+    assert text.count("images/s (passes:") == 8 and "summary:" in text
+    assert len(data["summary"]) == 5
+
+
+def test_bench_gpu_stops_within_its_budget(tmp_path):
+    out = tmp_path / "b.txt"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_gpu.py"), "--smoke", "--device", "cpu", "--model",
+         "mnistcnn", "--budget", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = json.loads(out.with_suffix(".json").read_text())["cases"]
+    assert {v["status"] for k, v in cases.items() if k != "_done"} == {"skipped"}
+    assert "not measured" in out.read_text()
+
+
+def test_bench_amp_runs_on_the_cpu(tmp_path):
+    out = tmp_path / "amp.txt"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "bench_amp.py"), "--device", "cpu", "--seeds", "0",
+         "--epochs", "1", "--steps", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "seed 0: clean" in text and "robust bf16" in text and "bf16 - fp32 over 1 seed" in text
