@@ -215,7 +215,7 @@ def test_default_evaluation_attack_is_stronger(pgd_clf, digits_small):
     ev = pgd_clf.default_evaluation_attack()
     assert isinstance(ev, AutoAttack)
     assert (ev.epsilon, ev.norm, ev.bounds) == (train.epsilon, train.norm, train.bounds)
-    assert ev.steps >= 100 and tuple(ev.attacks) == ("apgd-ce", "apgd-t")
+    assert ev.steps >= 100 and ev.attack_names == ("apgd-ce", "apgd-t") and ev.version == "fast"
     # a strong evaluation attack finds at least (nearly) as much as the training one
     X, y = Xte[:100], yte[:100]
     torch.manual_seed(0)

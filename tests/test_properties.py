@@ -34,7 +34,7 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], der
 #: Per attack: parameters that keep one call cheap.
 CHEAP = {
     PGD: {}, FGSM: {}, Langevin: {}, APGD: {"restarts": 1},
-    Square: {"n_queries": 4}, AutoAttack: {"attacks": ("apgd-ce", "apgd-t"), "n_target_classes": 1},
+    Square: {"n_queries": 4}, AutoAttack: {"version": "custom", "attacks": ("apgd-ce", "apgd-t"), "n_target_classes": 1},
     GeneratorSynth: {"latent_dim": 4},
 }
 
