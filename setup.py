@@ -22,7 +22,7 @@ EXTRAS = {
     "all": sorted({req for reqs in OPTIONAL_EXTRAS.values() for req in reqs}),
     "test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ruff>=0.4",
              "hypothesis>=6", "imbalanced-learn>=0.12"],
-    "docs": ["sphinx>=7", "numpydoc>=1.6"],
+    "docs": ["sphinx>=7", "numpydoc>=1.6", "myst-nb>=1.0"],  # myst-nb: the tutorial pages
 }
 
 setup(
