@@ -36,7 +36,7 @@ TORCH_PKGS_dev := torch torchvision
 STAMP := $(VENV)/.installed-$(TORCH)
 INSTALL_DEPS := setup.py pyproject.toml constraints.txt $(CONSTRAINTS)
 
-.PHONY: venv install quickstart docs lint pytest test clean gpu-wheels gpu-check
+.PHONY: venv install quickstart docs notebooks lint pytest test clean gpu-wheels gpu-check
 
 # Python 3.11 or later (docs/install.rst says why); checked before pip downloads anything.
 $(BIN)/python:
@@ -100,6 +100,12 @@ quickstart: $(STAMP)-core
 
 docs: $(STAMP)-dev
 	$(BIN)/python -m sphinx $(SPHINX_OPTS) -b html docs docs/_build/html
+
+# The executed copies of examples/*.ipynb that the docs render (docs/notebooks/), in quick mode
+# (ROBUSTFIT_QUICK=1); NOTEBOOKS="--full 01" runs notebook 01 as written. Commit the result.
+NOTEBOOKS ?=
+notebooks: $(STAMP)-dev
+	OMP_NUM_THREADS=1 $(BIN)/python docs/execute_notebooks.py $(NOTEBOOKS)
 
 lint: $(STAMP)-dev
 	$(BIN)/ruff check .
