@@ -82,14 +82,30 @@ def note_cell(name, command, quick, reads_quick, machine, seconds):
     return cell
 
 
+def _is_noise(line):
+    # tqdm.auto's import-time warning (ipywidgets is not installed): it names a local path and
+    # says nothing about robustfit; diffusers imports tqdm.auto.
+    return "TqdmWarning: IProgress not found" in line or "import tqdm as notebook_tqdm" in line
+
+
 def clean(nb):
-    """Drop what the docs do not need: widget state, timing metadata and widget outputs."""
+    """Drop what the docs do not need: widget state, timing metadata, widget outputs and
+    tqdm's import warning."""
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        outputs = []
         for out in cell.get("outputs", []):
             for mime in DROPPED_MIME:
                 out.get("data", {}).pop(mime, None)
+            if out.output_type == "stream" and out.name == "stderr":
+                out.text = "".join(
+                    line for line in out.text.splitlines(keepends=True) if not _is_noise(line))
+                if not out.text.strip():
+                    continue
+            outputs.append(out)
+        if cell.cell_type == "code":
+            cell.outputs = outputs
     return nb
 
 
