@@ -8,7 +8,7 @@ the command, quick or full mode, the machine, torch's version, the date and the 
 ``tests/test_docs.py`` checks that every copy has the same cells as its source, so an edited
 notebook must be executed again (the test names the stale copies).
 
-Run it from the repository root (``make notebooks`` runs it in quick mode)::
+Run it from the repository root (``make notebooks`` runs ``--full``, as the committed copies were)::
 
     python docs/execute_notebooks.py                  # every notebook, quick mode
     python docs/execute_notebooks.py --full 01 07     # the named notebooks, full mode
