@@ -9,7 +9,9 @@ same network, epochs and attack steps:
 * ``real2x``: the same with twice the epochs, i.e. as many optimizer steps as
   the mixing runs take (they draw half of each batch from the proxy, so one
   pass over the real data takes twice as many batches);
-* ``gmm``: real + GaussianMixtureProxy samples (``proxy_ratio`` 0.5);
+* ``gmm``: real + GaussianMixtureProxy samples (``proxy_ratio`` 0.5; with
+  ``--proxy-mixing append`` a full real batch plus a full proxy batch per
+  step, as many steps as ``real``);
 * ``diffusion``: real + DiffusionProxy samples (``proxy_ratio`` 0.5);
   with ``--guidance 2`` the run (and its samples' file) is named ``diffusion-w2``;
 * ``gmm+filter``, ``diffusion+filter``: the same samples pseudo-labelled by a
@@ -17,8 +19,8 @@ same network, epochs and attack steps:
   ``--keep-fraction`` of each class (Wang et al. 2023).
 
 Each generator is fitted on the 1,000 real images only. The script prints clean
-accuracy, robust accuracy under ``robust_score`` (robustfit's strongest
-evaluation: the AutoAttack-style ensemble APGD-CE + APGD-T, with the
+accuracy, robust accuracy under ``robust_score`` (its default
+evaluation: the fast ensemble APGD-CE + APGD-T x3, with the
 gradient-masking checks), the generators' training and sampling times and
 their sample quality: the accuracy of a standard CNN trained on the 8,000 real
 training images on the generated samples (labels = the class the sample was
@@ -124,6 +126,7 @@ def train_eval(name, args, Xtr, ytr, Xte, yte, proxy=None, epochs=None):
         attack=PGD(epsilon=EPS, steps=args.steps), max_epochs=epochs or args.epochs,
         lr=3e-3, batch_size=128, train_split=None, device=args.device,
         random_state=args.seed, proxy_data=proxy, proxy_ratio=args.proxy_ratio,
+        proxy_mixing=args.proxy_mixing,
     )
     t0 = time.perf_counter()
     clf.fit(Xtr, ytr)
@@ -147,6 +150,8 @@ def main():
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--steps", type=int, default=7, help="PGD training steps")
     p.add_argument("--proxy-ratio", type=float, default=0.5)
+    p.add_argument("--proxy-mixing", default="split", choices=("split", "append"),
+                   help="'append': a full real batch plus the proxy samples (the authors' mixing)")
     p.add_argument("--n-proxy", type=int, default=10000)
     p.add_argument("--diff-channels", default="16,32,32")
     p.add_argument("--diff-epochs", type=int, default=150)
@@ -165,7 +170,8 @@ def main():
     Xte, yte = Xte[: args.n_eval], yte[: args.n_eval]
     runs = args.runs.split(",")
     print(f"MNIST real train={len(Xtr)} eval={len(Xte)} eps={EPS} PGD-{args.steps} "
-          f"epochs={args.epochs} proxy_ratio={args.proxy_ratio} n_proxy={args.n_proxy} "
+          f"epochs={args.epochs} proxy_ratio={args.proxy_ratio} mixing={args.proxy_mixing} "
+          f"n_proxy={args.n_proxy} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}", flush=True)
 
     generators = {}

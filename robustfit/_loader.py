@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ._distributed import Shard, ShardedBatch, split_bounds
-from ._proxy_pool import proxy_per_batch
+from ._proxy_pool import proxy_per_batch, real_per_batch
 from ._utils import randperm
 from ._validation import dataset_arrays
 
@@ -190,7 +190,9 @@ class MixedLoader:
     One pass is one pass over the real data. Each batch holds
     ``batch_size - n_proxy`` real samples and ``n_proxy`` proxy samples
     (:func:`~robustfit._proxy_pool.proxy_per_batch`: ``round(batch_size *
-    proxy_ratio)``, at least one of each kind), drawn without replacement from a fresh
+    proxy_ratio)``, at least one of each kind), or with ``mixing="append"``
+    ``batch_size`` real samples and ``round(batch_size * proxy_ratio / (1 -
+    proxy_ratio))`` proxy samples, the proxy ones drawn without replacement from a fresh
     permutation of the proxy pool every pass (cycling through it again when
     the pool is smaller than a pass needs). The last, smaller real batch gets
     proxy samples in the same ratio.
@@ -209,7 +211,12 @@ class MixedLoader:
     proxy_ratio : float
         Fraction of every batch drawn from the pool, in ``[0, 1)``.
     batch_size : int, default=128
-        Samples per (global) batch, real and proxy together.
+        Samples per (global) batch, real and proxy together (``"split"``), or
+        real samples per batch (``"append"``).
+    mixing : {"split", "append"}, default="split"
+        ``"append"`` adds the proxy samples to a full batch of ``batch_size``
+        real ones (the batch grows to ``batch_size / (1 - proxy_ratio)``);
+        see :func:`~robustfit._proxy_pool.proxy_per_batch`.
     shuffle : bool, default=True
         Shuffle the real data every pass.
     device : str or torch.device, default="cpu"
@@ -223,13 +230,13 @@ class MixedLoader:
     """
 
     def __init__(self, dataset, X_proxy, y_proxy, proxy_ratio, batch_size=128, shuffle=True,
-                 device="cpu", num_replicas=1, rank=0, **kwargs):
+                 device="cpu", num_replicas=1, rank=0, mixing="split", **kwargs):
         self.proxy_ratio = float(proxy_ratio)
-        n_proxy = proxy_per_batch(batch_size, self.proxy_ratio)
-        self.n_proxy = n_proxy
+        self.n_proxy = proxy_per_batch(batch_size, self.proxy_ratio, mixing)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
-        self.real = TensorLoader(dataset, batch_size=batch_size - n_proxy, shuffle=shuffle,
+        self.real = TensorLoader(dataset, batch_size=real_per_batch(batch_size, self.proxy_ratio, mixing),
+                                 shuffle=shuffle,
                                  device=device, num_replicas=num_replicas, rank=rank, **kwargs)
         self.real.min_last = 0
         self.warned_ = False

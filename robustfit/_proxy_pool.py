@@ -53,29 +53,52 @@ def proxy_kind(proxy):
     )
 
 
-def proxy_per_batch(batch_size, proxy_ratio):
-    """Proxy samples in a full batch of ``batch_size`` (at least one of each kind).
+#: How ``proxy_mixing`` places the proxy samples of a batch.
+PROXY_MIXINGS = ("split", "append")
+
+
+def proxy_per_batch(batch_size, proxy_ratio, mixing="split"):
+    """Proxy samples in a full batch (at least one of each kind).
 
     Parameters
     ----------
     batch_size : int
-        Real and proxy samples together.
+        ``"split"``: real and proxy samples together; ``"append"``: the real
+        samples, to which the proxy samples are added.
     proxy_ratio : float
-        Fraction of the batch from the proxy pool, in ``[0, 1)``.
+        Fraction of the (combined) batch from the proxy pool, in ``[0, 1)``.
+    mixing : {"split", "append"}, default="split"
+        ``"split"`` takes the proxy samples out of ``batch_size``;
+        ``"append"`` adds them to a full real batch, so the batch grows to
+        ``batch_size + n_proxy`` (twice ``batch_size`` at ``proxy_ratio=0.5``).
 
     Returns
     -------
     n_proxy : int
-        ``round(batch_size * proxy_ratio)``, kept in ``[1, batch_size - 1]``
-        when ``proxy_ratio > 0`` (0 when it is 0, or when a batch has room
-        for one sample only).
+        ``"split"``: ``round(batch_size * proxy_ratio)``, kept in
+        ``[1, batch_size - 1]`` when ``proxy_ratio > 0`` (0 when it is 0, or
+        when a batch has room for one sample only). ``"append"``:
+        ``round(batch_size * proxy_ratio / (1 - proxy_ratio))``, at least 1
+        when ``proxy_ratio > 0``.
     """
-    if proxy_ratio <= 0 or batch_size < 2:
+    if proxy_ratio <= 0:
+        return 0
+    if mixing == "append":
+        return max(int(round(batch_size * proxy_ratio / (1 - proxy_ratio))), 1)
+    if batch_size < 2:
         return 0
     return min(max(int(round(batch_size * proxy_ratio)), 1), batch_size - 1)
 
 
-def proxy_per_epoch(n_real, batch_size, proxy_ratio):
+def real_per_batch(batch_size, proxy_ratio, mixing="split"):
+    """Real samples in a full batch: ``batch_size`` minus the proxy share
+    (``"split"``), or ``batch_size`` itself (``"append"``)."""
+    if mixing == "append":
+        return batch_size
+    return batch_size - proxy_per_batch(batch_size, proxy_ratio, mixing)
+
+
+def proxy_per_epoch(n_real, batch_size, proxy_ratio, mixing="split"):
     """Proxy samples one epoch over ``n_real`` real samples consumes.
 
     Parameters
@@ -83,18 +106,20 @@ def proxy_per_epoch(n_real, batch_size, proxy_ratio):
     n_real : int
         Real training samples.
     batch_size : int
-        Batch size (real and proxy); ``-1`` or anything below 1 means one
-        batch of all real samples.
+        Batch size (see :func:`proxy_per_batch`); ``-1`` or anything below 1
+        means one batch of all real samples.
     proxy_ratio : float
         Proxy fraction of each batch.
+    mixing : {"split", "append"}, default="split"
+        See :func:`proxy_per_batch`.
 
     Returns
     -------
     n : int
     """
     b = batch_size if batch_size > 0 else n_real
-    n_proxy = proxy_per_batch(b, proxy_ratio)
-    n_batches = -(-n_real // max(b - n_proxy, 1))
+    n_proxy = proxy_per_batch(b, proxy_ratio, mixing)
+    n_batches = -(-n_real // max(real_per_batch(b, proxy_ratio, mixing), 1))
     return n_batches * n_proxy
 
 
@@ -215,7 +240,7 @@ def _training_arrays(dataset_train, classes):
 
 
 def build_proxy_pool(proxy_data, dataset_train, *, classes, input_shape, bounds, batch_size,
-                     proxy_ratio, proxy_samples=None, memory=None, seed=None):
+                     proxy_ratio, proxy_samples=None, memory=None, seed=None, mixing="split"):
     """Fit (if needed) and sample the proxy data of one ``fit``.
 
     Parameters
@@ -238,6 +263,8 @@ def build_proxy_pool(proxy_data, dataset_train, *, classes, input_shape, bounds,
         Cache of the fit and the draw (see :func:`cached_fit_and_sample`).
     seed : int or None, default=None
         Seed of the proxy's fit and draw.
+    mixing : {"split", "append"}, default="split"
+        The classifier's ``proxy_mixing`` (for the default number of samples).
 
     Returns
     -------
@@ -251,7 +278,7 @@ def build_proxy_pool(proxy_data, dataset_train, *, classes, input_shape, bounds,
     proxy = None
     if kind == "distribution":
         X_tr, y_tr = _training_arrays(dataset_train, classes)
-        n = proxy_samples or max(proxy_per_epoch(len(X_tr), batch_size, proxy_ratio), 1)
+        n = proxy_samples or max(proxy_per_epoch(len(X_tr), batch_size, proxy_ratio, mixing), 1)
         folder = cache_folder(memory)
         if folder is None:
             proxy, Xp, yp = fit_and_sample(proxy_data, X_tr, y_tr, int(n), seed)

@@ -7,6 +7,7 @@ import contextvars
 import copy
 import importlib
 import numbers
+import threading
 
 import numpy as np
 import torch
@@ -15,6 +16,10 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from ._distributed import current_shard
+
+#: Held while torch's global generator is seeded and drawn from (weight
+#: initialization), so that a fit in another thread cannot interleave draws.
+GLOBAL_RNG_LOCK = threading.RLock()
 
 #: Optional dependencies: top-level import name -> (pip name, robustfit extra).
 #: setup.py's ``extras_require`` lists the same packages under the same extras.

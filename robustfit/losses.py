@@ -19,22 +19,28 @@ An objective is a small parameter object, like an attack, passed as
 Every cross-entropy term goes through the classifier's criterion
 (``net.get_loss``), so ``criterion__label_smoothing`` reaches all of them; the
 KL and margin terms use the plain softmax.
+
+:func:`dale_recipe` gives the whole training recipe of the DALE authors' code
+(attack, objective, optimizer, schedule) as classifier parameters.
 """
 
 from __future__ import annotations
 
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator
+from skorch.callbacks import LRScheduler
 
 from ._distributed import batch_mean
 from ._ot import sinkhorn_distance
-from ._validation import Interval, Options, ParamsValidationMixin
+from ._validation import Interval, Options, ParamsValidationMixin, check_param
+from .attacks import PGD, Langevin
 
 __all__ = [
-    "MART", "AdversarialCE", "Objective", "PrimalDual", "TRADES", "kl_divergence", "sinkhorn_distance",
+    "MART", "AdversarialCE", "Objective", "PrimalDual", "TRADES", "dale_recipe", "kl_divergence",
+    "sinkhorn_distance",
 ]
 
 
@@ -249,6 +255,12 @@ class PrimalDual(Objective):
         The dual variable at the start of ``fit`` (the authors' code starts
         from 1).
 
+    The authors' settings (advbench's ``Gaussian_DALE_PD`` and
+    ``KL_DALE_PD``) are ``PrimalDual(margin=0.1, dual_lr=1e-3, nu_init=1.0)``
+    with ``update="batch"``, and ``robust_loss="kl"`` for KL-DALE;
+    :func:`dale_recipe` sets them together with the authors' sampler and
+    optimizer.
+
     Notes
     -----
     In data-parallel training (``torchrun``) the clean loss of each step is
@@ -440,3 +452,129 @@ class MART(Objective):
         kl = (log_p_clean.exp() * (log_p_clean - log_p_adv)).sum(dim=1)
         weight = 1.0 - log_p_clean.gather(1, y[:, None]).squeeze(1).exp()
         return loss + self.beta * (kl * weight).mean()
+
+
+# --------------------------------------------------------------------------- the authors' recipe
+_DALE_METHODS = ("dale", "dale-laplace", "kl-dale", "pgd", "trades")
+
+
+def dale_recipe(method="dale", epsilon=0.3, epochs=50, steps=7, step_size=0.1, batch_size=128,
+                schedule="constant"):
+    """The MNIST training recipe of the DALE authors' code, as classifier parameters.
+
+    Robey et al.'s code (github.com/arobey1/advbench) trains every method of
+    their MNIST comparison with the same optimizer and schedule; this function
+    returns those settings for one method, to unpack into
+    :class:`~robustfit.AdversarialClassifier`::
+
+        AdversarialClassifier(MnistCNN, **dale_recipe("kl-dale"))
+
+    Every entry can be overridden after unpacking, e.g.
+    ``clf.set_params(max_epochs=20)`` (the schedule's milestones follow
+    ``epochs``, so pass the epoch count here rather than later).
+
+    * optimizer: SGD, lr 0.01, momentum 0.9, weight decay 3.5e-3, batch 128,
+      50 epochs, no epsilon warm-up, the whole training set (no validation
+      split); the learning rate constant (``schedule="constant"``: the code
+      of the paper's time, October 2021, stepped it at epochs 55, 75 and 90,
+      which 50 epochs never reach) or divided by 10 at epochs 25, 35 and 40
+      (``schedule="step"``: the repository's 2023 code; the milestones scale
+      with ``epochs``, at 50%, 70% and 80%);
+    * ``"dale"`` (``Gaussian_DALE_PD``): :class:`~robustfit.attacks.Langevin`
+      on ``log(1 - p_y)``, ``steps`` steps of ``step_size`` from
+      ``x + 0.001 N(0, I)``, Gaussian noise of coefficient 1e-3; the
+      cross-entropy robust loss; :class:`PrimalDual` with ``nu_init=1``,
+      ``dual_lr=1e-3``, ``margin=0.1``;
+    * ``"dale-laplace"``: the same with Laplace noise inside the sign
+      (advbench's ``LMC_Laplacian_Linf`` sampler, coefficient 1e-3 on the
+      batch-mean gradient, ``1e-3 * batch_size`` on robustfit's summed one);
+    * ``"kl-dale"`` (``KL_DALE_PD``): the TRADES attack, i.e. Langevin on
+      ``KL(p(x) || p(x + delta))`` from the near-zero start without noise,
+      and the KL robust loss, same dual settings;
+    * ``"pgd"``: the authors' PGD baseline, PGD steps from ``x`` itself (no
+      random start) on the cross-entropy, :class:`AdversarialCE`;
+    * ``"trades"``: the authors' TRADES baseline, the TRADES attack and
+      :class:`TRADES` with their MNIST ``beta=1`` (the authors' code puts
+      the cross-entropy on the adversarial batch; robustfit's TRADES on the
+      clean one, as Zhang et al.).
+
+    Parameters
+    ----------
+    method : {"dale", "dale-laplace", "kl-dale", "pgd", "trades"}, default="dale"
+        Which method of the comparison.
+    epsilon : float, default=0.3
+        l_inf radius (the authors' MNIST value).
+    epochs : int, default=50
+        Training epochs (the authors': 50).
+    steps : int, default=7
+        Attack or sampler steps in training (the authors': 7).
+    step_size : float, default=0.1
+        Their length (the authors': 0.1).
+    batch_size : int, default=128
+        Training batch size (the authors' at the time of the paper; the
+        repository's latest default is 64).
+    schedule : {"constant", "step"}, default="constant"
+        The learning-rate schedule (see above).
+
+    Returns
+    -------
+    params : dict
+        ``attack``, ``objective``, ``optimizer``, ``lr``,
+        ``optimizer__momentum``, ``optimizer__weight_decay``, ``batch_size``,
+        ``max_epochs``, ``lr_schedule`` (``"constant"``), ``attack_warmup``
+        (0), ``train_split`` (None) and, for ``schedule="step"``,
+        ``callbacks`` (a skorch ``LRScheduler`` named ``"step_lr"``).
+
+    Examples
+    --------
+    >>> from robustfit import AdversarialClassifier
+    >>> from robustfit.losses import dale_recipe
+    >>> from robustfit.models import MnistCNN
+    >>> clf = AdversarialClassifier(MnistCNN, **dale_recipe("kl-dale", epochs=20))
+    >>> clf.attack.potential, clf.objective.robust_loss, clf.objective.nu_init
+    ('kl', 'kl', 1.0)
+    """
+    check_param(method, "method", [Options(_DALE_METHODS)], "dale_recipe")
+    check_param(epsilon, "epsilon", [Interval(Real, 0, None, closed="left")], "dale_recipe")
+    check_param(epochs, "epochs", [Interval(Integral, 1, None)], "dale_recipe")
+    check_param(steps, "steps", [Interval(Integral, 1, None)], "dale_recipe")
+    check_param(step_size, "step_size", [Interval(Real, 0, None, closed="left")], "dale_recipe")
+    check_param(batch_size, "batch_size", [Interval(Integral, 1, None)], "dale_recipe")
+    check_param(schedule, "schedule", [Options(("constant", "step"))], "dale_recipe")
+    sampler = dict(epsilon=epsilon, steps=steps, step_size=step_size)
+    near_zero = dict(random_start="normal", start_scale=1e-3)
+    dual = dict(margin=0.1, dual_lr=1e-3, nu_init=1.0, update="batch")
+    if method == "dale":
+        attack = Langevin(potential="log1m", noise="gaussian", noise_coef=1e-3, **near_zero, **sampler)
+        objective = PrimalDual(robust_loss="ce", **dual)
+    elif method == "dale-laplace":
+        attack = Langevin(potential="log1m", noise="laplace", noise_coef=1e-3 * batch_size,
+                          **near_zero, **sampler)
+        objective = PrimalDual(robust_loss="ce", **dual)
+    elif method == "kl-dale":
+        attack = Langevin(potential="kl", noise_coef=0.0, **near_zero, **sampler)
+        objective = PrimalDual(robust_loss="kl", **dual)
+    elif method == "pgd":
+        attack = PGD(random_start=False, **sampler)
+        objective = AdversarialCE()
+    else:  # trades
+        attack = Langevin(potential="kl", noise_coef=0.0, **near_zero, **sampler)
+        objective = TRADES(beta=1.0)
+    params = {
+        "attack": attack,
+        "objective": objective,
+        "optimizer": torch.optim.SGD,
+        "lr": 0.01,
+        "optimizer__momentum": 0.9,
+        "optimizer__weight_decay": 3.5e-3,
+        "batch_size": batch_size,
+        "max_epochs": epochs,
+        "lr_schedule": "constant",
+        "attack_warmup": 0,
+        "train_split": None,
+    }
+    if schedule == "step":
+        milestones = sorted({max(1, round(epochs * f)) for f in (0.5, 0.7, 0.8)})
+        params["callbacks"] = [("step_lr", LRScheduler(policy=torch.optim.lr_scheduler.MultiStepLR,
+                                                       milestones=milestones, gamma=0.1))]
+    return params

@@ -16,7 +16,7 @@ from sklearn.model_selection import GridSearchCV
 from robustfit import AdversarialClassifier
 from robustfit.attacks import PGD, Langevin
 from robustfit.attacks.langevin import _log1m_potential
-from robustfit.losses import TRADES, PrimalDual, kl_divergence
+from robustfit.losses import TRADES, PrimalDual, dale_recipe, kl_divergence
 
 FAST = dict(lr=1e-2, random_state=0, train_split=None)
 
@@ -333,3 +333,136 @@ def test_objective_beta_in_grid_search(digits_small):
     best = search.best_estimator_
     assert best.objective_.beta == search.best_params_["objective__beta"]
     assert clf.objective.beta == 6.0  # the template is not mutated
+
+
+# ------------------------------------------------- the authors' recipe (advbench)
+def test_noise_coef_is_the_noise_magnitude(batch):
+    """With a zero gradient only the noise moves a Gaussian step: its standard
+    deviation is ``noise_coef`` itself, whatever the temperature, and
+    ``temperature_`` reports the equivalent ``noise_coef**2 / (2 step)``."""
+    x, y = batch
+    x, y = x.repeat(8, 1, 1, 1), y.repeat(8)
+    att = Langevin(epsilon=10.0, steps=1, step_size=0.1, noise_coef=0.03, temperature=5.0,
+                   random_start=False, bounds=None)
+    torch.manual_seed(0)
+    d = att(_Constant(), x, y) - x
+    assert att.noise_scale_ == 0.03
+    assert float(d.std()) == pytest.approx(0.03, rel=0.02)
+    assert att.temperature_ == pytest.approx(0.03 ** 2 / 0.2)
+    # the temperature form with that temperature draws the same noise
+    same = Langevin(epsilon=10.0, steps=1, step_size=0.1, temperature=att.temperature_,
+                    random_start=False, bounds=None)
+    assert same.noise_scale_ == pytest.approx(0.03)
+    assert Langevin(temperature=2e-3).temperature_ == 2e-3
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.02])
+def test_normal_start_is_near_zero(batch, scale):
+    """``random_start="normal"`` starts at ``x + scale * N(0, I)`` (projected);
+    with no step the output is that start: its spread is ``scale``, far inside
+    the ball, where the uniform start spreads over the whole ball."""
+    x, y = batch
+    x = torch.full_like(x, 0.5)  # away from the box, so the projection does not cut
+    eps = 0.3
+    kw = dict(epsilon=eps, steps=1, step_size=0.0, noise_coef=0.0)
+    torch.manual_seed(0)
+    d = Langevin(random_start="normal", start_scale=scale, **kw)(_Constant(), x, y) - x
+    assert float(d.std()) == pytest.approx(scale, rel=0.05)
+    assert float(d.abs().max()) < 6 * scale
+    torch.manual_seed(0)
+    u = Langevin(random_start="uniform", **kw)(_Constant(), x, y) - x
+    assert float(u.std()) == pytest.approx(eps / math.sqrt(3), rel=0.05)
+    torch.manual_seed(0)
+    assert torch.equal(Langevin(random_start=True, **kw)(_Constant(), x, y), u + x)
+    assert torch.equal(Langevin(random_start=False, **kw)(_Constant(), x, y), x)
+
+
+def test_kl_potential_ascends_the_kl_from_the_clean_prediction(std_module, batch):
+    """``potential="kl"`` moves along the gradient of KL(p(x) || p(x + delta)):
+    one small step raises the KL, and the same step on the negated direction
+    lowers nothing below zero; it matches PGD(loss="kl") exactly without noise."""
+    x, y = batch
+    with torch.no_grad():
+        clean = std_module(x)
+    torch.manual_seed(0)
+    start = Langevin(epsilon=0.2, steps=1, step_size=0.0, noise_coef=0.0, potential="kl",
+                     random_start="normal", start_scale=1e-3)(std_module, x, y)
+    torch.manual_seed(0)
+    one = Langevin(epsilon=0.2, steps=1, step_size=0.01, noise_coef=0.0, potential="kl",
+                   random_start="normal", start_scale=1e-3)(std_module, x, y)
+    direction = torch.sign(one - start)
+    with torch.no_grad():
+        kl0 = kl_divergence(clean, std_module(start))
+        kl_up = kl_divergence(clean, std_module(one))
+        kl_down = kl_divergence(clean, std_module((start - 0.01 * direction).clamp(0, 1)))
+    assert kl_up > kl0 and kl_up > kl_down
+    lang = Langevin(epsilon=0.2, steps=5, step_size=0.05, noise_coef=0.0, potential="kl",
+                    random_start=False)(std_module, x, y)
+    pgd = PGD(epsilon=0.2, steps=5, step_size=0.05, loss="kl", random_start=False)(std_module, x, y)
+    torch.testing.assert_close(lang, pgd)
+
+
+@pytest.mark.parametrize("method", ["dale", "dale-laplace", "kl-dale", "pgd", "trades"])
+def test_dale_recipe_is_the_authors(method):
+    p = dale_recipe(method, batch_size=128)
+    assert p["optimizer"] is torch.optim.SGD and p["lr"] == 0.01
+    assert p["optimizer__momentum"] == 0.9 and p["optimizer__weight_decay"] == 3.5e-3
+    assert p["batch_size"] == 128 and p["max_epochs"] == 50 and p["attack_warmup"] == 0
+    assert p["lr_schedule"] == "constant" and "callbacks" not in p and p["train_split"] is None
+    att, obj = p["attack"], p["objective"]
+    assert (att.epsilon, att.steps, att.step_size) == (0.3, 7, 0.1)
+    if method == "pgd":
+        assert isinstance(att, PGD) and att.random_start is False
+        return
+    assert (att.random_start, att.start_scale) == ("normal", 1e-3)
+    if method in ("dale", "kl-dale"):
+        assert isinstance(obj, PrimalDual)
+        assert (obj.nu_init, obj.dual_lr, obj.margin, obj.update) == (1.0, 1e-3, 0.1, "batch")
+    want = {"dale": ("log1m", "gaussian", 1e-3), "dale-laplace": ("log1m", "laplace", 0.128),
+            "kl-dale": ("kl", None, 0.0), "trades": ("kl", None, 0.0)}[method]
+    assert att.potential == want[0] and att.noise_scale_ == pytest.approx(want[2])
+    if want[1]:
+        assert att.noise == want[1]
+    if method == "kl-dale":
+        assert obj.robust_loss == "kl"
+    if method == "dale":
+        assert obj.robust_loss == "ce"
+    if method == "trades":
+        assert isinstance(obj, TRADES) and obj.beta == 1.0
+
+
+def test_dale_recipe_step_schedule_and_training(digits_small):
+    """``schedule="step"`` divides the learning rate by 10 at 50%, 70%, 80% of
+    the epochs; the recipe unpacks into a classifier that trains."""
+    p = dale_recipe("kl-dale", epsilon=0.1, epochs=10, steps=2, batch_size=64, schedule="step")
+    (name, sched), = p["callbacks"]
+    assert name == "step_lr" and sched.kwargs["milestones"] == [5, 7, 8]
+    Xtr, ytr, _, _ = digits_small
+    clf = AdversarialClassifier(**{**p, "max_epochs": 10}, random_state=0).fit(Xtr, ytr)
+    lrs = [g["lr"] for g in clf.optimizer_.param_groups]
+    assert lrs == [pytest.approx(1e-5)]
+    assert clf.objective_.nu_ != 1.0  # the dual variable moved
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(method="mart"), r"method must be one of .*'mart'"),
+    (dict(epochs=0), r"epochs must be an integer >= 1, got 0"),
+    (dict(epsilon=-0.3), r"epsilon must be .*-0.3"),
+    (dict(schedule="cosine"), r"schedule must be one of .*'cosine'"),
+    (dict(batch_size=1.5), r"batch_size must be"),
+])
+def test_dale_recipe_errors(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        dale_recipe(**kwargs)
+
+
+@pytest.mark.parametrize("make,pattern", [
+    (lambda: Langevin(noise_coef=-1e-3), r"noise_coef must be .*-0.001"),
+    (lambda: Langevin(random_start="gaussian"), r"random_start must be .*'gaussian'"),
+    (lambda: Langevin(start_scale=-1.0), r"start_scale must be .*-1.0"),
+    (lambda: Langevin(potential="kl2"), r"potential must be one of .*'kl2'"),
+])
+def test_langevin_recipe_parameter_errors(std_module, batch, make, pattern):
+    x, y = batch
+    with pytest.raises(ValueError, match=pattern):
+        make()(std_module, x, y)

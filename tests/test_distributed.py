@@ -290,7 +290,7 @@ def test_the_loss_check_runs_every_k_batches(monkeypatch):
 def test_callbacks_are_silenced_for_one_fit_only():
     from skorch.callbacks import Checkpoint, PrintLog, TrainEndCheckpoint
 
-    from robustfit.classifier import _DistributedRun
+    from robustfit._classifier_ddp import _DistributedRun
 
     printed = []
     log, cp, end = PrintLog(sink=printed.append), Checkpoint(), TrainEndCheckpoint().initialize()

@@ -16,11 +16,13 @@ docs/developers.rst):
 8. ``_loader`` - device-resident batch iterators, real/proxy mixing
 9. ``callbacks`` - schedules, robust validation, progress, weight snapshots
 10. ``recipes`` - training recipes: weight averaging, AWP, the collapse guard
-11. ``classifier`` - AdversarialClassifier
-12. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
+11. ``_classifier_saving``, ``_classifier_ddp`` - the classifier's mixins:
+    saving/loading/resuming, data-parallel hooks
+12. ``classifier`` - AdversarialClassifier
+13. ``metrics`` - curves, the conditional Wasserstein distance, the transfer
     bound, ARC (which trains discriminators with the classifier)
-13. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
-14. ``robustfit/__init__`` - the public names
+14. ``proxy``, ``certify`` - proxy distributions, randomized smoothing
+15. ``robustfit/__init__`` - the public names
 
 A module may import from any lower layer and from its own package; imports of
 robustfit modules sit at module level only (no import deferred into a
@@ -48,6 +50,7 @@ LAYERS = [
     {"_loader"},
     {"callbacks"},
     {"recipes"},
+    {"_classifier_saving", "_classifier_ddp"},
     {"classifier"},
     {"metrics"},
     {"proxy", "certify"},

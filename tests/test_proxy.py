@@ -267,6 +267,59 @@ def test_batches_mix_real_and_proxy_in_the_ratio(data):
     assert len(loader) == 80 and all(len(xb) == 10 for xb, _ in list(loader)[:-1])
 
 
+class _RecordingNet(torch.nn.Module):
+    """A linear classifier that keeps every training input it sees."""
+
+    def __init__(self, width=None):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+        self.seen = []
+
+    def forward(self, x):
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("ratio, n_proxy", [(0.5, 64), (0.25, 21)])
+def test_append_mixing_adds_proxy_samples_to_a_full_real_batch(data, ratio, n_proxy):
+    """``proxy_mixing="append"``: every training forward pass sees a full real
+    batch of ``batch_size`` plus ``round(batch_size * r / (1 - r))`` proxy
+    samples (at 0.5 the batch doubles); an epoch is still one pass over the
+    real data."""
+    X, y, _, _ = data
+    Xp = np.full((2000, 1, 8, 8), 0.5, dtype=np.float32)
+    clf = _clf(module=_RecordingNet, proxy_data=(Xp, np.arange(2000) % 10), proxy_ratio=ratio,
+               proxy_mixing="append").fit(X, y)
+    net = clf.module_
+    is_proxy = [(b.reshape(len(b), -1) == 0.5).all(axis=1) for b in net.seen]
+    assert sum(int((~p).sum()) for p in is_proxy) == len(X)
+    for p in is_proxy[:-1]:
+        assert int((~p).sum()) == 64 and int(p.sum()) == n_proxy
+    assert len(net.seen) == -(-len(X) // 64) == clf.train_batches_
+    split_net = _clf(module=_RecordingNet, proxy_data=(Xp, np.arange(2000) % 10),
+                     proxy_ratio=ratio).fit(X, y).module_
+    assert len(split_net.seen[0]) == 64
+    if ratio == 0.5:
+        assert len(net.seen[0]) == 2 * len(split_net.seen[0])  # the batch seen by the module doubles
+
+
+def test_append_mixing_pool_size_and_errors(data):
+    from robustfit._proxy_pool import proxy_per_batch, proxy_per_epoch
+
+    assert proxy_per_batch(128, 0.5, "append") == 128
+    assert proxy_per_batch(128, 0.5) == 64
+    assert proxy_per_batch(1, 0.5, "append") == 1 and proxy_per_batch(1, 0.5) == 0
+    assert proxy_per_epoch(1000, 128, 0.5, "append") == 8 * 128
+    assert proxy_per_epoch(1000, 128, 0.5) == 16 * 64
+    X, y, _, _ = data
+    proxy = GaussianMixtureProxy(pca_components=5, mixture_components=1, random_state=0)
+    clf = _clf(proxy_data=proxy, proxy_mixing="append").fit(X, y)
+    assert len(clf.proxy_X_) == proxy_per_epoch(len(X), 64, 0.5, "append")
+    with pytest.raises(ValueError, match=r"proxy_mixing must be one of .*'concat'"):
+        _clf(proxy_data=proxy, proxy_mixing="concat").fit(X, y)
+
+
 class CountingProxy(GaussianMixtureProxy):
     fits = 0
 

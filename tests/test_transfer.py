@@ -179,6 +179,43 @@ def test_average_robustness_reproduces_the_pinned_distances(norm, kwargs):
     assert res.mean == pytest.approx(np.mean(PINNED[norm]), rel=1e-5)
 
 
+class _HalfConstant(torch.nn.Module):
+    """Class 0 wherever ``x[0] > 0.5`` and everywhere for the samples whose
+    ``x[1] > 0.5`` (no adversarial point exists for them in the box)."""
+
+    def forward(self, x):
+        lock = (x[:, 1:2] > 0.5).float()
+        z0 = (x[:, :1] - 0.5) + 10.0 * lock
+        return torch.cat([z0, -z0], dim=1)
+
+
+@pytest.mark.parametrize("norm, limit", [("linf", 1.0), ("l2", 2 ** 0.5)])
+def test_average_robustness_keeps_unfound_points_at_the_upper_limit(norm, limit):
+    """A sample without an adversarial point counts at the search's limit (the
+    box's diameter), with a warning: the mean stays over every sample, with the
+    class weights given, not over the found ones renormalized."""
+    X = np.array([[0.9, 0.0], [0.7, 0.0], [0.9, 0.9], [0.8, 0.9]], dtype=np.float32)
+    y = np.array([0, 0, 0, 0])
+    with pytest.warns(RuntimeWarning, match=r"2 of 4 samples; they count at the search's upper limit"):
+        res = average_robustness(_HalfConstant(), X, y, norm=norm, n_targets=0)
+    assert res.upper_limit == pytest.approx(limit)
+    np.testing.assert_array_equal(res.found, [True, True, False, False])
+    np.testing.assert_allclose(res.distances[:2], [0.4, 0.2], rtol=0.02)
+    assert np.all(res.distances[2:] == res.upper_limit)
+    assert res.mean == pytest.approx((0.4 + 0.2 + 2 * limit) / 4, rel=0.02)
+    # the weights are the ones given, on every sample (no renormalization over found ones)
+    w = np.array([1.0, 1.0, 2.0, 0.0])
+    with pytest.warns(RuntimeWarning):
+        weighted = average_robustness(_HalfConstant(), X, y, norm=norm, n_targets=0,
+                                      sample_weight=w)
+    assert weighted.mean == pytest.approx((0.4 + 0.2 + 2 * limit) / 4, rel=0.02)
+    # without bounds the limit is the largest budget the doubling reaches
+    with pytest.warns(RuntimeWarning):
+        free = average_robustness(_HalfConstant(), X, y, norm=norm, bounds=None, n_targets=0,
+                                  eps_init=0.5, search_steps=4)
+    assert free.upper_limit == 0.5 * 2 ** 3 and np.all(free.distances[2:] == 4.0)
+
+
 # ------------------------------------------------------------ the theorem
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._utils import randn_like
 from ._base import normalize_gradient, project, random_init
 
 
@@ -34,8 +35,13 @@ def kl_potential(module, x):
     return potential
 
 
-def start(x, epsilon, norm, bounds, random_start):
-    """The first iterate: uniform in the ball (then fit to the box), or zero."""
+def start(x, epsilon, norm, bounds, random_start, scale=1e-3):
+    """The first iterate: uniform in the ball (then fit to the box) for
+    ``True``/``"uniform"``, ``scale * N(0, I)`` projected onto the ball and
+    the box for ``"normal"`` (the near-zero start of the DALE and TRADES
+    authors' code), or zero for ``False``."""
+    if isinstance(random_start, str) and random_start == "normal":
+        return project(x, float(scale) * randn_like(x), epsilon, norm, bounds)
     if random_start:
         return random_init(x, epsilon, norm, bounds)
     return torch.zeros_like(x)

@@ -10,10 +10,11 @@ import torch
 from .._utils import exponential_like, randn_like
 from .._validation import Interval, Options
 from ._base import Attack
-from ._steps import ascent_steps, ce_potential, multistep_size, start
+from ._steps import ascent_steps, ce_potential, kl_potential, multistep_size, start
 
 _NOISES = ("gaussian", "laplace")
-_POTENTIALS = ("ce", "log1m")
+_POTENTIALS = ("ce", "log1m", "kl")
+_STARTS = ("uniform", "normal")
 
 
 def _log1m_potential(logits, y):
@@ -76,20 +77,38 @@ class Langevin(Attack):
         The step ``eta``; ``None`` uses PGD's default ``2.5 * epsilon / steps``.
     temperature : float, default=1e-3
         The temperature ``T >= 0`` of the sampled distribution; it scales the
-        noise as ``sqrt(2 * step_size * T)``. ``0`` gives PGD. The useful range
+        noise as ``sqrt(2 * step_size * T)``. ``0`` gives PGD (ignored when
+        ``noise_coef`` is given). The useful range
         depends on the noise: Gaussian noise competes with the step itself
         (on MNIST at epsilon 0.3, ``1e-3`` to ``1e-2``), Laplace noise with the
         per-sample gradient inside the sign, whose coordinates are tiny
         (around ``1e-8`` to ``1e-6`` there; at ``1e-3`` the signs are
         essentially random). See :doc:`/dale`.
+    noise_coef : float or None, default=None
+        The noise multiplier itself, as the authors' code sets it
+        (``g_dale_noise_coeff``, 1e-3 on MNIST): the noise is
+        ``noise_coef * xi`` and ``temperature`` is ignored. The two forms map
+        by ``noise_coef = sqrt(2 * step_size * T)``, i.e.
+        ``T = noise_coef ** 2 / (2 * step_size)`` (the authors' 1e-3 at step
+        0.1 is ``T = 5e-6``; see :attr:`temperature_`). For
+        ``noise="laplace"`` the noise is added to the gradient of the
+        potential *summed* over the batch; the authors average it, so their
+        coefficient ``c`` is ``noise_coef = c * batch_size`` here.
     noise : {"gaussian", "laplace"}, default="gaussian"
         The noise distribution and where it enters (see above).
-    potential : {"ce", "log1m"}, default="ce"
-        ``U``: the cross-entropy of the true class (PGD's loss), or
+    potential : {"ce", "log1m", "kl"}, default="ce"
+        ``U``: the cross-entropy of the true class (PGD's loss);
         ``log(1 - p_y)``, the log of the probability of misclassification used
-        in the authors' code.
-    random_start : bool, default=True
-        Start from a point drawn uniformly from the ball instead of from ``X``.
+        in the authors' Langevin samplers; or ``KL(p(x) || p(x + delta))``
+        against the clean prediction (the TRADES attack, which the authors'
+        ``KL_DALE_PD`` uses, there without noise).
+    random_start : bool or {"uniform", "normal"}, default=True
+        The first iterate: ``True``/``"uniform"`` draws it uniformly from the
+        ball, ``False`` starts from ``X``, ``"normal"`` from
+        ``X + start_scale * N(0, I)`` (the authors' near-zero start), each
+        projected onto the ball and the box.
+    start_scale : float, default=1e-3
+        Standard deviation of the ``"normal"`` start (unused otherwise).
     bounds : tuple of float or None, default=(0.0, 1.0)
         The input box that samples are clipped to; ``None`` for unbounded
         features.
@@ -115,6 +134,16 @@ class Langevin(Attack):
     >>> from robustfit.losses import PrimalDual
     >>> dale = AdversarialClassifier(attack=Langevin(epsilon=0.3, steps=7),
     ...                              objective=PrimalDual(margin=0.1))
+
+    The authors' MNIST sampler (``LMC_Gaussian_Linf`` in advbench): 7 steps
+    of 0.1 on ``log(1 - p_y)`` from a near-zero start, Gaussian noise of
+    coefficient 1e-3 (:func:`robustfit.losses.dale_recipe` builds the whole
+    training recipe).
+
+    >>> authors = Langevin(epsilon=0.3, steps=7, step_size=0.1, noise_coef=1e-3,
+    ...                    potential="log1m", random_start="normal", start_scale=1e-3)
+    >>> round(authors.temperature_, 12)
+    5e-06
     """
 
     _parameter_constraints = {
@@ -122,9 +151,11 @@ class Langevin(Attack):
         "steps": [Interval(Integral, 1, None)],
         "step_size": [None, Interval(Real, 0, None, closed="left")],
         "temperature": [Interval(Real, 0, None, closed="left")],
+        "noise_coef": [None, Interval(Real, 0, None, closed="left")],
         "noise": [Options(_NOISES)],
         "potential": [Options(_POTENTIALS)],
-        "random_start": ["boolean"],
+        "random_start": ["boolean", Options(_STARTS)],
+        "start_scale": [Interval(Real, 0, None, closed="left")],
     }
 
     def __init__(
@@ -138,6 +169,8 @@ class Langevin(Attack):
         potential="ce",
         random_start=True,
         bounds=(0.0, 1.0),
+        noise_coef=None,
+        start_scale=1e-3,
     ):
         self.epsilon = epsilon
         self.norm = norm
@@ -148,7 +181,8 @@ class Langevin(Attack):
         self.potential = potential
         self.random_start = random_start
         self.bounds = bounds
-
+        self.noise_coef = noise_coef
+        self.start_scale = start_scale
 
     @property
     def step_size_(self):
@@ -157,8 +191,18 @@ class Langevin(Attack):
 
     @property
     def noise_scale_(self):
-        """The noise multiplier ``sqrt(2 * step_size * temperature)``."""
+        """The noise multiplier: ``noise_coef``, or ``sqrt(2 * step_size * temperature)``."""
+        if self.noise_coef is not None:
+            return float(self.noise_coef)
         return math.sqrt(2.0 * self.step_size_ * float(self.temperature))
+
+    @property
+    def temperature_(self):
+        """The temperature in use: ``temperature``, or ``noise_coef ** 2 / (2 * step_size)``."""
+        if self.noise_coef is None:
+            return float(self.temperature)
+        step = self.step_size_
+        return float(self.noise_coef) ** 2 / (2.0 * step) if step > 0 else float("inf")
 
     def _noise_functions(self):
         """``(grad_noise, step_noise)`` for :func:`~robustfit.attacks._steps.ascent_steps`."""
@@ -173,9 +217,12 @@ class Langevin(Attack):
         if self.epsilon == 0:
             return x.clone()
         bounds = self._bounds
-        delta = start(x, self.epsilon, self.norm, bounds, self.random_start)
+        delta = start(x, self.epsilon, self.norm, bounds, self.random_start, self.start_scale)
         grad_noise, step_noise = self._noise_functions()
-        potential = _log1m_potential if self.potential == "log1m" else ce_potential
+        if self.potential == "kl":
+            potential = kl_potential(module, x)
+        else:
+            potential = _log1m_potential if self.potential == "log1m" else ce_potential
         delta = ascent_steps(
             module, x, y, delta,
             steps=self.steps, step_size=self.step_size_,

@@ -33,6 +33,7 @@ from .._validation import (
     Interval,
     Options,
     ParamsValidationMixin,
+    check_bounds,
     check_labels,
     check_param,
     validate_parameter_constraints,
@@ -49,14 +50,20 @@ class AverageRobustness:
     Attributes
     ----------
     mean : float
-        ``Rob_d``: the (weighted) mean of ``distances``.
+        ``Rob_d``: the (weighted) mean of ``distances`` over **every** sample.
     distances : numpy.ndarray of shape (n,)
         Per sample, the ``norm`` of the smallest verified adversarial
-        perturbation found (0 where the clean point is misclassified; ``inf``
-        where none was found up to the largest budget tried). Each finite value
-        is an **upper bound** of the true distance to the decision boundary.
+        perturbation found (0 where the clean point is misclassified), or
+        ``upper_limit`` where the search found none. Each value where
+        ``found`` is an **upper bound** of the true distance to the decision
+        boundary; the others are censored at the search's limit.
     found : numpy.ndarray of bool, shape (n,)
         Where an adversarial point (or a clean misclassification) was found.
+    upper_limit : float
+        The value counted for a sample without an adversarial point: the
+        largest budget the search can reach, the diameter of ``bounds`` in
+        ``norm`` (``width`` for l_inf, ``width * sqrt(d)`` for l_2), or
+        without bounds ``eps_init * 2 ** (search_steps - 1)``.
     ci : tuple of float
         ``(low, high)``: normal interval of ``mean`` from the per-sample
         standard deviation (class-stratified when weighted).
@@ -72,6 +79,7 @@ class AverageRobustness:
     ci: tuple
     norm: str
     misclassified: float
+    upper_limit: float = float("inf")
 
     def __float__(self):
         return float(self.mean)
@@ -95,22 +103,36 @@ def _boundary_distances(module, x, y, attack, batch_size):
     return torch.cat(out).cpu().numpy().astype(np.float64) if out else np.zeros(0)
 
 
-def _summarize(d, w, norm, confidence):
-    """Weighted mean of the finite distances ``d``, with its normal interval (warns about the others)."""
+def _upper_limit(norm, bounds, eps_init, search_steps, n_features):
+    """The largest radius the minimum-norm search reaches: the box's diameter in
+    ``norm``, or without a box the last radius of the doubling phase."""
+    bounds = check_bounds(bounds)
+    width = 1.0 if bounds is None else bounds[1] - bounds[0]
+    if bounds is not None:
+        return float(width if norm == "linf" else width * n_features ** 0.5)
+    first = (0.1 if norm == "linf" else 1.0) * width if eps_init is None else float(eps_init)
+    return first * 2.0 ** (search_steps - 1)
+
+
+def _summarize(d, w, norm, confidence, upper_limit):
+    """Weighted mean of the distances ``d`` over every sample, those without an
+    adversarial point counted at ``upper_limit`` (with a warning), and its normal interval."""
     found = np.isfinite(d)
     if not found.all():
         warnings.warn(
             f"average_robustness: no adversarial point found for {int((~found).sum())} of {len(d)} "
-            "samples; they are left out of the mean", RuntimeWarning, stacklevel=3,
+            f"samples; they count at the search's upper limit {upper_limit:.4g}", RuntimeWarning,
+            stacklevel=3,
         )
-    wf = w[found] / w[found].sum()
-    mean = float(np.sum(wf * d[found]))
+        d = np.where(found, d, upper_limit)
+    wn = w / w.sum() if len(d) else w
+    mean = float(np.sum(wn * d))
     # standard error of a weighted mean of independent samples
-    se = float(np.sqrt(np.sum(wf ** 2 * (d[found] - mean) ** 2)))
+    se = float(np.sqrt(np.sum(wn ** 2 * (d - mean) ** 2)))
     half = float(scipy_norm.ppf(0.5 + confidence / 2)) * se
     return AverageRobustness(
         mean=mean, distances=d, found=found, ci=(mean - half, mean + half), norm=norm,
-        misclassified=float(np.mean(d == 0)) if len(d) else 0.0,
+        misclassified=float(np.mean(d == 0)) if len(d) else 0.0, upper_limit=float(upper_limit),
     )
 
 
@@ -140,6 +162,14 @@ def average_robustness(
     Every iterate the classifier misclassifies is kept as a candidate, and the
     final adversarial points are re-checked: a reported distance always comes
     with a point that is really misclassified.
+
+    Every sample counts in the mean: one for which the search found no
+    adversarial point counts at the search's upper limit
+    (``result.upper_limit``: the diameter of ``bounds`` in ``norm``, or
+    ``eps_init * 2 ** (search_steps - 1)`` without bounds), with a
+    ``RuntimeWarning`` saying how many. So the mean is over the samples given,
+    with their weights unchanged, and both sides of the transfer bound are
+    computed on the same samples.
 
     Parameters
     ----------
@@ -217,7 +247,8 @@ def average_robustness(
     if w.shape != (len(x),):
         raise ValueError(f"sample_weight must have shape {(len(x),)}, got {w.shape}")
     d = _boundary_distances(module, x, y_t, MinimumNorm(**params), batch_size)
-    return _summarize(d, w, norm, confidence)
+    limit = _upper_limit(norm, bounds, eps_init, search_steps, x[0].numel() if len(x) else 1)
+    return _summarize(d, w, norm, confidence, limit)
 
 
 @dataclass
