@@ -36,7 +36,7 @@ TORCH_PKGS_dev := torch torchvision
 STAMP := $(VENV)/.installed-$(TORCH)
 INSTALL_DEPS := setup.py pyproject.toml constraints.txt $(CONSTRAINTS)
 
-.PHONY: venv install quickstart docs lint pytest test clean gpu-wheels gpu-check
+.PHONY: venv install quickstart docs notebooks lint pytest test clean gpu-wheels gpu-check
 
 # Python 3.11 or later (docs/install.rst says why); checked before pip downloads anything.
 $(BIN)/python:
@@ -100,6 +100,13 @@ quickstart: $(STAMP)-core
 
 docs: $(STAMP)-dev
 	$(BIN)/python -m sphinx $(SPHINX_OPTS) -b html docs docs/_build/html
+
+# The executed copies of examples/*.ipynb that the docs render (docs/notebooks/), run as written
+# (about 30 minutes on a 2-core CPU), as the committed copies were; NOTEBOOKS="--full 04" runs
+# one, NOTEBOOKS= (empty) all in quick mode (ROBUSTFIT_QUICK=1, smoke-test figures). Commit them.
+NOTEBOOKS ?= --full
+notebooks: $(STAMP)-dev
+	OMP_NUM_THREADS=1 $(BIN)/python docs/execute_notebooks.py $(NOTEBOOKS)
 
 lint: $(STAMP)-dev
 	$(BIN)/ruff check .

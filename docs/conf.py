@@ -17,12 +17,18 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "numpydoc",
+    "myst_nb",
 ]
 # No sphinx.ext.intersphinx: the build must work without a network connection, so references to
 # other projects' objects (torch, scikit-learn, skorch) render as plain names.
 
 templates_path = ["_templates"]
 exclude_patterns = ["_build", "generated/*.examples"]
+
+# Tutorials: myst-nb renders the executed copies in docs/notebooks/ (made by
+# docs/execute_notebooks.py, ``make notebooks``) with their saved outputs and plots. The build
+# executes nothing, so it stays fast and needs no kernel.
+nb_execution_mode = "off"
 default_role = "code"
 
 # API pages: one page per public name, generated into docs/generated/ (not committed).

@@ -86,3 +86,39 @@ def test_page_code_runs(tmp_path, page, min_blocks):
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+EXECUTED = DOCS / "notebooks"
+NOTE_KEY = "robustfit_execution_note"  # docs/execute_notebooks.py marks its note cell with it
+
+
+def _cells(nb):
+    return [(c["cell_type"], c["source"]) for c in nb["cells"] if not c["metadata"].get(NOTE_KEY)]
+
+
+@pytest.mark.parametrize("path", sorted(DOCS.parent.glob("examples/*.ipynb")), ids=lambda p: p.name)
+def test_executed_notebook_matches_source(path):
+    """The docs render executed copies of the notebooks: each copy has its source's cells (plus
+    one note saying how it was run), outputs for every code cell that ran, and a listed page."""
+    nbformat = pytest.importorskip("nbformat")
+    copy = EXECUTED / path.name
+    fix = f"run: python docs/execute_notebooks.py {path.name[:2]}"
+    assert copy.is_file(), f"docs/notebooks/{path.name} is missing; {fix}"
+    source, executed = nbformat.read(path, as_version=4), nbformat.read(copy, as_version=4)
+    assert _cells(executed) == _cells(source), f"docs/notebooks/{path.name} is stale; {fix}"
+    notes = [c for c in executed.cells if c.metadata.get(NOTE_KEY)]
+    assert len(notes) == 1 and "executed with `python docs/execute_notebooks.py" in notes[0].source
+    assert re.search(r"\*\*(quick|full) mode\*\*", notes[0].source), notes[0].source
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code), f"{copy.name} has cells that did not run; {fix}"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    if any("plt." in c.source or "plot_" in c.source for c in code):
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{copy.name}: no plot"
+    assert f"notebooks/{path.stem}" in (DOCS / "tutorials.rst").read_text()
+
+
+def test_no_executed_notebook_without_source():
+    stale = {p.name for p in EXECUTED.glob("*.ipynb")} - {
+        p.name for p in DOCS.parent.glob("examples/*.ipynb")}
+    assert not stale, f"remove from docs/notebooks/ (no source in examples/): {sorted(stale)}"
