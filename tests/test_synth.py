@@ -12,7 +12,7 @@ from sklearn.base import clone
 from robustfit import AdversarialClassifier
 from robustfit.attacks import PGD, GeneratorSynth, perturbation_norm
 from robustfit.losses import sinkhorn_cost, sinkhorn_distance
-from robustfit.models import MLP, MnistCNN, penultimate_layer
+from robustfit.models import MLP, DigitsCNN, MnistCNN, penultimate_layer
 
 
 @pytest.fixture(scope="module")
@@ -397,3 +397,31 @@ def test_label_smoothing_on_the_attack_or_the_criterion(digits_small):
     assert la == pytest.approx(lb, rel=1e-4)
     c = AdversarialClassifier(attack=GeneratorSynth(epsilon=0.1, ot_weight=0.0), **kw)
     assert abs(c.fit(Xtr[:300], ytr[:300]).history[-1, "train_loss"] - la) > 0.01
+
+
+def test_train_mode_generator_step_shares_the_classifiers_forward_pass(digits_small):
+    """generator_step_mode="train": one forward pass of the synthesized batch and one of
+    the clean batch per training batch (four in "eval" mode), and on a network without
+    batch-norm or dropout the same training as "eval" mode."""
+    Xtr, ytr, _, _ = digits_small
+    fits = {}
+    for mode in ("eval", "train"):
+        calls = []
+        torch.manual_seed(0)
+        clf = AdversarialClassifier(
+            DigitsCNN(), attack=GeneratorSynth(epsilon=0.1, generator_step_mode=mode, generator_ce_weight=0.5,
+                                  feature_layer="penultimate"),
+            max_epochs=2, lr=1e-2, random_state=0, train_split=None, attack_warmup=0, batch_size=100,
+        )
+        clf.initialize()
+        clf.module_.register_forward_hook(lambda m, i, o, calls=calls: calls.append(i[0].shape[0]))
+        fits[mode] = clf.partial_fit(Xtr[:300], ytr[:300]), len(calls)
+    (a, n_eval), (b, n_train) = fits["eval"], fits["train"]
+    assert n_eval == 4 * 6 and n_train == 2 * 6  # 2 epochs of 3 batches
+    assert a.attack_.n_generator_steps_ == b.attack_.n_generator_steps_ == 6
+    for p, q in zip(a.attack_.generator_.parameters(), b.attack_.generator_.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+    for p, q in zip(a.module_.parameters(), b.module_.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+    assert not any(m._forward_hooks for m in b.module_.modules() if m is not b.module_)
+    assert "_pending" not in vars(b.attack_)

@@ -470,6 +470,15 @@ class GeneratorSynth(Attack):
                 if self.generator_ce_weight:
                     objective = objective + self.generator_ce_weight * F.cross_entropy(logits_adv.float(), y)
                 grads = torch.autograd.grad(-objective, params, allow_unused=True)
+        self._apply_generator_grads(params, grads)
+        if return_sample:
+            return objective.detach(), x_adv.detach()
+        return objective.detach()
+
+    def _apply_generator_grads(self, params, grads):
+        """Set the generator's gradients (averaged over the ranks in data-parallel
+        training) and take its optimizer's step."""
+        shard = current_shard()
         if shard is not None:
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
             all_reduce_mean_(grads)
@@ -477,11 +486,24 @@ class GeneratorSynth(Attack):
             p.grad = g
         self.generator_optimizer_.step()
         if shard is not None:
-            broadcast_tensors_(list(gen.buffers()))
+            broadcast_tensors_(list(self.generator_.buffers()))
         self.n_generator_steps_ += 1
-        if return_sample:
-            return objective.detach(), x_adv.detach()
-        return objective.detach()
+
+    def _shared_generator_step(self, pending, f_clean, f_adv, logits_adv, ot):
+        """The generator step of ``generator_step_mode="train"`` inside the
+        classifier's step: its gradient comes from the classifier's own training
+        forward pass of the synthesized batch and from the OT term computed for
+        the classifier's loss (one forward pass and one OT solve serve both)."""
+        x_gen, x_leaf, y = pending
+        objective = ot
+        if self.generator_ce_weight:
+            objective = objective + self.generator_ce_weight * F.cross_entropy(logits_adv.float(), y)
+        # d objective / d x_adv through the classifier (its weights get no gradient
+        # here), then into the generator's graph kept from train_perturb
+        (g,) = torch.autograd.grad(objective, x_leaf, retain_graph=True)
+        params = [p for p in self.generator_.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(x_gen, params, grad_outputs=-g, allow_unused=True)
+        self._apply_generator_grads(params, grads)
 
     # ------------------------------------------------------- training hooks
     def train_perturb(self, module, x, y):
@@ -491,6 +513,13 @@ class GeneratorSynth(Attack):
         before the generator's update), so each training batch costs one
         generator forward pass. On batches without a generator step
         (``generator_every > 1``) a batch is sampled from the current generator.
+
+        With ``generator_step_mode="train"`` (outside data-parallel training)
+        the generator step is deferred to :meth:`regularizer`: the returned
+        batch is a leaf that requires a gradient, and the classifier's own
+        training forward pass on it, with the OT term of its loss, gives the
+        generator's gradient, so the synthesized batch is forwarded once and
+        the OT problem solved once per training batch instead of twice.
 
         Parameters
         ----------
@@ -514,8 +543,20 @@ class GeneratorSynth(Attack):
             with eval_mode(gen), torch.no_grad():
                 return self._synthesize(x).detach()
         self.n_train_batches_ = getattr(self, "n_train_batches_", 0) + 1
-        if (self.n_train_batches_ - 1) % self.generator_every == 0 \
-                or getattr(self, "generator_", None) is None:
+        self.__dict__.pop("_pending", None)
+        step_due = (self.n_train_batches_ - 1) % self.generator_every == 0 \
+            or getattr(self, "generator_", None) is None
+        if step_due and self.generator_step_mode == "train" and shard is None:
+            gen = self._ensure_generator(x)
+            gen.train()
+            with torch.enable_grad():
+                x_gen = self._synthesize(x)
+            x_adv = x_gen.detach().requires_grad_(True)
+            self._pending = (x_gen, x_adv, y)
+            if self.feature_layer is not None:
+                self._capture_next(module)
+            return x_adv
+        if step_due:
             # the batch the generator step was computed on is the classifier's
             # batch: one generator forward pass per training batch, not two
             _, x_adv = self._generator_step(module, x, y, return_sample=True)
@@ -571,8 +612,11 @@ class GeneratorSynth(Attack):
         """
         captured = self.__dict__.pop("_captured", {})
         self._release()
+        pending = self.__dict__.pop("_pending", None)
+        if pending is not None and pending[1] is not x_adv:
+            pending = None
         term = None
-        if self.ot_weight and x_adv is not x:
+        if (self.ot_weight or pending is not None) and x_adv is not x:
             if self.feature_layer is None:
                 f_adv = logits_adv
             else:
@@ -580,7 +624,11 @@ class GeneratorSynth(Attack):
                 if f_adv is None or f_adv.shape[0] != x_adv.shape[0]:
                     f_adv, _ = self._features(module, x_adv)
             f_clean, _ = self._features(module, x)
-            term = self.ot_weight * self._ot(f_clean, f_adv)
+            ot = self._ot(f_clean, f_adv)
+            if pending is not None:
+                self._shared_generator_step(pending, f_clean, f_adv, logits_adv, ot)
+            if self.ot_weight:
+                term = self.ot_weight * ot
         if self.label_smoothing:
             logp = F.log_softmax(logits_adv.float(), dim=1)
             # (1 - s) CE(y) + s CE(uniform) = CE(y) + s (CE(uniform) - CE(y))
@@ -712,6 +760,7 @@ class GeneratorSynth(Attack):
         state = self.__dict__.copy()
         state.pop("_captured", None)
         state.pop("_hook_handle", None)
+        state.pop("_pending", None)
         return state
 
 
