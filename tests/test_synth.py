@@ -425,3 +425,12 @@ def test_train_mode_generator_step_shares_the_classifiers_forward_pass(digits_sm
         assert torch.allclose(p, q, atol=1e-5)
     assert not any(m._forward_hooks for m in b.module_.modules() if m is not b.module_)
     assert "_pending" not in vars(b.attack_)
+
+
+@pytest.mark.parametrize("module", ["robustfit._ot", "robustfit.attacks.synth", "robustfit.models"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
