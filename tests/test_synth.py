@@ -356,6 +356,8 @@ def test_generator_step_mode_and_optimizer(mode):
     moved = not torch.equal(stats, net.body[2].running_mean)
     assert moved == (mode == "train")  # batch-norm statistics update only in train mode
     assert isinstance(GeneratorSynth().fit_generator(net, X, y).generator_optimizer_, torch.optim.Adam)
+    attack.set_params(generator_optimizer="adam").fit_generator(net, X, y, epochs=1, batch_size=32)
+    assert isinstance(attack.generator_optimizer_, torch.optim.Adam)  # switched after fit
 
 
 def test_published_preset_and_a_short_fit(digits_small):

@@ -359,11 +359,7 @@ class GeneratorSynth(Attack):
                         f"generator(input_shape, latent_dim) must return a torch.nn.Module, got {gen!r}"
                     )
             self.generator_ = gen.to(x.device)
-            if self.generator_optimizer == "sgd":
-                self.generator_optimizer_ = torch.optim.SGD(
-                    self.generator_.parameters(), lr=self.generator_lr, momentum=0.9)
-            else:
-                self.generator_optimizer_ = torch.optim.Adam(self.generator_.parameters(), lr=self.generator_lr)
+            self.generator_optimizer_ = self._make_optimizer()
             self.input_shape_ = shape
             self.n_generator_steps_ = 0
             if current_shard() is not None:  # data-parallel: start from rank 0's weights
@@ -374,9 +370,16 @@ class GeneratorSynth(Attack):
                 for k, v in state.items():
                     if torch.is_tensor(v) and v.dim() > 0:
                         state[k] = v.to(x.device)
+        if isinstance(self.generator_optimizer_, torch.optim.SGD) != (self.generator_optimizer == "sgd"):
+            self.generator_optimizer_ = self._make_optimizer()  # set_params after fit: a fresh optimizer
         for group in self.generator_optimizer_.param_groups:  # set_params after fit
             group["lr"] = self.generator_lr
         return self.generator_
+
+    def _make_optimizer(self):
+        if self.generator_optimizer == "sgd":
+            return torch.optim.SGD(self.generator_.parameters(), lr=self.generator_lr, momentum=0.9)
+        return torch.optim.Adam(self.generator_.parameters(), lr=self.generator_lr)
 
     def _synthesize(self, x):
         """Sample ``x_adv`` from the generator, with the graph to its parameters."""
