@@ -30,7 +30,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check --progre
 	-c $(CONSTRAINTS)
 # Extras: the quickstart plots; the tests, docs and notebooks need every extra.
 CORE_EXTRAS := plot
-DEV_EXTRAS := test,docs,ot,plot,diffusion,dask$(if $(filter own,$(TORCH)),,$(comma)vision)
+DEV_EXTRAS := test,docs,ot,plot,diffusion,dask$(if $(filter own,$(TORCH)),,$(comma)vision$(comma)reference)
 TORCH_PKGS_core := torch
 TORCH_PKGS_dev := torch torchvision
 STAMP := $(VENV)/.installed-$(TORCH)

@@ -12,7 +12,7 @@ contender:
   training with the constraint ``clean loss <= margin``.
 
 Prints clean accuracy, robust accuracy under ``robust_score`` (the
-AutoAttack-style ensemble APGD-CE + APGD-T, with the gradient-masking checks)
+fast ensemble APGD-CE + APGD-T x3, with the gradient-masking checks)
 and training time for each, and for DALE the dual variable per epoch.
 
     python benchmarks/bench_dale.py                       # all three, 20 epochs
@@ -113,7 +113,7 @@ def main():
         clean = clf.score(Xte, yte)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            robust = clf.robust_score(Xte, yte)  # AutoAttack-style ensemble + masking checks
+            robust = clf.robust_score(Xte, yte)  # fast ensemble (APGD-CE + APGD-T x3) + masking checks
         eval_s = time.perf_counter() - t0
         settings = f"attack={clf.attack!r} objective={clf.objective_!r}"
         print(f"{method:<8}{clean:8.4f}{robust:8.4f}{train_s:9.1f}{eval_s:8.1f}  {settings}",

@@ -19,8 +19,8 @@ same network, epochs and attack steps:
   ``--keep-fraction`` of each class (Wang et al. 2023).
 
 Each generator is fitted on the 1,000 real images only. The script prints clean
-accuracy, robust accuracy under ``robust_score`` (robustfit's strongest
-evaluation: the AutoAttack-style ensemble APGD-CE + APGD-T, with the
+accuracy, robust accuracy under ``robust_score`` (its default
+evaluation: the fast ensemble APGD-CE + APGD-T x3, with the
 gradient-masking checks), the generators' training and sampling times and
 their sample quality: the accuracy of a standard CNN trained on the 8,000 real
 training images on the generated samples (labels = the class the sample was

@@ -4,7 +4,7 @@ Same split, network, optimizer, schedule and epochs as bench_mnist.py (train on
 the first 8,000 images of the 10,000-image MNIST split, evaluate on the last
 2,000). Prints, for each training method, the training throughput (images/s
 over the whole fit), clean accuracy and robust accuracy under robustfit's
-strongest evaluation, the default AutoAttack-style ensemble (APGD-CE, then
+default evaluation, the fast ensemble (APGD-CE, then
 APGD-T over 3 target classes) at l_inf epsilon 0.3, beside PGD-7 (the paper's
 evaluation: 7 steps of epsilon / 4, as the authors' 2/255 at 8/255), plus the outcome of the
 gradient-masking checks on 500 of the evaluation images.

@@ -48,6 +48,7 @@ from ._validation import (
 from .attacks import GaussianNoise
 from .attacks._base import _module_device, eval_mode
 from .classifier import AdversarialClassifier
+from .metrics._curves import draw_curves, labelled_curves
 
 __all__ = [
     "CertifiedAccuracyCurve",
@@ -759,31 +760,6 @@ def certified_accuracy_curve(estimator, X, y, radii=None, *, label=None):
     )
 
 
-def _as_curves(curves):
-    if isinstance(curves, CertifiedAccuracyCurve):
-        return [(curves.label, curves)]
-    if isinstance(curves, dict):
-        items = []
-        for name, curve in curves.items():
-            if not isinstance(curve, CertifiedAccuracyCurve):
-                try:
-                    r, a = curve
-                except (TypeError, ValueError):
-                    raise TypeError(
-                        f"curves[{name!r}] must be a CertifiedAccuracyCurve or a pair "
-                        f"(radii, accuracies), got {curve!r}"
-                    ) from None
-                curve = CertifiedAccuracyCurve(np.asarray(r, float), np.asarray(a, float))
-            items.append((str(name), curve))
-        return items
-    if isinstance(curves, (list, tuple)) and all(isinstance(c, CertifiedAccuracyCurve) for c in curves):
-        return [(c.label, c) for c in curves]
-    raise TypeError(
-        "curves must be a CertifiedAccuracyCurve, a list of them, or a dict mapping labels to "
-        f"curves; got {type(curves).__name__}"
-    )
-
-
 def plot_certified_accuracy(curves, ax=None, **plot_kwargs):
     """Plot certified accuracy against the l_2 radius.
 
@@ -811,21 +787,9 @@ def plot_certified_accuracy(curves, ax=None, **plot_kwargs):
     >>> len(plot_certified_accuracy([a, b]).get_lines())
     2
     """
-    items = _as_curves(curves)
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        _, ax = plt.subplots(figsize=(5, 3.5))
-    for label, curve in items:
-        ax.plot(np.asarray(curve.radii, float), np.asarray(curve.accuracies, float),
-                label=label, **plot_kwargs)
-    ax.set_xlabel(r"radius ($\ell_2$)")
-    ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(True, alpha=0.3)
-    if any(label for label, _ in items):
-        ax.legend()
-    return ax
+    items = labelled_curves(curves, CertifiedAccuracyCurve, "radii")
+    return draw_curves(items, lambda c: c.radii, ax, "plot_certified_accuracy",
+                       xlabel=r"radius ($\ell_2$)", ylabel="certified accuracy", **plot_kwargs)
 
 
 class CertifiedScorer:

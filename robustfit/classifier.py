@@ -778,15 +778,19 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
     def default_evaluation_attack(self):
         """The attack :meth:`robust_score` uses when none is given.
 
-        The AutoAttack-style ensemble (APGD-CE, then APGD-T over the top-3
-        target classes, 100 iterations each) in the training attack's threat
-        model (``epsilon``, ``norm``, ``bounds``): parameter-free and stronger
-        than PGD with a fixed step size.
+        The fast ensemble, ``AutoAttack(version="fast")``: APGD-CE, then
+        APGD-T towards the 3 most likely wrong classes, 100 iterations each, in
+        the training attack's threat model (``epsilon``, ``norm``,
+        ``bounds``). It is parameter-free and stronger than PGD with a fixed
+        step size, but it is not the standard AutoAttack suite (which adds 6
+        more APGD-T targets, FAB-T and Square): report its figures as "fast
+        ensemble (APGD-CE + APGD-T x3)", and pass ``attack="autoattack"`` to
+        :meth:`robust_score` for figures to be called AutoAttack.
 
         Returns
         -------
         attack : robustfit.attacks.AutoAttack
-            The evaluation attack.
+            The evaluation attack (its ``label`` names it).
         """
         att = self.attack
         if att is None or not hasattr(att, "epsilon"):
@@ -813,8 +817,11 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         y : array-like of shape (n,)
             True labels.
         attack : robustfit.attacks.Attack or str, default=None
-            The attack, or a name such as ``"autoattack"`` (in the training
-            attack's threat model); ``None`` uses :meth:`default_evaluation_attack`.
+            The attack, or a name such as ``"autoattack"`` (the standard
+            AutoAttack suite) or ``"autoattack-fast"``, in the training
+            attack's threat model; ``None`` uses
+            :meth:`default_evaluation_attack`, the fast ensemble (APGD-CE +
+            APGD-T x3), which is cheaper than, and not the same as, AutoAttack.
         check : bool, default=True
             Also run :func:`~robustfit.metrics.check_gradient_masking` in the
             attack's threat model, on at most 500 samples, with ``attack`` as

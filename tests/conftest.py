@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from robustfit import AdversarialClassifier
 from robustfit._utils import OPTIONAL, OptionalDependencyError
@@ -76,6 +77,18 @@ def _has_mnist_test_split(root):
             if (folder / name).is_file():
                 return True
     return False
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_if_marked(request):
+    """Tests marked ``one_thread`` (e.g. a module's ``pytestmark``) run with one torch thread."""
+    if request.node.get_closest_marker("one_thread") is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

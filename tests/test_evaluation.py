@@ -1,5 +1,7 @@
-"""Trustworthy robustness evaluation: APGD, Square, the AutoAttack-style
-ensemble, robustness curves and the gradient-masking sanity checks.
+"""Trustworthy robustness evaluation: APGD, FAB-T, Square, the AutoAttack
+ensembles (fast and standard), robustness curves and the gradient-masking
+sanity checks. Cross-checks against a reference implementation are in
+tests/test_reference.py.
 
 The models are small MLPs trained for a few seconds on scikit-learn's 8x8
 digits, in module-scoped fixtures defined here (independent of conftest.py).
@@ -21,12 +23,14 @@ from torch import nn
 
 from robustfit.attacks import (
     APGD,
+    FAB,
     FGSM,
     PGD,
     AutoAttack,
     Square,
     apgd_checkpoints,
     dlr_loss,
+    hyperplane_projection,
     perturbation_norm,
     resolve_attack,
 )
@@ -233,7 +237,9 @@ FEASIBILITY = [
     APGD(loss="dlr", steps=15),
     APGD(loss="dlr-targeted", steps=10, n_target_classes=2),
     Square(n_queries=100),
-    AutoAttack(steps=10, n_target_classes=2, attacks=("apgd-ce", "apgd-t", "square"), n_queries=50),
+    FAB(steps=10, n_target_classes=2),
+    AutoAttack(version="custom", steps=10, n_target_classes=2,
+               attacks=("apgd-ce", "apgd-t", "fab-t", "square"), n_queries=50),
 ]
 
 
@@ -262,7 +268,8 @@ def test_unbounded_inputs_are_not_clipped(standard_net, ev_test, attack):
         clone(attack).set_params(bounds=(0.0, 1.0))(standard_net, X, y[:40])
 
 
-@pytest.mark.parametrize("attack", [APGD(), Square(), AutoAttack()], ids=lambda a: type(a).__name__)
+@pytest.mark.parametrize("attack", [APGD(), Square(), FAB(), AutoAttack(), AutoAttack(version="standard")],
+                         ids=lambda a: type(a).__name__ + getattr(a, "version", ""))
 def test_zero_epsilon_is_identity(standard_net, ev_test, attack):
     X, y = ev_test
     X_adv = clone(attack).set_params(epsilon=0.0)(standard_net, X[:10], y[:10])
@@ -275,10 +282,150 @@ def test_attacks_leave_module_mode_and_parameters(standard_net, ev_test):
     net.load_state_dict(standard_net.state_dict())
     net.train()
     before = [p.detach().clone() for p in net.parameters()]
-    AutoAttack(epsilon=0.1, steps=5, attacks=("apgd-ce", "square"), n_queries=5).run(net, X[:20], y[:20])
+    AutoAttack(epsilon=0.1, version="custom", steps=5, attacks=("apgd-ce", "fab-t", "square"),
+               n_target_classes=2, n_queries=5).run(net, X[:20], y[:20])
     assert net.training
     assert all(p.grad is None for p in net.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+# ------------------------------------------------------------------- FAB
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
+def test_hyperplane_projection_is_the_smallest_feasible_step(norm, bounds):
+    """Against scipy's LP (l_inf) and QP (l_2) solvers on random instances,
+    some of them infeasible inside the box."""
+    from scipy.optimize import linprog, minimize
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 25, 5
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w[0, :2] = 0.0  # zero coordinates of the normal
+    c = torch.randn(n, generator=g, dtype=torch.float64) * 0.6
+    c[1] = 0.0
+    delta = hyperplane_projection(x, w, c, norm, bounds)
+    checked = 0
+    for xi, wi, ci, di in zip(x.numpy(), w.numpy(), c.numpy(), delta.numpy()):
+        lo, hi = (-xi, 1 - xi) if bounds else (np.full(d, -np.inf), np.full(d, np.inf))
+        assert np.all(di >= lo - 1e-12) and np.all(di <= hi + 1e-12)  # inside the box
+        with np.errstate(invalid="ignore"):  # the most <w, delta> can move towards c
+            reach = np.where(wi != 0, np.where(wi * np.sign(ci) > 0, hi, lo) * wi, 0.0)
+            limit = abs(reach.sum()) if np.all(np.isfinite(reach)) else np.inf
+        if abs(ci) > limit + 1e-12:
+            np.testing.assert_allclose(di, np.where(wi != 0, np.where(wi * ci > 0, hi, lo), 0))
+            continue
+        assert wi @ di == pytest.approx(ci, abs=1e-9)
+        box = [(a if np.isfinite(a) else None, b if np.isfinite(b) else None) for a, b in zip(lo, hi)]
+        if norm == "linf":
+            eye = np.eye(d)
+            res = linprog(np.r_[np.zeros(d), 1.0], A_ub=np.block([[eye, -np.ones((d, 1))],
+                                                                 [-eye, -np.ones((d, 1))]]),
+                          b_ub=np.zeros(2 * d), A_eq=np.r_[wi, 0.0][None], b_eq=[ci],
+                          bounds=box + [(0, None)])
+            best = res.fun
+        else:
+            res = minimize(lambda v: v @ v, np.zeros(d), jac=lambda v: 2 * v, bounds=box,
+                           constraints=[{"type": "eq", "fun": lambda v, wi=wi, ci=ci: wi @ v - ci}],
+                           method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
+            best = np.sqrt(res.fun)
+        assert perturbation_norm(torch.from_numpy(di)[None], torch.zeros(1, d), norm).item() \
+            == pytest.approx(best, abs=1e-6)
+        checked += 1
+    assert checked >= 10
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_finds_the_boundary_of_a_linear_model(norm):
+    """For a linear model without a box, the smallest step to the boundary
+    with class ``c`` is ``(z_y - z_c) / ||w_y - w_c||_dual``. FAB-T towards the
+    most likely wrong class ``t`` must misclassify within its overshoot of
+    the distance to ``t``'s boundary, and never closer than the nearest
+    boundary of any class."""
+    g = torch.Generator().manual_seed(0)
+    net = nn.Linear(6, 4)
+    with torch.no_grad():
+        net.weight.copy_(torch.randn(4, 6, generator=g))
+        net.bias.copy_(torch.randn(4, generator=g))
+    X = torch.randn(40, 6, generator=g)
+    with torch.no_grad():
+        z = net(X)
+    y = z.argmax(1)
+    W = net.weight.detach()
+    dual = 1 if norm == "linf" else 2
+    gaps = z.gather(1, y[:, None]) - z  # z_y - z_c >= 0
+    lengths = (W[y][:, None, :] - W[None]).norm(p=dual, dim=2)  # ||w_y - w_c||
+    dist = torch.where(gaps > 0, gaps / lengths.clamp_min(1e-12), torch.inf)
+    nearest = dist.amin(1)
+    to_target = dist.gather(1, z.argsort(1, descending=True)[:, 1:2]).squeeze(1)
+    attack = FAB(epsilon=100.0, norm=norm, steps=50, n_target_classes=1, bounds=None)
+    X_adv = attack(net, X, y)
+    found = perturbation_norm(X_adv, X, norm)
+    with torch.no_grad():
+        assert torch.all(net(X_adv).argmax(1) != y)
+    assert torch.all(found >= nearest * (1 - 1e-4))
+    assert torch.all(found <= to_target * 1.05 * (1 + 1e-4))
+    # inside a budget: what lies within it is found, nothing beyond it is
+    budget = float(to_target.median())
+    X_adv = clone(attack).set_params(epsilon=budget)(net, X, y)
+    with torch.no_grad():
+        broken = net(X_adv).argmax(1) != y
+    assert torch.all(broken[to_target * 1.05 <= budget])
+    assert not torch.any(broken[nearest > budget])
+    assert perturbation_norm(X_adv, X, norm).max() <= budget + 1e-6
+
+
+def test_fab_on_a_trained_model_is_as_strong_as_apgd_t(robust_net, ev_test):
+    X, y = ev_test
+    fab = _seeded_robust_accuracy(robust_net, X, y, FAB(epsilon=0.1, n_target_classes=3))
+    apgd_t = _seeded_robust_accuracy(
+        robust_net, X, y, APGD(epsilon=0.1, loss="dlr-targeted", n_target_classes=3))
+    assert fab < _accuracy(robust_net, X, y) - 0.1
+    assert abs(fab - apgd_t) <= 0.03
+
+
+# --------------------------------------------------------------- versions
+def test_versions_configure_their_members():
+    fast = AutoAttack(epsilon=0.2, norm="l2")
+    assert fast.attack_names == ("apgd-ce", "apgd-t") and fast.target_classes == 3
+    assert fast.label == "fast ensemble (APGD-CE + APGD-T x3)"
+    standard = AutoAttack(epsilon=0.2, norm="l2", version="standard")
+    assert standard.label == "AutoAttack standard (APGD-CE + APGD-T x9 + FAB-T x9 + Square 5000q)"
+    members = {name: standard.member(name) for name in standard.attack_names}
+    assert members["apgd-ce"].loss == "ce" and members["apgd-ce"].restarts == 1
+    assert members["apgd-ce"].steps == members["apgd-t"].steps == members["fab-t"].steps == 100
+    assert members["apgd-t"].n_target_classes == members["fab-t"].n_target_classes == 9
+    assert members["square"].n_queries == 5000 and members["square"].rescale_schedule is False
+    assert all((m.epsilon, m.norm) == (0.2, "l2") for m in members.values())
+    # the standard targets agree with APGD's and FAB's own defaults
+    assert APGD().n_target_classes == FAB().n_target_classes == 9
+    custom = AutoAttack(version="custom", attacks=("apgd-t", "fab-t"), restarts=2, steps=20)
+    assert custom.target_classes == 9
+    assert custom.label == "custom ensemble (APGD-T x9 + FAB-T x9, 20 steps, 2 restarts)"
+    assert AutoAttack(version="standard", attacks=["apgd-ce", "apgd-t", "fab-t", "square"],
+                      n_target_classes=9).validate_params()
+
+
+def test_standard_suite_on_a_trained_model(robust_net, ev_test):
+    X, y = ev_test
+    X, y = X[:100], y[:100]
+    torch.manual_seed(0)
+    X_adv, broken_by = AutoAttack(epsilon=0.1, version="standard").run(robust_net, X, y)
+    assert set(broken_by) <= {"", "clean", "apgd-ce", "apgd-t", "fab-t", "square"}
+    standard = float(np.mean(broken_by == ""))
+    torch.manual_seed(0)
+    fast = float(np.mean(AutoAttack(epsilon=0.1).run(robust_net, X, y)[1] == ""))
+    assert standard <= fast < _accuracy(robust_net, X, y)
+    assert perturbation_norm(X_adv, X, "linf").max() <= 0.1 + 1e-6
+
+
+def test_standard_suite_needs_images_for_square(standard_net, ev_test):
+    X, y = ev_test
+    with pytest.raises(ValueError, match="version='custom'"):
+        AutoAttack(epsilon=0.1, version="standard")(standard_net, X[:5].reshape(5, 64), y[:5])
+    no_square = AutoAttack(epsilon=0.1, version="custom", attacks=("apgd-ce", "fab-t"), steps=5,
+                           n_target_classes=2)
+    assert no_square(standard_net, X[:5].reshape(5, 64), y[:5]).shape == (5, 64)
 
 
 # ----------------------------------------------------------------- Square
@@ -288,6 +435,16 @@ def test_square_reduces_accuracy_of_standard_model(standard_net, ev_test, norm, 
     clean = _accuracy(standard_net, X, y)
     acc = _seeded_robust_accuracy(standard_net, X, y, Square(epsilon=epsilon, norm=norm, n_queries=500))
     assert acc < clean - 0.3
+
+
+def test_square_schedule_rescaling():
+    from robustfit.attacks.square import _p_schedule
+
+    # the schedule is written for 10,000 queries: at query 5,000 of 5,000 the
+    # rescaled one has reached its end (p / 512), the unrescaled one p / 128
+    assert _p_schedule(0.8, 4999, 5000) == pytest.approx(0.8 / 512)
+    assert _p_schedule(0.8, 4999, 5000, rescale=False) == pytest.approx(0.8 / 128)
+    assert _p_schedule(0.8, 5, 5000, rescale=False) == pytest.approx(0.8)
 
 
 def test_square_needs_images(standard_net, ev_test):
@@ -304,9 +461,21 @@ def test_square_needs_images(standard_net, ev_test):
     (APGD(n_target_classes=0), "n_target_classes"),
     (Square(n_queries=0), "n_queries"),
     (Square(p_init=0.0), "p_init"),
-    (AutoAttack(attacks=("apgd-ce", "fab")), "fab"),
-    (AutoAttack(attacks="apgd-ce"), "sequence"),
+    (FAB(steps=0), "steps"),
+    (FAB(eta=0.5), "eta"),
+    (FAB(beta=0.0), "beta"),
+    (FAB(alpha_max=2.0), "alpha_max"),
+    (AutoAttack(version="custom", attacks=("apgd-ce", "fab")), "fab"),
+    (AutoAttack(version="custom", attacks="apgd-ce"), "sequence"),
+    (AutoAttack(version="custom"), "attacks is required"),
+    (AutoAttack(version="full"), "version"),
     (AutoAttack(norm="l1"), "norm"),
+    # a preset's name is never carried by another setting
+    (AutoAttack(attacks=("apgd-ce", "square")), "version='custom'"),
+    (AutoAttack(n_target_classes=9), "n_target_classes is fixed to 3"),
+    (AutoAttack(version="standard", steps=20), "steps is fixed to 100"),
+    (AutoAttack(version="standard", n_queries=100), "n_queries"),
+    (AutoAttack(version="standard", restarts=2), "restarts"),
 ])
 def test_invalid_parameters_name_the_parameter(standard_net, ev_test, attack, pattern):
     X, y = ev_test
@@ -317,8 +486,13 @@ def test_invalid_parameters_name_the_parameter(standard_net, ev_test, attack, pa
 def test_resolve_attack():
     aa = resolve_attack("autoattack", epsilon=0.2, norm="l2")
     assert isinstance(aa, AutoAttack) and (aa.epsilon, aa.norm) == (0.2, "l2")
-    assert resolve_attack("AutoAttack+Square", epsilon=0.1).attacks[-1] == "square"
+    assert aa.version == "standard" and aa.attack_names == ("apgd-ce", "apgd-t", "fab-t", "square")
+    fast = resolve_attack("AutoAttack-fast", epsilon=0.1)
+    assert fast.version == "fast" and fast.label == "fast ensemble (APGD-CE + APGD-T x3)"
     assert resolve_attack("apgd-t", epsilon=0.1).loss == "dlr-targeted"
+    assert resolve_attack("fab-t", epsilon=0.1).n_target_classes == 9
+    with pytest.raises(ValueError, match="unknown attack name"):
+        resolve_attack("autoattack+square", epsilon=0.1)
 
     class Trained:
         attack = PGD(epsilon=0.05, norm="l2", bounds=None)
@@ -435,6 +609,7 @@ def test_checks_subset_and_arguments(standard_net, ev_test):
 # ---------------------------------------------------- docstring examples
 @pytest.mark.parametrize("module", [
     "robustfit.attacks.apgd", "robustfit.attacks.square", "robustfit.attacks.autoattack",
+    "robustfit.attacks.fab",
     "robustfit.metrics._curves", "robustfit._evaluation._masking",
 ])
 def test_docstring_examples(module):
@@ -442,36 +617,6 @@ def test_docstring_examples(module):
         importlib.import_module("matplotlib")  # robustfit[plot]; conftest skips without it
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
-
-
-# ------------------------------------------------ independent reference
-def _reference_apgd():
-    """APGD-CE from an independent implementation, if one is installed."""
-    try:
-        import torchattacks
-
-        return lambda net, X, y, eps: torchattacks.APGD(
-            net, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0)(X, y)
-    except ImportError:
-        pass
-    try:
-        from autoattack.autopgd_base import APGDAttack
-
-        return lambda net, X, y, eps: APGDAttack(
-            net, n_iter=100, norm="Linf", eps=eps, loss="ce", device="cpu").perturb(X, y)
-    except ImportError:
-        return None
-
-
-def test_apgd_agrees_with_independent_implementation(robust_net, ev_test):
-    reference = _reference_apgd()
-    if reference is None:
-        pytest.skip("neither torchattacks nor autoattack is installed; no independent APGD to compare with")
-    X, y = ev_test
-    theirs = robust_accuracy(robust_net, X, y, attack=lambda m, xb, yb: reference(m, xb, yb, 0.1))
-    ours = _seeded_robust_accuracy(robust_net, X, y, APGD(epsilon=0.1))
-    # different random starts: agree within a few points (5% of 200 = 10 points)
-    assert abs(ours - theirs) <= 0.05
 
 
 # ------------------------------------------------------------------ wiring
@@ -502,7 +647,7 @@ def ev_classifiers(ev_data):
 def test_robust_accuracy_accepts_attack_names(standard_net, ev_test):
     X, y = ev_test
     torch.manual_seed(0)
-    by_name = robust_accuracy(standard_net, X, y, attack="autoattack", epsilon=0.1)
+    by_name = robust_accuracy(standard_net, X, y, attack="autoattack-fast", epsilon=0.1)
     assert by_name == _seeded_robust_accuracy(standard_net, X, y, AutoAttack(epsilon=0.1))
     with pytest.raises(ValueError, match="epsilon"):
         robust_accuracy(standard_net, X, y, attack="autoattack")
@@ -517,7 +662,7 @@ def test_scorer_and_robust_score_default_to_the_ensemble(ev_classifiers, ev_test
     assert isinstance(clf.default_evaluation_attack(), AutoAttack)
     assert clf.default_evaluation_attack().epsilon == 0.1
     torch.manual_seed(0)
-    score = make_robust_scorer("autoattack", epsilon=0.1)(clf, X, y)
+    score = make_robust_scorer("autoattack-fast", epsilon=0.1)(clf, X, y)
     torch.manual_seed(0)
     assert score == clf.robust_score(X, y, check=False)
     with pytest.raises(ValueError, match="unknown attack name"):

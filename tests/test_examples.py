@@ -25,7 +25,10 @@ def test_quickstart_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     header = proc.stdout.splitlines()[1].split()
-    assert header[:2] == ["model", "clean"] and "AutoAttack" in header, proc.stdout
+    # the fast ensemble is named for what it is, never "AutoAttack"
+    assert header[:2] == ["model", "clean"] and "fast" in header, proc.stdout
+    assert "AutoAttack" not in header, proc.stdout
+    assert "fast ens.: fast ensemble (APGD-CE + APGD-T x3, 10 steps)" in proc.stdout
     matches = [ROW.match(line) for line in proc.stdout.splitlines()]
     rows = {m[1]: [float(v) for v in m.groups()[1:]] for m in matches if m}
     assert set(rows) == {"standard", "PGD-7 training", "FGSM training"}, proc.stdout

@@ -18,6 +18,7 @@ from ._base import (
 from ._steps import margin
 from .apgd import APGD, apgd_checkpoints, dlr_loss
 from .autoattack import AutoAttack, resolve_attack
+from .fab import FAB, hyperplane_projection
 from .langevin import Langevin
 from .minimum_norm import MinimumNorm
 from .noise import GaussianNoise, gaussian_copies
@@ -30,6 +31,7 @@ __all__ = [
     "APGD",
     "Attack",
     "AutoAttack",
+    "FAB",
     "FGSM",
     "GaussianNoise",
     "GeneratorSynth",
@@ -41,6 +43,7 @@ __all__ = [
     "apgd_checkpoints",
     "dlr_loss",
     "gaussian_copies",
+    "hyperplane_projection",
     "margin",
     "normalize_gradient",
     "perturbation_norm",

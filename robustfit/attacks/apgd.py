@@ -126,25 +126,6 @@ def apgd_checkpoints(n_iter):
     return checkpoints
 
 
-def _loss_and_grad(module, loss_fn, point, y):
-    """Per-sample loss at ``point``, its input gradient and the logits, all detached."""
-    point = point.detach().requires_grad_(True)
-    logits = module(point)
-    loss = loss_fn(logits, y)
-    (grad,) = torch.autograd.grad(loss.sum(), point)
-    return loss.detach().float(), grad.detach(), logits.detach()
-
-
-def _momentum_step(x, x_adv, x_prev, grad, step, alpha, first, *, eps, norm, bounds):
-    """APGD's update: a projected steepest-ascent step ``z``, then (after the first
-    step) the projected momentum mix ``x_adv + alpha (z - x_adv) + (1 - alpha) (x_adv - x_prev)``."""
-    z = x + project(x, x_adv - x + step * normalize_gradient(grad, norm), eps, norm, bounds)
-    if not first:
-        mixed = x_adv + alpha * (z - x_adv) + (1 - alpha) * (x_adv - x_prev)
-        z = x + project(x, mixed - x, eps, norm, bounds)
-    return z
-
-
 def _halve_at_checkpoint(history, w0, w1, rho, reduced_last, loss_best, loss_best_last):
     """Where APGD halves the step at checkpoint ``w1``: the loss rose in fewer than a
     fraction ``rho`` of the steps since ``w0`` (condition 1), or the step was not
@@ -260,53 +241,109 @@ class APGD(Attack):
         self.bounds = bounds
 
 
-    def _loss_fn(self, target):
+    def _loss(self, logits, y, target):
         if self.loss == "ce":
-            return lambda logits, y: F.cross_entropy(logits, y, reduction="none")
-        if self.loss == "dlr":
-            return dlr_loss
-        return lambda logits, y: dlr_loss(logits, y, target)
+            return F.cross_entropy(logits, y, reduction="none")
+        return dlr_loss(logits, y, target if self.loss == "dlr-targeted" else None)
 
     def _single_run(self, module, x, y, target_rank=None):
         """One APGD run from a random start; ``target_rank`` picks the target
-        class of the targeted loss (1 = the second-highest clean logit)."""
+        class of the targeted loss (1 = the second-highest clean logit).
+
+        A point leaves the batch once it is misclassified: its result (that
+        misclassified iterate) is final, and the trajectories of the other
+        points do not depend on the batch, so dropping it changes no result
+        and saves its forward and backward passes. The batch is compacted at
+        the step-size checkpoints and whenever enough points have broken.
+        """
         eps, norm, bounds = float(self.epsilon), self.norm, self._bounds
         target = None
         if target_rank is not None:
             with torch.no_grad():
                 target = module(x).argsort(dim=1, descending=True)[:, target_rank]
-        loss_fn = self._loss_fn(target)
+
+        def loss_and_grad(point):
+            point.requires_grad_(True)
+            logits = module(point)
+            loss = self._loss(logits, y, target)
+            (grad,) = torch.autograd.grad(loss.sum(), point)
+            point.requires_grad_(False)
+            return loss.detach().float(), grad, logits.detach()
+
+        low = high = None
+        if norm == "linf":
+            # the ball and the box are both boxes: one clamp between precomputed
+            # per-coordinate limits projects onto their intersection
+            low, high = x - eps, x + eps
+            if bounds is not None:
+                low, high = low.clamp_min(bounds[0]), high.clamp_max(bounds[1])
+
+        def ascend(point, step, grad):
+            if norm == "linf":
+                return torch.addcmul(point, step, grad.sign()).clamp_(low, high)
+            return x + project(x, point - x + step * normalize_gradient(grad, norm),
+                               eps, norm, bounds)
+
+        def feasible(point):
+            if norm == "linf":
+                return point.clamp_(low, high)
+            return x + project(x, point - x, eps, norm, bounds)
+
         n = x.shape[0]
-        shape = (n,) + (1,) * (x.dim() - 1)
-        x_adv = x + random_init(x, eps, norm, bounds)
-        loss, grad, logits = _loss_and_grad(module, loss_fn, x_adv, y)
+        result = x + random_init(x, eps, norm, bounds)
+        rows = torch.arange(n, device=x.device)  # the batch's rows in ``result``
+        x_adv = result.clone()
+        loss, grad, logits = loss_and_grad(x_adv)
         broken = logits.argmax(1) != y
-        x_broken = x_adv.clone()
         x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
 
         checkpoints = apgd_checkpoints(self.steps)
         history = torch.empty((self.steps + 1, n), device=x.device)
         history[0] = loss
-        step = torch.full(shape, 2.0 * eps, device=x.device, dtype=x.dtype)
+        step = torch.full((n,) + (1,) * (x.dim() - 1), 2.0 * eps, device=x.device, dtype=x.dtype)
         reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
         loss_best_last = loss_best.clone()
+        alpha = float(self.momentum)
         j = 1
         x_prev = x_adv
         for i in range(self.steps):
+            at_checkpoint = j < len(checkpoints) and i + 1 == checkpoints[j]
+            n_broken = int(broken.sum())
+            if n_broken and (at_checkpoint or n_broken >= max(8, broken.numel() // 16)):
+                # result rows of the broken points already hold their misclassified
+                # iterate; keep only the robust ones
+                keep = (~broken).nonzero().flatten()
+                x, y, x_adv, x_prev, grad = x[keep], y[keep], x_adv[keep], x_prev[keep], grad[keep]
+                x_best, grad_best, loss_best = x_best[keep], grad_best[keep], loss_best[keep]
+                step, reduced_last, loss_best_last = step[keep], reduced_last[keep], loss_best_last[keep]
+                history, rows, broken = history[:, keep], rows[keep], broken[keep]
+                if target is not None:
+                    target = target[keep]
+                if low is not None:
+                    low, high = low[keep], high[keep]
+                if rows.numel() == 0:
+                    return result
             with torch.no_grad():
-                x_prev, x_adv = x_adv, _momentum_step(x, x_adv, x_prev, grad, step, float(self.momentum), i == 0,
-                                                      eps=eps, norm=norm, bounds=bounds)
-            loss, grad, logits = _loss_and_grad(module, loss_fn, x_adv, y)
+                z = ascend(x_adv, step, grad)
+                if i > 0:
+                    # x + a (z - x) + (1 - a) (x - x_prev), in three in-place passes
+                    z = feasible(z.mul_(alpha).add_(x_adv, alpha=2.0 * (1.0 - alpha))
+                                 .sub_(x_prev, alpha=1.0 - alpha))
+                x_prev, x_adv = x_adv, z
+            loss, grad, logits = loss_and_grad(x_adv)
             with torch.no_grad():
                 history[i + 1] = loss
-                now_broken = logits.argmax(1) != y
-                x_broken[now_broken] = x_adv[now_broken]
-                broken |= now_broken
+                new = ((logits.argmax(1) != y) & ~broken).nonzero().flatten()
+                if new.numel():
+                    result[rows[new]] = x_adv[new]  # the first misclassified iterate
+                    broken[new] = True
                 improved = loss > loss_best
-                x_best[improved] = x_adv[improved]
-                grad_best[improved] = grad[improved]
+                idx = improved.nonzero().flatten()
+                if idx.numel():
+                    x_best[idx] = x_adv[idx]
+                    grad_best[idx] = grad[idx]
                 loss_best = torch.where(improved, loss, loss_best)
-                if j < len(checkpoints) and i + 1 == checkpoints[j]:
+                if at_checkpoint:
                     halve = _halve_at_checkpoint(history, checkpoints[j - 1], checkpoints[j], self.rho,
                                                  reduced_last, loss_best, loss_best_last)
                     step[halve] /= 2.0
@@ -315,7 +352,9 @@ class APGD(Attack):
                     reduced_last = halve
                     loss_best_last = loss_best.clone()
                     j += 1
-        return torch.where(broken.view(shape), x_broken, x_best)
+        robust = (~broken).nonzero().flatten()
+        result[rows[robust]] = x_best[robust]
+        return result
 
     def _perturb(self, module, x, y):
         if self.epsilon == 0:

@@ -22,10 +22,12 @@ from ._base import Attack, normalize_gradient, project, project_box
 from ._steps import best_of_restarts, margin
 
 
-def _p_schedule(p_init, it, n_queries):
-    """Fraction of pixels changed at iteration ``it`` (Andriushchenko et al.,
-    rescaled to ``n_queries`` as in the AutoAttack implementation)."""
-    it = int(it / n_queries * 10000)
+def _p_schedule(p_init, it, n_queries, rescale=True):
+    """Fraction of pixels changed at iteration ``it`` (Andriushchenko et al.);
+    the schedule is written for 10,000 queries, and ``rescale`` stretches it
+    to ``n_queries``."""
+    if rescale:
+        it = int(it / n_queries * 10000)
     for limit, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16),
                        (2000, 32), (4000, 64), (6000, 128), (8000, 256)):
         if it <= limit:
@@ -102,6 +104,11 @@ class Square(Attack):
     restarts : int, default=1
         Independent runs; later runs only attack points still classified
         correctly.
+    rescale_schedule : bool, default=True
+        Stretch the window-size schedule, written for 10,000 queries, to
+        ``n_queries``. AutoAttack's reference implementation runs its 5,000
+        queries on the unstretched schedule (``False``), so windows stay
+        larger; :class:`AutoAttack` does the same.
     bounds : tuple of float or None, default=(0.0, 1.0)
         The input box adversarial inputs are clipped to; ``None`` for
         unbounded inputs.
@@ -126,6 +133,7 @@ class Square(Attack):
         "n_queries": [Interval(Integral, 1, None)],
         "p_init": [Interval(Real, 0, 1, closed="right")],
         "restarts": [Interval(Integral, 1, None)],
+        "rescale_schedule": ["boolean"],
     }
 
     def __init__(
@@ -135,6 +143,7 @@ class Square(Attack):
         n_queries=5000,
         p_init=0.8,
         restarts=1,
+        rescale_schedule=True,
         bounds=(0.0, 1.0),
     ):
         self.epsilon = epsilon
@@ -142,6 +151,7 @@ class Square(Attack):
         self.n_queries = n_queries
         self.p_init = p_init
         self.restarts = restarts
+        self.rescale_schedule = rescale_schedule
         self.bounds = bounds
 
 
@@ -175,7 +185,7 @@ class Square(Attack):
         """One candidate for each row of ``x`` from its current best point."""
         eps, bounds = float(self.epsilon), self._bounds
         m, c, h, w = x.shape
-        p = _p_schedule(float(self.p_init), it, self.n_queries)
+        p = _p_schedule(float(self.p_init), it, self.n_queries, self.rescale_schedule)
         s = round(math.sqrt(p * h * w))
         delta = x_best - x
         if self.norm == "linf":

@@ -161,29 +161,51 @@ def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, 
     )
 
 
-def _as_curves(curves):
-    if isinstance(curves, RobustnessCurve):
+def labelled_curves(curves, kind, x_name):
+    """``[(label, curve)]`` from one curve of class ``kind``, a list of them, or a
+    dict mapping labels to curves or to ``(x, accuracies)`` pairs (``x_name``
+    names ``x`` in messages)."""
+    name = kind.__name__
+    if isinstance(curves, kind):
         return [(curves.label, curves)]
     if isinstance(curves, dict):
         items = []
-        for name, curve in curves.items():
-            if not isinstance(curve, RobustnessCurve):
+        for label, curve in curves.items():
+            if not isinstance(curve, kind):
                 try:
-                    e, a = curve
+                    x, a = curve
                 except (TypeError, ValueError):
                     raise TypeError(
-                        f"curves[{name!r}] must be a RobustnessCurve or a pair "
-                        f"(epsilons, accuracies), got {curve!r}"
+                        f"curves[{label!r}] must be a {name} or a pair ({x_name}, accuracies), "
+                        f"got {curve!r}"
                     ) from None
-                curve = RobustnessCurve(np.asarray(e, float), np.asarray(a, float))
-            items.append((str(name), curve))
+                curve = kind(np.asarray(x, float), np.asarray(a, float))
+            items.append((str(label), curve))
         return items
-    if isinstance(curves, (list, tuple)) and all(isinstance(c, RobustnessCurve) for c in curves):
+    if isinstance(curves, (list, tuple)) and all(isinstance(c, kind) for c in curves):
         return [(c.label, c) for c in curves]
     raise TypeError(
-        "curves must be a RobustnessCurve, a list of them, or a dict mapping labels "
-        f"to curves; got {type(curves).__name__}"
+        f"curves must be a {name}, a list of them, or a dict mapping labels to curves; "
+        f"got {type(curves).__name__}"
     )
+
+
+def draw_curves(items, x_of, ax, feature, *, xlabel, ylabel, **plot_kwargs):
+    """Plot accuracy against ``x_of(curve)`` for each ``(label, curve)`` on ``ax``
+    (a new figure when None; matplotlib through the ``plot`` extra)."""
+    if ax is None:
+        plt = optional_import("matplotlib.pyplot", feature)
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    for label, curve in items:
+        ax.plot(np.asarray(x_of(curve), float), np.asarray(curve.accuracies, float),
+                label=label, **plot_kwargs)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    if any(label for label, _ in items):
+        ax.legend()
+    return ax
 
 
 def plot_robustness_curve(curves, ax=None, **plot_kwargs):
@@ -215,23 +237,11 @@ def plot_robustness_curve(curves, ax=None, **plot_kwargs):
     >>> len(ax.get_lines())
     2
     """
-    items = _as_curves(curves)
-    if ax is None:
-        plt = optional_import("matplotlib.pyplot", "plot_robustness_curve")
-        _, ax = plt.subplots(figsize=(5, 3.5))
+    items = labelled_curves(curves, RobustnessCurve, "epsilons")
     kwargs = {"marker": "o"}
     kwargs.update(plot_kwargs)
-    norms = set()
-    for label, curve in items:
-        ax.plot(np.asarray(curve.epsilons, float), np.asarray(curve.accuracies, float),
-                label=label, **kwargs)
-        norms.add(curve.norm)
+    norms = {curve.norm for _, curve in items}
     norm = norms.pop() if len(norms) == 1 else None
-    ax.set_xlabel({"linf": r"$\epsilon$ ($\ell_\infty$)", "l2": r"$\epsilon$ ($\ell_2$)"}.get(
-        norm, r"$\epsilon$"))
-    ax.set_ylabel("robust accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(True, alpha=0.3)
-    if any(label for label, _ in items):
-        ax.legend()
-    return ax
+    xlabel = {"linf": r"$\epsilon$ ($\ell_\infty$)", "l2": r"$\epsilon$ ($\ell_2$)"}.get(norm, r"$\epsilon$")
+    return draw_curves(items, lambda c: c.epsilons, ax, "plot_robustness_curve", xlabel=xlabel,
+                       ylabel="robust accuracy", **kwargs)
