@@ -34,12 +34,13 @@ from sklearn.base import BaseEstimator
 from skorch.callbacks import LRScheduler
 
 from ._distributed import batch_mean
-from ._ot import sinkhorn_distance
+from ._ot import sinkhorn_cost, sinkhorn_distance
 from ._validation import Interval, Options, ParamsValidationMixin, check_param
 from .attacks import PGD, Langevin
 
 __all__ = [
     "MART", "AdversarialCE", "Objective", "PrimalDual", "TRADES", "dale_recipe", "kl_divergence",
+    "sinkhorn_cost",
     "sinkhorn_distance",
 ]
 

@@ -233,6 +233,49 @@ def default_module(input_shape, n_classes, **kwargs):
     return MLP(int(torch.Size(input_shape).numel()), n_classes, **kwargs)
 
 
+def penultimate_layer(module):
+    """Name of the layer whose *input* is ``module``'s penultimate representation.
+
+    The last :class:`torch.nn.Linear` in ``module.named_modules()`` order: for
+    the networks of this module (:class:`MLP`, :class:`SmallCNN` and its
+    sizes, :func:`ResNet18`) and most classifiers ending in a linear head,
+    that is the output layer, and its input is the feature vector before the
+    logits (the authors of Robustness-via-Synthesis take their OT term on it).
+    :class:`~robustfit.attacks.GeneratorSynth` with
+    ``feature_layer="penultimate"`` reads that input with a forward hook.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A classifier.
+
+    Returns
+    -------
+    name : str
+        The layer's name in ``module.named_modules()`` (``""`` when ``module``
+        itself is the linear layer).
+
+    Raises
+    ------
+    ValueError
+        When ``module`` has no :class:`torch.nn.Linear` layer; name the
+        representation's layer with ``feature_layer`` instead.
+
+    Examples
+    --------
+    >>> from robustfit.models import MnistCNN, penultimate_layer
+    >>> penultimate_layer(MnistCNN())
+    'classifier.3'
+    """
+    names = [name for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
+    if not names:
+        raise ValueError(
+            f"{type(module).__name__} has no torch.nn.Linear layer, so its penultimate representation "
+            "cannot be found; pass the name of the representation's layer as feature_layer"
+        )
+    return names[-1]
+
+
 # ---------------------------------------------------------------------------
 # Perturbation generators (Robustness-via-Synthesis, GeneratorSynth)
 # ---------------------------------------------------------------------------
@@ -297,7 +340,7 @@ class _VectorGenerator(nn.Module):
         return self.net(z).view(-1, *self.shape)
 
 
-def default_generator(input_shape, latent_dim, conditional=False):
+def default_generator(input_shape, latent_dim, conditional=False, width=None):
     """The generator :class:`~robustfit.attacks.GeneratorSynth` builds when ``generator=None``.
 
     Parameters
@@ -309,6 +352,11 @@ def default_generator(input_shape, latent_dim, conditional=False):
         Dimension of the random vectors.
     conditional : bool, default=False
         Whether the generator also receives the clean input.
+    width : int or None, default=None
+        Width of the generator: for images the transposed convolutions have
+        ``4 * width`` and ``2 * width`` input channels (``None``: 4, so 16 and
+        8; the authors' CIFAR-10 generator has 64 and 32, ``width=16``); for
+        tabular data the hidden layer has ``32 * width`` units (``None``: 128).
 
     Returns
     -------
@@ -318,5 +366,5 @@ def default_generator(input_shape, latent_dim, conditional=False):
         convolutions for images, an MLP otherwise.
     """
     if len(input_shape) == 3:
-        return _ImageGenerator(input_shape, latent_dim, conditional)
-    return _VectorGenerator(input_shape, latent_dim, conditional)
+        return _ImageGenerator(input_shape, latent_dim, conditional, width=4 if width is None else width)
+    return _VectorGenerator(input_shape, latent_dim, conditional, hidden=128 if width is None else 32 * width)

@@ -11,7 +11,8 @@ from sklearn.base import clone
 
 from robustfit import AdversarialClassifier
 from robustfit.attacks import PGD, GeneratorSynth, perturbation_norm
-from robustfit.losses import sinkhorn_distance
+from robustfit.losses import sinkhorn_cost, sinkhorn_distance
+from robustfit.models import MLP, DigitsCNN, MnistCNN, penultimate_layer
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +169,13 @@ def test_digits_model_trained_with_synth_beats_standard_under_pgd(digits_small, 
     ({"feature_layer": 3}, "feature_layer"),
     ({"conditional": "yes"}, "conditional"),
     ({"generator": "big"}, "generator"),
+    ({"ot_method": "emd"}, "ot_method"),
+    ({"ot_reg": 0.0}, "ot_reg"),
+    ({"ot_iterations": 0}, "ot_iterations"),
+    ({"generator_optimizer": "rmsprop"}, "generator_optimizer"),
+    ({"generator_step_mode": "training"}, "generator_step_mode"),
+    ({"squash": "sigmoid"}, "squash"),
+    ({"generator_width": 0}, "generator_width"),
 ])
 def test_bad_parameters_raise(std_module, digits_t, params, match):
     X, y = digits_t[0][:8], digits_t[1][:8]
@@ -212,3 +220,219 @@ def test_train_perturb_reuses_the_generator_steps_batch(std_module, digits_t):
         inside = (x_adv > 1e-4) & (x_adv < 1 - 1e-4)
         assert float((x_adv - X)[inside].abs().max()) <= 0.2 + 1e-6 and raw.shape == X.shape
     assert attack.n_generator_steps_ == 2  # fit_generator's step + one of the two batches
+
+
+# --------------------------------------------------------------------------
+# the authors' recipe, option by option (issue 16)
+# --------------------------------------------------------------------------
+class _FixedGenerator(torch.nn.Module):
+    """Returns the same raw perturbation for every z."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self.raw = torch.nn.Parameter(raw)
+
+    def forward(self, z):
+        return self.raw.expand(z.shape[0], *self.raw.shape)
+
+
+@pytest.mark.parametrize("squash", ["clip", "tanh"])
+def test_squash_clip_is_a_clip_and_tanh_is_not(squash):
+    eps = 0.1
+    raw = torch.tensor([0.05, -0.05, 0.3, -2.0]).view(1, 2, 2)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    X, y = torch.full((6, 1, 2, 2), 0.5), torch.zeros(6, dtype=torch.long)
+    attack = GeneratorSynth(epsilon=eps, squash=squash, random_start=False, generator=_FixedGenerator(raw))
+    delta = attack(net, X, y) - X
+    assert float(delta.abs().max()) <= eps + 1e-6
+    expected = raw.clamp(-eps, eps) if squash == "clip" else eps * torch.tanh(raw)
+    assert torch.allclose(delta, expected.expand_as(delta), atol=1e-6)
+    if squash == "clip":  # inside the ball the output passes unchanged; outside it sits on the boundary
+        assert torch.allclose(delta[0].flatten(), torch.tensor([0.05, -0.05, 0.1, -0.1]), atol=1e-6)
+    else:
+        assert float(delta[0].flatten()[0]) < 0.01  # tanh shrinks a small output 10x at this scale
+
+
+def test_penultimate_layer_of_robustfit_networks():
+    assert penultimate_layer(MnistCNN()) == "classifier.3"
+    assert penultimate_layer(MLP(4, hidden=(8, 6))) == "net.5"
+    with pytest.raises(ValueError, match="no torch.nn.Linear.*feature_layer"):
+        penultimate_layer(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()))
+    resnet = pytest.importorskip("torchvision") and __import__("robustfit.models", fromlist=["ResNet18"]).ResNet18()
+    assert penultimate_layer(resnet) == "fc"
+
+
+def test_penultimate_features_feed_the_ot_term(std_module, digits_t):
+    X, y = digits_t[0][:64], digits_t[1][:64]
+    attack = GeneratorSynth(epsilon=0.2, feature_layer="penultimate")
+    f, logits = attack._features(std_module, X)
+    assert f.shape == (64, std_module.classifier[3].in_features) and logits.shape == (64, 10)
+    x_adv = attack.train_perturb(std_module, X, y)
+    with torch.no_grad():
+        logits = std_module(x_adv)  # the classifier's pass: the hook records the features
+        term = attack.regularizer(std_module, X, x_adv, y, logits)
+        feats = std_module.classifier[:3](std_module.features(torch.cat([X, x_adv])))
+    assert torch.allclose(term, sinkhorn_distance(feats[:64], feats[64:], blur=0.1, scaling=0.3), atol=1e-5)
+    assert not any(m._forward_hooks for m in std_module.modules())
+
+
+def _kernel_sinkhorn(a, b, reg, n_iter):
+    """Independent reference: Sinkhorn's scaling form, float64, u updated first."""
+    a, b = a.double(), b.double()
+    C = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    K = torch.exp(-C / reg)
+    mu, nu = torch.full((a.shape[0],), 1 / a.shape[0], dtype=torch.float64), \
+        torch.full((b.shape[0],), 1 / b.shape[0], dtype=torch.float64)
+    v = torch.ones_like(nu)
+    for _ in range(n_iter):
+        u = mu / (K @ v)
+        v = nu / (K.T @ u)
+    return float((u[:, None] * K * v[None, :] * C).sum())
+
+
+def test_sinkhorn_cost_equals_an_independent_computation():
+    torch.manual_seed(0)
+    a = torch.randn(12, 3)
+    b = a[:9] + 0.4 * torch.randn(9, 3)
+    for reg, n_iter in [(0.5, 100), (0.2, 7), (1.0, 1)]:
+        assert float(sinkhorn_cost(a.double(), b.double(), reg=reg, n_iter=n_iter)) == pytest.approx(
+            _kernel_sinkhorn(a, b, reg, n_iter), rel=1e-5)  # float32 inside
+    # not debiased: identical batches cost more than zero; a shift costs |shift|^2 per point
+    assert float(sinkhorn_cost(a, a, reg=0.5)) > 0.05
+    assert float(sinkhorn_cost(torch.zeros(5, 2), torch.full((5, 2), 2.0))) == pytest.approx(8.0, rel=1e-5)
+    # a shift by 3 in 3-d costs 27 exactly; at the authors' 0.01, 100 iterations are far from
+    # converged (20.9 here), 2,000 iterations get there
+    assert float(sinkhorn_cost(a, a + 3.0)) < 0.8 * 27
+    assert float(sinkhorn_cost(a, a + 3.0, n_iter=2000)) == pytest.approx(27.0, rel=1e-3)
+    x = b.clone().requires_grad_(True)
+    sinkhorn_cost(a, x).backward()
+    assert float(x.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="reg"):
+        sinkhorn_cost(a, b, reg=0)
+    with pytest.raises(ValueError, match="n_iter"):
+        sinkhorn_cost(a, b, n_iter=0)
+    with pytest.raises(ValueError, match="feature sizes"):
+        sinkhorn_cost(a, b[:, :2])
+
+
+def test_ot_method_sinkhorn_is_the_regularizer(std_module, digits_t):
+    X, y = digits_t[0][:32], digits_t[1][:32]
+    attack = GeneratorSynth(epsilon=0.2, ot_method="sinkhorn", ot_reg=0.05, ot_iterations=20)
+    x_adv = attack.train_perturb(std_module, X, y)
+    with torch.no_grad():
+        logits = std_module(x_adv)
+        term = attack.regularizer(std_module, X, x_adv, y, logits)
+        expected = sinkhorn_cost(std_module(X), logits, reg=0.05, n_iter=20)
+    assert torch.allclose(term, expected, rtol=1e-5)
+
+
+class _BNNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8),
+                                        torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, 3)
+        self.modes = []
+        self.body.register_forward_pre_hook(lambda m, i: self.modes.append(m[2].training))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_generator_step_mode_and_optimizer(mode):
+    torch.manual_seed(0)
+    net = _BNNet().eval()
+    X, y = torch.rand(32, 1, 4, 4), torch.randint(0, 3, (32,))
+    stats = net.body[2].running_mean.clone()
+    attack = GeneratorSynth(epsilon=0.1, generator_step_mode=mode, generator_optimizer="sgd",
+                            generator_lr=0.01, feature_layer="penultimate")
+    attack.fit_generator(net, X, y, epochs=1, batch_size=32)
+    opt = attack.generator_optimizer_
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["lr"] == 0.01
+    assert len(net.modes) == 2 and all(m == (mode == "train") for m in net.modes)  # clean and synthesized pass
+    assert not net.training and not net.body[2].training  # the caller's mode is restored
+    moved = not torch.equal(stats, net.body[2].running_mean)
+    assert moved == (mode == "train")  # batch-norm statistics update only in train mode
+    assert isinstance(GeneratorSynth().fit_generator(net, X, y).generator_optimizer_, torch.optim.Adam)
+    attack.set_params(generator_optimizer="adam").fit_generator(net, X, y, epochs=1, batch_size=32)
+    assert isinstance(attack.generator_optimizer_, torch.optim.Adam)  # switched after fit
+
+
+def test_published_preset_and_a_short_fit(digits_small):
+    attack = GeneratorSynth.published(0.1)
+    params = attack.get_params()
+    assert params["ot_method"] == "sinkhorn" and params["ot_reg"] == 0.01 and params["ot_iterations"] == 100
+    assert params["feature_layer"] == "penultimate" and params["squash"] == "clip"
+    assert params["generator_optimizer"] == "sgd" and params["generator_lr"] == 0.01
+    assert params["generator_step_mode"] == "train" and params["latent_dim"] == 640
+    assert params["label_smoothing"] == pytest.approx(5 / 9)
+    # 0.5 in the authors' convention: half the mass stays on the true class
+    assert GeneratorSynth.published(n_classes=4).label_smoothing == pytest.approx(2 / 3)
+    assert GeneratorSynth.published(0.2, ot_weight=0.5).ot_weight == 0.5
+    with pytest.raises(ValueError, match="n_classes"):
+        GeneratorSynth.published(n_classes=1)
+    Xtr, ytr, Xte, yte = digits_small
+    clf = AdversarialClassifier(attack=attack, max_epochs=2, lr=1e-2, random_state=0,
+                                train_split=None, attack_warmup=0).fit(Xtr[:256], ytr[:256])
+    fitted = clf.attack_
+    assert fitted.n_generator_steps_ == 4 and isinstance(fitted.generator_optimizer_, torch.optim.SGD)
+    assert fitted.generator_.fc.in_features == 640 and fitted.generator_.c0 == 64
+    assert all(torch.isfinite(torch.tensor(clf.history[:, "train_loss"])))
+    assert not any(m._forward_hooks for m in clf.module_.modules())
+    X = torch.as_tensor(Xte[:50])
+    x_adv = fitted(clf.module_, X, torch.as_tensor(yte[:50]).long())
+    assert float((x_adv - X).abs().max()) <= 0.1 + 1e-6
+
+
+def test_label_smoothing_on_the_attack_or_the_criterion(digits_small):
+    """The attack's ``label_smoothing`` and the classifier's ``criterion__label_smoothing``
+    train the same model (``ot_weight=0``: the smoothed cross-entropy alone)."""
+    Xtr, ytr, _, _ = digits_small
+    kw = dict(max_epochs=2, lr=1e-2, random_state=0, train_split=None, batch_size=100, attack_warmup=0)
+    a = AdversarialClassifier(attack=GeneratorSynth(epsilon=0.1, ot_weight=0.0, label_smoothing=0.5), **kw)
+    b = AdversarialClassifier(attack=GeneratorSynth(epsilon=0.1, ot_weight=0.0),
+                              criterion__label_smoothing=0.5, **kw)
+    la = a.fit(Xtr[:300], ytr[:300]).history[-1, "train_loss"]
+    lb = b.fit(Xtr[:300], ytr[:300]).history[-1, "train_loss"]
+    assert la == pytest.approx(lb, rel=1e-4)
+    c = AdversarialClassifier(attack=GeneratorSynth(epsilon=0.1, ot_weight=0.0), **kw)
+    assert abs(c.fit(Xtr[:300], ytr[:300]).history[-1, "train_loss"] - la) > 0.01
+
+
+def test_train_mode_generator_step_shares_the_classifiers_forward_pass(digits_small):
+    """generator_step_mode="train": one forward pass of the synthesized batch and one of
+    the clean batch per training batch (four in "eval" mode), and on a network without
+    batch-norm or dropout the same training as "eval" mode."""
+    Xtr, ytr, _, _ = digits_small
+    fits = {}
+    for mode in ("eval", "train"):
+        calls = []
+        torch.manual_seed(0)
+        clf = AdversarialClassifier(
+            DigitsCNN(), attack=GeneratorSynth(epsilon=0.1, generator_step_mode=mode, generator_ce_weight=0.5,
+                                  feature_layer="penultimate"),
+            max_epochs=2, lr=1e-2, random_state=0, train_split=None, attack_warmup=0, batch_size=100,
+        )
+        clf.initialize()
+        clf.module_.register_forward_hook(lambda m, i, o, calls=calls: calls.append(i[0].shape[0]))
+        fits[mode] = clf.partial_fit(Xtr[:300], ytr[:300]), len(calls)
+    (a, n_eval), (b, n_train) = fits["eval"], fits["train"]
+    assert n_eval == 4 * 6 and n_train == 2 * 6  # 2 epochs of 3 batches
+    assert a.attack_.n_generator_steps_ == b.attack_.n_generator_steps_ == 6
+    for p, q in zip(a.attack_.generator_.parameters(), b.attack_.generator_.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+    for p, q in zip(a.module_.parameters(), b.module_.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+    assert not any(m._forward_hooks for m in b.module_.modules() if m is not b.module_)
+    assert "_pending" not in vars(b.attack_)
+
+
+@pytest.mark.parametrize("module", ["robustfit._ot", "robustfit.attacks.synth", "robustfit.models"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -17,6 +17,7 @@ generator.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from numbers import Integral, Real
 
@@ -25,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._distributed import all_reduce_mean_, broadcast_tensors_, current_shard
-from .._ot import sinkhorn_distance
+from .._ot import sinkhorn_cost, sinkhorn_distance
 from .._utils import randn, random_source, randperm, torch_seeded
-from .._validation import Interval, check_in_bounds, check_param
-from ..models import default_generator
+from .._validation import Interval, Options, check_in_bounds, check_param
+from ..models import default_generator, penultimate_layer
 from ._base import (
     Attack,
     _as_tensors,
@@ -50,21 +51,26 @@ class GeneratorSynth(Attack):
 
     1. a **generator step**: ascent on
        ``OT(phi(x), phi(x_adv)) + generator_ce_weight * CE(f(x_adv), y)``
-       in the generator's parameters, the classifier fixed (eval mode);
+       in the generator's parameters, the classifier fixed (in eval mode, or
+       in train mode with ``generator_step_mode="train"``);
     2. a **classifier step** on ``CE(f(x_adv), y) + ot_weight * OT(phi(x), phi(x_adv))``,
        on the synthesized batch ``x_adv`` of the generator step (detached; the
        authors' graph samples it again from the updated generator, which
        costs a second generator forward pass per batch),
 
-    where ``phi`` is the output of ``feature_layer`` (the logits by default) and
-    ``OT`` is the debiased entropic Sinkhorn divergence
+    where ``phi`` is the output of ``feature_layer`` (the logits by default;
+    ``"penultimate"``: the input of the last linear layer) and ``OT`` is the
+    debiased entropic Sinkhorn divergence
     :func:`robustfit.losses.sinkhorn_distance` between the two batches of
-    representations. The synthesized sample is
+    representations (``ot_method="divergence"``) or the authors' fixed-iteration
+    transport cost :func:`robustfit.losses.sinkhorn_cost`
+    (``ot_method="sinkhorn"``). The synthesized sample is
 
     .. math::
 
         x_{adv} = \\Pi_{box}\\Big(x + \\Pi_{B_\\epsilon}\\big(u + \\delta\\big)\\Big),
-        \\qquad \\delta = \\epsilon \\tanh G(z) \\;\\; (l_\\infty),
+        \\qquad \\delta = \\epsilon \\tanh G(z) \\text{ or } \\operatorname{clip}_{[-\\epsilon, \\epsilon]} G(z)
+        \\;\\; (l_\\infty),
         \\quad \\delta = \\Pi_{B_\\epsilon}(G(z)) \\;\\; (l_2),
 
     with ``u`` uniform in the ball (``random_start=True``, as in the authors'
@@ -72,6 +78,8 @@ class GeneratorSynth(Attack):
 
     Used on its own, ``attack(module, X, y)`` samples from the current generator;
     :meth:`fit_generator` first trains it against a fixed module.
+    :meth:`published` gives the authors' recipe in one line; the defaults are
+    robustfit's (faster, measured on the docs page).
 
     Parameters
     ----------
@@ -90,7 +98,8 @@ class GeneratorSynth(Attack):
         ``conditional=True`` -- returns raw perturbations shaped like ``x``;
         :class:`GeneratorSynth` bounds them.
     generator_lr : float, default=1e-3
-        Learning rate of the generator's Adam optimizer.
+        Learning rate of the generator's optimizer (the authors: 0.01 with
+        momentum SGD).
     ot_weight : float, default=1.0
         Weight of the OT term in the classifier's loss (the authors use 1).
         ``0`` trains on the synthesized samples with cross-entropy only.
@@ -108,8 +117,12 @@ class GeneratorSynth(Attack):
         Name of the classifier's submodule (as in ``module.named_modules()``,
         e.g. ``"classifier.2"`` for the ReLU after the hidden layer of
         :class:`~robustfit.models.SmallCNN`) whose output is the
-        representation; ``None`` uses the logits. The output is read through a
-        forward hook, so no extra forward pass is spent on it.
+        representation; ``"penultimate"`` takes the *input* of the last
+        :class:`torch.nn.Linear` layer (:func:`robustfit.models.penultimate_layer`:
+        the features before the logits for robustfit's networks, ResNet18 and
+        most classifiers with a linear head; the authors' choice); ``None``
+        uses the logits. The representation is read through a forward hook,
+        so no extra forward pass is spent on it.
     conditional : bool, default=False
         Feed the clean input to the generator along with ``z``, so the
         perturbation can depend on the image.
@@ -134,6 +147,40 @@ class GeneratorSynth(Attack):
     bounds : tuple of float or None, default=(0.0, 1.0)
         The input box that synthesized inputs are clipped to; ``None`` for
         unbounded features.
+    ot_method : {"divergence", "sinkhorn"}, default="divergence"
+        The OT term: ``"divergence"`` is the debiased Sinkhorn divergence of
+        geomloss (``ot_blur``, ``ot_scaling``; zero for identical batches,
+        gradients by the envelope theorem); ``"sinkhorn"`` is the authors'
+        transport cost of ``ot_iterations`` log-domain Sinkhorn iterations at
+        regularization ``ot_reg`` with the squared Euclidean cost, not
+        debiased, differentiated through the iterations
+        (:func:`robustfit.losses.sinkhorn_cost`; about 10x slower at 100
+        iterations).
+    ot_reg : float, default=0.01
+        Entropic regularization of ``ot_method="sinkhorn"`` (the authors' 0.01),
+        in the units of squared distances; unused otherwise.
+    ot_iterations : int, default=100
+        Sinkhorn iterations of ``ot_method="sinkhorn"`` (the authors' 100);
+        unused otherwise.
+    generator_optimizer : {"adam", "sgd"}, default="adam"
+        The generator's optimizer: Adam, or SGD with momentum 0.9 (the
+        authors'), both at ``generator_lr``.
+    generator_step_mode : {"eval", "train"}, default="eval"
+        The classifier's mode during the generator step. ``"train"`` (the
+        authors') runs its batch-norm layers on batch statistics and updates
+        their running averages with the clean and the synthesized batch (and
+        activates dropout); ``"eval"`` uses the running averages and changes
+        nothing in the classifier.
+    squash : {"tanh", "clip"}, default="tanh"
+        How the generator's raw output is bounded for ``norm="linf"``:
+        ``epsilon * tanh(G(z))`` (smooth, gradient everywhere) or
+        ``clip(G(z), -epsilon, epsilon)`` (the authors'; no gradient where
+        the output is clipped). For ``norm="l2"`` the output is projected onto
+        the ball either way.
+    generator_width : int or None, default=None
+        ``width`` of :func:`~robustfit.models.default_generator` (``None``: its
+        default, 4; the authors' generator corresponds to 16). Unused when
+        ``generator`` is given.
 
     Attributes
     ----------
@@ -141,7 +188,7 @@ class GeneratorSynth(Attack):
         The generator being trained, created at first use on the module's
         device (pickled with the attack; :func:`sklearn.base.clone` gives an
         attack without it).
-    generator_optimizer_ : torch.optim.Adam
+    generator_optimizer_ : torch.optim.Adam or torch.optim.SGD
         Its optimizer, with its state.
     input_shape_ : tuple of int
         The input shape the generator was built for.
@@ -183,6 +230,13 @@ class GeneratorSynth(Attack):
         generator_every=1,
         random_start=True,
         bounds=(0.0, 1.0),
+        ot_method="divergence",
+        ot_reg=0.01,
+        ot_iterations=100,
+        generator_optimizer="adam",
+        generator_step_mode="eval",
+        squash="tanh",
+        generator_width=None,
     ):
         self.epsilon = epsilon
         self.norm = norm
@@ -199,6 +253,13 @@ class GeneratorSynth(Attack):
         self.generator_every = generator_every
         self.random_start = random_start
         self.bounds = bounds
+        self.ot_method = ot_method
+        self.ot_reg = ot_reg
+        self.ot_iterations = ot_iterations
+        self.generator_optimizer = generator_optimizer
+        self.generator_step_mode = generator_step_mode
+        self.squash = squash
+        self.generator_width = generator_width
 
     _parameter_constraints = {
         **Attack._parameter_constraints,
@@ -214,7 +275,72 @@ class GeneratorSynth(Attack):
         "generator_ce_weight": [Interval(Real, 0, None)],
         "generator_every": [Interval(Integral, 1, None)],
         "random_start": ["boolean"],
+        "ot_method": [Options({"divergence", "sinkhorn"})],
+        "ot_reg": [Interval(Real, 0, None, closed="neither")],
+        "ot_iterations": [Interval(Integral, 1, None)],
+        "generator_optimizer": [Options({"adam", "sgd"})],
+        "generator_step_mode": [Options({"eval", "train"})],
+        "squash": [Options({"tanh", "clip"})],
+        "generator_width": [None, Interval(Integral, 1, None)],
     }
+
+    @classmethod
+    def published(cls, epsilon=8 / 255, n_classes=10, **params):
+        """The recipe of the authors' code (Baytas & Deb 2023), in one line.
+
+        ``GeneratorSynth.published(epsilon)`` sets every recipe detail that
+        differs between robustfit's defaults and the authors' TensorFlow code
+        (see the table on the GeneratorSynth docs page):
+
+        * the OT term on the classifier's penultimate features
+          (``feature_layer="penultimate"``);
+        * the non-debiased log-domain Sinkhorn transport cost, 100 iterations,
+          regularization 0.01, squared Euclidean cost
+          (``ot_method="sinkhorn", ot_reg=0.01, ot_iterations=100``);
+        * a momentum-SGD generator optimizer, learning rate 0.01
+          (``generator_optimizer="sgd", generator_lr=0.01``);
+        * the classifier (and so its batch-norm) in training mode during the
+          generator step (``generator_step_mode="train"``);
+        * the generator's output clipped to ``[-epsilon, epsilon]``
+          (``squash="clip"``) after uniform noise from the ball
+          (``random_start=True``);
+        * label smoothing 0.5 in the authors' convention (half the mass on
+          the other classes), ``label_smoothing = 0.5 * n_classes / (n_classes - 1)``
+          in torch's convention (``0.556`` for 10 classes);
+        * ``z ~ N(0, I_640)`` and a generator of the authors' width
+          (``latent_dim=640, generator_width=16``); OT weight 1, no
+          cross-entropy in the generator's objective.
+
+        Parameters
+        ----------
+        epsilon : float, default=8/255
+            Radius of the l_inf ball (the paper's 8/255 on CIFAR and SVHN).
+        n_classes : int, default=10
+            Number of classes, for the label-smoothing conversion.
+        **params
+            Further :class:`GeneratorSynth` parameters, overriding the recipe's.
+
+        Returns
+        -------
+        attack : GeneratorSynth
+
+        Examples
+        --------
+        >>> from robustfit.attacks import GeneratorSynth
+        >>> attack = GeneratorSynth.published(0.1)
+        >>> attack.ot_method, attack.feature_layer, attack.squash, round(attack.label_smoothing, 3)
+        ('sinkhorn', 'penultimate', 'clip', 0.556)
+        """
+        check_param(n_classes, "n_classes", [Interval(Integral, 2, None)], f"{cls.__name__}.published")
+        recipe = dict(
+            epsilon=epsilon, norm="linf", latent_dim=640, generator_width=16, generator_lr=0.01,
+            generator_optimizer="sgd", generator_step_mode="train", ot_weight=1.0,
+            ot_method="sinkhorn", ot_reg=0.01, ot_iterations=100, feature_layer="penultimate",
+            label_smoothing=0.5 * n_classes / (n_classes - 1), generator_ce_weight=0.0,
+            generator_every=1, random_start=True, squash="clip", conditional=False,
+        )
+        recipe.update(params)
+        return cls(**recipe)
 
     # ------------------------------------------------------------- generator
     def _ensure_generator(self, x):
@@ -223,7 +349,7 @@ class GeneratorSynth(Attack):
         gen = getattr(self, "generator_", None)
         if gen is None or getattr(self, "input_shape_", None) != shape:
             if self.generator is None:
-                gen = default_generator(shape, self.latent_dim, self.conditional)
+                gen = default_generator(shape, self.latent_dim, self.conditional, self.generator_width)
             elif isinstance(self.generator, nn.Module):
                 gen = copy.deepcopy(self.generator)
             else:
@@ -233,7 +359,7 @@ class GeneratorSynth(Attack):
                         f"generator(input_shape, latent_dim) must return a torch.nn.Module, got {gen!r}"
                     )
             self.generator_ = gen.to(x.device)
-            self.generator_optimizer_ = torch.optim.Adam(self.generator_.parameters(), lr=self.generator_lr)
+            self.generator_optimizer_ = self._make_optimizer()
             self.input_shape_ = shape
             self.n_generator_steps_ = 0
             if current_shard() is not None:  # data-parallel: start from rank 0's weights
@@ -244,9 +370,16 @@ class GeneratorSynth(Attack):
                 for k, v in state.items():
                     if torch.is_tensor(v) and v.dim() > 0:
                         state[k] = v.to(x.device)
+        if isinstance(self.generator_optimizer_, torch.optim.SGD) != (self.generator_optimizer == "sgd"):
+            self.generator_optimizer_ = self._make_optimizer()  # set_params after fit: a fresh optimizer
         for group in self.generator_optimizer_.param_groups:  # set_params after fit
             group["lr"] = self.generator_lr
         return self.generator_
+
+    def _make_optimizer(self):
+        if self.generator_optimizer == "sgd":
+            return torch.optim.SGD(self.generator_.parameters(), lr=self.generator_lr, momentum=0.9)
+        return torch.optim.Adam(self.generator_.parameters(), lr=self.generator_lr)
 
     def _synthesize(self, x):
         """Sample ``x_adv`` from the generator, with the graph to its parameters."""
@@ -260,7 +393,7 @@ class GeneratorSynth(Attack):
             )
         eps, bounds = float(self.epsilon), self._bounds
         if self.norm == "linf":
-            delta = eps * torch.tanh(raw)
+            delta = eps * torch.tanh(raw) if self.squash == "tanh" else raw.clamp(-eps, eps)
         else:
             delta = project_ball(raw, eps, "l2")
         if self.random_start:
@@ -273,25 +406,40 @@ class GeneratorSynth(Attack):
             logits = module(x)
             return logits, logits
         store = {}
-        handle = self._layer(module).register_forward_hook(lambda m, i, o: store.__setitem__("f", o))
+        handle = self._hook(module, lambda f: store.__setitem__("f", f))
         try:
             logits = module(x)
         finally:
             handle.remove()
         return store["f"], logits
 
-    def _layer(self, module):
+    def _hook(self, module, record):
+        """Register a forward hook that calls ``record(representation)``:
+        the output of ``feature_layer``, or with ``"penultimate"`` the input
+        of the last linear layer."""
+        if self.feature_layer == "penultimate":
+            layer = module.get_submodule(penultimate_layer(module))
+            return layer.register_forward_hook(lambda m, inputs, output: record(inputs[0]))
         try:
-            return module.get_submodule(self.feature_layer)
+            layer = module.get_submodule(self.feature_layer)
         except AttributeError:
             names = [n for n, _ in module.named_modules() if n]
             raise ValueError(
                 f"feature_layer={self.feature_layer!r} is not a submodule of "
-                f"{type(module).__name__}; its submodules are {names[:20]}"
+                f"{type(module).__name__}; its submodules are {names[:20]} (or use 'penultimate')"
             ) from None
+        return layer.register_forward_hook(lambda m, inputs, output: record(output))
 
     def _ot(self, a, b):
+        if self.ot_method == "sinkhorn":
+            return sinkhorn_cost(a.flatten(1), b.flatten(1), reg=self.ot_reg, n_iter=self.ot_iterations)
         return sinkhorn_distance(a.flatten(1), b.flatten(1), blur=self.ot_blur, scaling=self.ot_scaling)
+
+    def _step_mode(self, module):
+        """The classifier's mode during the generator step (``generator_step_mode``)."""
+        if self.generator_step_mode == "eval":
+            return eval_mode(module)
+        return _train_mode(module)
 
     def _generator_step(self, module, x, y, return_sample=False):
         """One ascent step of the generator against a fixed ``module``.
@@ -316,7 +464,7 @@ class GeneratorSynth(Attack):
             objective = torch.zeros((), device=x.device)
             grads = [torch.zeros_like(p) for p in params]
         else:
-            with eval_mode(module), torch.enable_grad():
+            with self._step_mode(module), torch.enable_grad():
                 with torch.no_grad():
                     f_clean, _ = self._features(module, x)
                 x_adv = self._synthesize(x)
@@ -325,6 +473,15 @@ class GeneratorSynth(Attack):
                 if self.generator_ce_weight:
                     objective = objective + self.generator_ce_weight * F.cross_entropy(logits_adv.float(), y)
                 grads = torch.autograd.grad(-objective, params, allow_unused=True)
+        self._apply_generator_grads(params, grads)
+        if return_sample:
+            return objective.detach(), x_adv.detach()
+        return objective.detach()
+
+    def _apply_generator_grads(self, params, grads):
+        """Set the generator's gradients (averaged over the ranks in data-parallel
+        training) and take its optimizer's step."""
+        shard = current_shard()
         if shard is not None:
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
             all_reduce_mean_(grads)
@@ -332,11 +489,24 @@ class GeneratorSynth(Attack):
             p.grad = g
         self.generator_optimizer_.step()
         if shard is not None:
-            broadcast_tensors_(list(gen.buffers()))
+            broadcast_tensors_(list(self.generator_.buffers()))
         self.n_generator_steps_ += 1
-        if return_sample:
-            return objective.detach(), x_adv.detach()
-        return objective.detach()
+
+    def _shared_generator_step(self, pending, f_clean, f_adv, logits_adv, ot):
+        """The generator step of ``generator_step_mode="train"`` inside the
+        classifier's step: its gradient comes from the classifier's own training
+        forward pass of the synthesized batch and from the OT term computed for
+        the classifier's loss (one forward pass and one OT solve serve both)."""
+        x_gen, x_leaf, y = pending
+        objective = ot
+        if self.generator_ce_weight:
+            objective = objective + self.generator_ce_weight * F.cross_entropy(logits_adv.float(), y)
+        # d objective / d x_adv through the classifier (its weights get no gradient
+        # here), then into the generator's graph kept from train_perturb
+        (g,) = torch.autograd.grad(objective, x_leaf, retain_graph=True)
+        params = [p for p in self.generator_.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(x_gen, params, grad_outputs=-g, allow_unused=True)
+        self._apply_generator_grads(params, grads)
 
     # ------------------------------------------------------- training hooks
     def train_perturb(self, module, x, y):
@@ -346,6 +516,13 @@ class GeneratorSynth(Attack):
         before the generator's update), so each training batch costs one
         generator forward pass. On batches without a generator step
         (``generator_every > 1``) a batch is sampled from the current generator.
+
+        With ``generator_step_mode="train"`` (outside data-parallel training)
+        the generator step is deferred to :meth:`regularizer`: the returned
+        batch is a leaf that requires a gradient, and the classifier's own
+        training forward pass on it, with the OT term of its loss, gives the
+        generator's gradient, so the synthesized batch is forwarded once and
+        the OT problem solved once per training batch instead of twice.
 
         Parameters
         ----------
@@ -369,8 +546,20 @@ class GeneratorSynth(Attack):
             with eval_mode(gen), torch.no_grad():
                 return self._synthesize(x).detach()
         self.n_train_batches_ = getattr(self, "n_train_batches_", 0) + 1
-        if (self.n_train_batches_ - 1) % self.generator_every == 0 \
-                or getattr(self, "generator_", None) is None:
+        self.__dict__.pop("_pending", None)
+        step_due = (self.n_train_batches_ - 1) % self.generator_every == 0 \
+            or getattr(self, "generator_", None) is None
+        if step_due and self.generator_step_mode == "train" and shard is None:
+            gen = self._ensure_generator(x)
+            gen.train()
+            with torch.enable_grad():
+                x_gen = self._synthesize(x)
+            x_adv = x_gen.detach().requires_grad_(True)
+            self._pending = (x_gen, x_adv, y)
+            if self.feature_layer is not None:
+                self._capture_next(module)
+            return x_adv
+        if step_due:
             # the batch the generator step was computed on is the classifier's
             # batch: one generator forward pass per training batch, not two
             _, x_adv = self._generator_step(module, x, y, return_sample=True)
@@ -388,11 +577,11 @@ class GeneratorSynth(Attack):
         self._release()
         store = self._captured = {}
 
-        def hook(mod, inputs, output):
-            store["f"] = output
+        def record(f):
+            store["f"] = f
             self._release()
 
-        self._hook_handle = self._layer(module).register_forward_hook(hook)
+        self._hook_handle = self._hook(module, record)
 
     def _release(self):
         handle = self.__dict__.pop("_hook_handle", None)
@@ -426,8 +615,11 @@ class GeneratorSynth(Attack):
         """
         captured = self.__dict__.pop("_captured", {})
         self._release()
+        pending = self.__dict__.pop("_pending", None)
+        if pending is not None and pending[1] is not x_adv:
+            pending = None
         term = None
-        if self.ot_weight and x_adv is not x:
+        if (self.ot_weight or pending is not None) and x_adv is not x:
             if self.feature_layer is None:
                 f_adv = logits_adv
             else:
@@ -435,7 +627,11 @@ class GeneratorSynth(Attack):
                 if f_adv is None or f_adv.shape[0] != x_adv.shape[0]:
                     f_adv, _ = self._features(module, x_adv)
             f_clean, _ = self._features(module, x)
-            term = self.ot_weight * self._ot(f_clean, f_adv)
+            ot = self._ot(f_clean, f_adv)
+            if pending is not None:
+                self._shared_generator_step(pending, f_clean, f_adv, logits_adv, ot)
+            if self.ot_weight:
+                term = self.ot_weight * ot
         if self.label_smoothing:
             logp = F.log_softmax(logits_adv.float(), dim=1)
             # (1 - s) CE(y) + s CE(uniform) = CE(y) + s (CE(uniform) - CE(y))
@@ -567,4 +763,17 @@ class GeneratorSynth(Attack):
         state = self.__dict__.copy()
         state.pop("_captured", None)
         state.pop("_hook_handle", None)
+        state.pop("_pending", None)
         return state
+
+
+@contextlib.contextmanager
+def _train_mode(module):
+    """Put ``module`` in train mode; restore every submodule's own mode on exit."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.train()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
