@@ -30,7 +30,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check --progre
 	-c $(CONSTRAINTS)
 # Extras: the quickstart plots; the tests, docs and notebooks need every extra.
 CORE_EXTRAS := plot
-DEV_EXTRAS := test,docs,ot,plot,diffusion,dask$(if $(filter own,$(TORCH)),,$(comma)vision$(comma)reference)
+DEV_EXTRAS := test,docs,ot,plot,diffusion,dask$(if $(filter own,$(TORCH)),,$(comma)vision)
 TORCH_PKGS_core := torch
 TORCH_PKGS_dev := torch torchvision
 STAMP := $(VENV)/.installed-$(TORCH)
@@ -76,6 +76,17 @@ define check_build
 	    "(rm -rf $(VENV)) to change builds"; exit 1; fi
 endef
 
+# torchattacks, the independent implementation tests/test_reference.py cross-checks the
+# evaluation attacks against, without its dependencies: its metadata pins requests~=2.25.1, which
+# no resolver can satisfy beside Sphinx >= 7 (requests >= 2.30); what it imports (torch,
+# torchvision, scipy, tqdm, numpy, requests) is installed already. Not with TORCH=own (it needs
+# the torchvision that matches torch).
+ifeq ($(TORCH),own)
+install_reference :=
+else
+install_reference = $(PIP_INSTALL) --no-deps torchattacks
+endif
+
 # robustfit with what the quickstart needs (matplotlib), and with every extra and tool.
 $(STAMP)-core: $(INSTALL_DEPS) | $(BIN)/python
 	$(check_build)
@@ -89,6 +100,7 @@ $(STAMP)-dev: $(INSTALL_DEPS) | $(BIN)/python
 	$(call install_torch,$(TORCH_PKGS_dev))
 	@echo $(TORCH) > $(VENV)/.torch
 	$(PIP_INSTALL) -e ".[$(DEV_EXTRAS)]"
+	$(install_reference)
 	touch $@ $(STAMP)-core
 
 venv: $(STAMP)-dev

@@ -23,10 +23,6 @@ EXTRAS = {
     "test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ruff>=0.4",
              "hypothesis>=6", "imbalanced-learn>=0.12"],
     "docs": ["sphinx>=7", "numpydoc>=1.6", "myst-nb>=1.0"],  # myst-nb: the tutorial pages
-    # the independent implementation the evaluation attacks are cross-checked
-    # against (tests/test_reference.py); it needs torchvision, so it is apart
-    # from "test" for installs that keep their own torch
-    "reference": ["torchattacks>=3.5"],
 }
 
 setup(

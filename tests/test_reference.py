@@ -2,7 +2,7 @@
 
 robustfit's APGD-CE, APGD-T, FAB-T, Square and the standard AutoAttack suite
 must reach the reference's robust accuracy within one percentage point on the
-same digits model and the same points. torchattacks comes with the test extra;
+same digits model and the same points. torchattacks is installed by ``make test`` (with --no-deps, see docs/install.rst);
 without it these tests skip, except under ``ROBUSTFIT_REQUIRE_DATA=1`` (CI),
 where they fail.
 
@@ -36,8 +36,8 @@ def _reference():
     try:
         import torchattacks
     except ImportError:
-        msg = ("torchattacks is not installed (pip install -e '.[test]'); no reference to "
-               "cross-check APGD, FAB-T, Square and AutoAttack against")
+        msg = ("torchattacks is not installed (make test installs it; by hand: pip install --no-deps "
+               "torchattacks); no reference to cross-check APGD, FAB-T, Square and AutoAttack against")
         if os.environ.get("ROBUSTFIT_REQUIRE_DATA") == "1":
             pytest.fail(msg + " and ROBUSTFIT_REQUIRE_DATA=1")
         pytest.skip(msg)
