@@ -24,6 +24,7 @@ import pytest
 import torch
 from joblib import parallel_backend
 from sklearn.model_selection import GridSearchCV
+from skorch.callbacks import Callback
 
 from robustfit import AdversarialClassifier
 from robustfit.attacks import PGD, GeneratorSynth, Square
@@ -66,13 +67,24 @@ def test_seeded_fits_in_threads_repeat_exactly(data):
         assert all(torch.equal(a, b) for a, b in zip(alone, weights))
 
 
+class _OneThreadHere(Callback):
+    """Pin torch to one intra-op thread in the thread that fits. OpenMP's thread
+    count is per thread: joblib's worker threads do not inherit the main
+    thread's ``torch.set_num_threads(1)``, and a different thread count sums in
+    a different order, which can flip a borderline prediction."""
+
+    def on_train_begin(self, net, **kwargs):
+        torch.set_num_threads(1)
+
+
 def test_grid_search_with_threads_equals_one_job(data):
     Xtr, ytr, _, _ = data
     grid = {"attack__epsilon": [0.05, 0.1]}
     scoring = make_robust_scorer(PGD(epsilon=0.1, steps=3))
 
     def search(n_jobs):
-        gs = GridSearchCV(_clf(max_epochs=1, train_split=None), grid, scoring=scoring, cv=2, n_jobs=n_jobs, refit=False)
+        clf = _clf(max_epochs=1, train_split=None, callbacks=[("one_thread", _OneThreadHere())])
+        gs = GridSearchCV(clf, grid, scoring=scoring, cv=2, n_jobs=n_jobs, refit=False)
         return gs.fit(Xtr, ytr).cv_results_
 
     serial = search(1)
