@@ -21,6 +21,7 @@ written (minutes to hours on a CPU; see each notebook's introduction).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -45,13 +46,11 @@ DROPPED_MIME = ("application/vnd.jupyter.widget-view+json",
 def machine_description():
     """The CPU model and core count, the OS and torch's version, in one line."""
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError):  # no /proc (not Linux): keep platform's name
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
-        pass
     import torch  # here, not at the top: only the note needs it
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

@@ -1024,7 +1024,7 @@ def valid_split_or_fallback(split, dataset, y, **fit_params):
             train, valid = ValidSplit(cv=split.cv, stratified=False,
                                       random_state=split.random_state)(dataset, y, **fit_params)
         except ValueError:
-            pass
+            pass  # the non-stratified split fails too: no validation split (below)
         else:
             warnings.warn(
                 f"{what}. Falling back to a non-stratified split with the same validation "
