@@ -246,9 +246,15 @@ def _plot(records, path):
             if best is not None:
                 ax.plot([best], [r["valid_robust_acc"][best - 1]], "o", color=color, ms=5)
             ax.plot([xs[-1]], [ys[-1]], "x", color=color, ms=6)
-    ax.set_xlabel("epoch")
+    settings = records[0].get("settings", {}) if records else {}
+    if settings.get("milestones"):
+        for f in settings["milestones"].split(","):
+            ax.axvline(round(float(f) * records[0]["epochs"]) + 0.5, color="grey", ls=":", lw=1)
+    ax.set_xlabel("epoch" + (" (dotted: lr x 0.1)" if settings.get("milestones") else ""))
     ax.set_ylabel("robust validation accuracy (PGD-10, 500 images)")
-    ax.set_title("MNIST, eps 0.3: robust validation per epoch (o best epoch, x last)")
+    n_train = settings.get("n_train") or 8000
+    ax.set_title(f"MNIST, eps 0.3, {n_train * 9 // 10 if n_train >= 8000 else n_train} training "
+                 "images: robust validation per epoch (o best, x last)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
