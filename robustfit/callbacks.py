@@ -433,6 +433,11 @@ class RobustValidation(_ParamsRepr, ParamsValidationMixin, Callback):
     (:func:`~robustfit.metrics.robust_accuracy`), so every rank records the
     same score (and stops or restores alike).
 
+    The measurement draws its random numbers from a generator of its own
+    (seeded by the classifier's ``random_state``) and puts the training's
+    generators back, so adding robust validation does not change how the
+    model trains.
+
     The attack is cloned when the callback is initialized (at every ``fit``),
     and the clone runs: the ``attack`` given is never changed, and an attack
     with learned state (``GeneratorSynth``) starts afresh in each ``fit``, so

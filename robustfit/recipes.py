@@ -411,7 +411,10 @@ class CollapseGuard(_ParamsRepr, ParamsValidationMixin, Callback):
     below the best value of the fit, it warns, records ``guard_collapse``,
     restores the weights of the last epoch that passed the check (with
     :class:`EMA`, its average too) and, by default, stops training, as Wong et
-    al. do.
+    al. do. The check draws its random numbers from a generator of its own
+    and puts the training's generators back, so a guarded fit trains exactly
+    as the same fit without the guard until the guard acts: guarded and
+    unguarded runs of one seed are a paired comparison.
 
     Installed by :class:`~robustfit.AdversarialClassifier` as the callback
     ``guard`` with its ``guard`` parameter; grid-searchable as
