@@ -36,13 +36,15 @@ from torch.optim.lr_scheduler import MultiStepLR
 
 from robustfit import AdversarialClassifier
 from robustfit._utils import optional_import
-from robustfit.attacks import FGSM, PGD
+from robustfit.attacks import APGD, FGSM, PGD
 from robustfit.callbacks import RobustValidation, restore_weights, snapshot_weights
 from robustfit.losses import MART, TRADES
 from robustfit.models import MnistCNN
 from robustfit.recipes import AWP, EMA, CollapseGuard
 
 EPS = 0.3
+#: --guard-attack -> name of the guard's check
+GUARD_CHECKS = {"pgd10": "PGD-10", "apgd": "APGD-CE", "apgd-dlr": "APGD-DLR"}
 RESULTS = Path(__file__).parent / "results"
 
 #: name -> (label, keyword arguments of AdversarialClassifier); attacks are built per run
@@ -79,7 +81,8 @@ def build(name, args, seed, valid_set=None):
     if spec.get("awp") == "awp_trades":
         kw["awp"] = AWP(gamma=args.awp_gamma_trades)
     if spec.get("guard"):
-        kw["guard"] = CollapseGuard(max_samples=512, drop=args.guard_drop, on_collapse=args.guard_mode)
+        kw["guard"] = CollapseGuard(attack=guard_attack(args), max_samples=512, drop=args.guard_drop,
+                                    on_collapse=args.guard_mode)
     valid = RobustValidation(PGD(epsilon=EPS, steps=10), max_samples=args.n_valid_robust,
                              restore_best=True)
     callbacks = [("last", KeepLast())]
@@ -95,6 +98,15 @@ def build(name, args, seed, valid_set=None):
         valid_attack=valid, max_epochs=args.epochs, lr=lr, batch_size=args.batch_size,
         device=args.device, random_state=seed, callbacks=callbacks, **kw,
     )
+
+
+def guard_attack(args):
+    """The guard's check: ``None`` (the guard's default, PGD-10 in the training's threat model)
+    or APGD (cross-entropy or DLR loss) with ``--guard-steps`` iterations."""
+    if args.guard_attack == "pgd10":
+        return None
+    loss = "dlr" if args.guard_attack == "apgd-dlr" else "ce"
+    return APGD(epsilon=EPS, steps=args.guard_steps, loss=loss)
 
 
 class KeepLast(Callback):
@@ -130,7 +142,10 @@ def run(name, seed, args, data):
                      "awp_gamma_trades": args.awp_gamma_trades, "fgsm_step": args.fgsm_step,
                      "fgsm_warmup": args.fgsm_warmup, "fgsm_lr": args.fgsm_lr,
                      "fgsm_zero_init": args.fgsm_zero_init, "guard_mode": args.guard_mode,
-                     "guard_drop": args.guard_drop, "n_train": args.n_train,
+                     "guard_drop": args.guard_drop,
+                     "guard_attack": args.guard_attack,
+                     "guard_steps": args.guard_steps if args.guard_attack != "pgd10" else 10,
+                     "n_train": args.n_train,
                      "n_valid": args.n_valid if args.n_train < 8000 else None,
                      "milestones": args.milestones, "decay": args.decay},
     }
@@ -151,11 +166,32 @@ def run(name, seed, args, data):
     return out
 
 
+def _check_of(r):
+    """The guard check of a record (records written before ``--guard-attack`` used PGD-10)."""
+    return (r.get("settings") or {}).get("guard_attack", "pgd10")
+
+
 def _load(paths):
+    """The records of these files; guarded runs with a check other than PGD-10 are reported
+    as configurations of their own (``fgsm_guard:apgd``)."""
     records = []
     for p in paths:
         records += json.loads(Path(p).read_text())
+    for r in records:
+        if r["config"] == "fgsm_guard" and _check_of(r) != "pgd10":
+            r["config"] = f"fgsm_guard:{_check_of(r)}"
     return records
+
+
+def _configs(records):
+    """name -> label of the configurations in ``records``, in the order of CONFIGS."""
+    names = {name: label for name, (label, _) in CONFIGS.items()}
+    for r in records:
+        if r["config"] not in names:
+            check = r["config"].split(":")[1]
+            steps = r["settings"].get("guard_steps")
+            names[r["config"]] = f"{CONFIGS['fgsm_guard'][0]} ({GUARD_CHECKS[check]}-{steps})"
+    return names
 
 
 def _ms(values):
@@ -168,7 +204,8 @@ def report(records, plot=None):
     """Prints mean ± std over seeds (sample std) and the paired differences with PGD-AT."""
     print(f"{'configuration':<28}{'seeds':>7}{'epochs':>9}{'clean':>17}{'robust (last)':>17}"
           f"{'robust (best ckpt)':>20}{'train s':>9}")
-    for name, (label, _) in CONFIGS.items():
+    configs = _configs(records)
+    for name, label in configs.items():
         rs = sorted((r for r in records if r["config"] == name), key=lambda r: r["seed"])
         if not rs:
             continue
@@ -184,7 +221,7 @@ def report(records, plot=None):
                   f"{curve}{extra}")
     base = {r["seed"]: r for r in records if r["config"] == "pgd"}
     rows = []
-    for name, (label, _) in CONFIGS.items():
+    for name, label in configs.items():
         rs = sorted((r for r in records if r["config"] == name and r["seed"] in base),
                     key=lambda r: r["seed"])
         if name == "pgd" or not rs:
@@ -207,11 +244,16 @@ def _report_guard(records):
     """FGSM with the guard against FGSM without it, seed by seed (the checks leave the
     training's random draws alone, so both runs are the same until the guard acts)."""
     plain = {r["seed"]: r for r in records if r["config"] == "fgsm"}
-    guarded = sorted((r for r in records if r["config"] == "fgsm_guard" and r["seed"] in plain),
-                     key=lambda r: r["seed"])
+    for name, label in _configs(records).items():
+        if name.startswith("fgsm_guard"):
+            _report_guard_check(plain, label, [r for r in records if r["config"] == name])
+
+
+def _report_guard_check(plain, label, records):
+    guarded = sorted((r for r in records if r["seed"] in plain), key=lambda r: r["seed"])
     if not guarded:
         return
-    print("\nFGSM + guard against FGSM, same seed")
+    print(f"\n{label} against FGSM, same seed")
     diffs = {k: [] for k in ("clean_last", "robust_last", "robust_best")}
     for g in guarded:
         p = plain[g["seed"]]
@@ -220,6 +262,7 @@ def _report_guard(records):
         fired = f"guard fired at epoch {g['collapses']}" if g.get("collapses") else "guard never fired"
         print(f"    seed {g['seed']}: {fired}; {g['epochs_trained']} epochs trained, "
               f"train_loss equal to the unguarded run's for {same} of {n} epochs")
+        print("        guard_robust_acc: " + " ".join(f"{v:.3f}" for v in g["guard_robust_acc"]))
         for name, r in (("no guard", p), ("guard", g)):
             print(f"        {name:<9} clean {r['clean_last'] * 100:6.2f}  robust (last) "
                   f"{r['robust_last'] * 100:6.2f}  robust (best ckpt) {r['robust_best'] * 100:6.2f} "
@@ -280,6 +323,9 @@ def main():
     p.add_argument("--fgsm-step", type=float, default=0.6, help="FGSM step size (2 * epsilon)")
     p.add_argument("--guard-mode", default="stop", choices=["stop", "restore"])
     p.add_argument("--guard-drop", type=float, default=0.2)
+    p.add_argument("--guard-attack", default="pgd10", choices=["pgd10", "apgd", "apgd-dlr"],
+                   help="the guard's check: the default PGD-10, APGD-CE or APGD-DLR")
+    p.add_argument("--guard-steps", type=int, default=20, help="iterations of the APGD check")
     p.add_argument("--fgsm-lr", type=float, default=None, help="learning rate of the FGSM runs")
     p.add_argument("--fgsm-zero-init", action="store_true", help="FGSM without random start")
     p.add_argument("--fgsm-warmup", default="auto", type=lambda v: v if v == "auto" else float(v),
@@ -312,6 +358,7 @@ def main():
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in args.configs.split(","):
             if any(r["config"] == name and r["seed"] == seed and r["epochs"] == args.epochs
+                   and (name != "fgsm_guard" or _check_of(r) == args.guard_attack)
                    for r in records):
                 continue
             r = run(name, seed, args, data)
