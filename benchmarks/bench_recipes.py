@@ -9,6 +9,8 @@ validation images under PGD-10 after every epoch (the robust-overfitting curve),
 keeping the most robust epoch's weights (``RobustValidation(restore_best=True)``).
 At the end it reports clean accuracy and robust accuracy under
 ``clf.robust_score`` (APGD-CE + APGD-T) for the last and the best epoch.
+The FGSM guard's check is ``--guard-attack``: APGD-CE with ``--guard-steps``
+(10) iterations, the guard's default, or ``pgd10``, the check of the earlier runs.
 
 Each finished run is appended to a JSON file, so an interrupted benchmark keeps
 what it measured; ``--report`` prints the table (mean +- sample std over seeds, and the
@@ -101,10 +103,11 @@ def build(name, args, seed, valid_set=None):
 
 
 def guard_attack(args):
-    """The guard's check: ``None`` (the guard's default, PGD-10 in the training's threat model)
-    or APGD (cross-entropy or DLR loss) with ``--guard-steps`` iterations."""
+    """The guard's check: PGD-10 (the guard's default before APGD-CE-10 replaced it), or APGD
+    (cross-entropy or DLR loss) with ``--guard-steps`` iterations; always explicit, so a record
+    names its check whatever the guard's default is."""
     if args.guard_attack == "pgd10":
-        return None
+        return PGD(epsilon=EPS, steps=10)
     loss = "dlr" if args.guard_attack == "apgd-dlr" else "ce"
     return APGD(epsilon=EPS, steps=args.guard_steps, loss=loss)
 
@@ -173,13 +176,13 @@ def _check_of(r):
 
 def _load(paths):
     """The records of these files; guarded runs with a check other than PGD-10 are reported
-    as configurations of their own (``fgsm_guard:apgd``)."""
+    as configurations of their own (``fgsm_guard:apgd:10``: check and iterations)."""
     records = []
     for p in paths:
         records += json.loads(Path(p).read_text())
     for r in records:
         if r["config"] == "fgsm_guard" and _check_of(r) != "pgd10":
-            r["config"] = f"fgsm_guard:{_check_of(r)}"
+            r["config"] = f"fgsm_guard:{_check_of(r)}:{r['settings']['guard_steps']}"
     return records
 
 
@@ -188,8 +191,7 @@ def _configs(records):
     names = {name: label for name, (label, _) in CONFIGS.items()}
     for r in records:
         if r["config"] not in names:
-            check = r["config"].split(":")[1]
-            steps = r["settings"].get("guard_steps")
+            _, check, steps = r["config"].split(":")
             names[r["config"]] = f"{CONFIGS['fgsm_guard'][0]} ({GUARD_CHECKS[check]}-{steps})"
     return names
 
@@ -323,9 +325,10 @@ def main():
     p.add_argument("--fgsm-step", type=float, default=0.6, help="FGSM step size (2 * epsilon)")
     p.add_argument("--guard-mode", default="stop", choices=["stop", "restore"])
     p.add_argument("--guard-drop", type=float, default=0.2)
-    p.add_argument("--guard-attack", default="pgd10", choices=["pgd10", "apgd", "apgd-dlr"],
-                   help="the guard's check: the default PGD-10, APGD-CE or APGD-DLR")
-    p.add_argument("--guard-steps", type=int, default=20, help="iterations of the APGD check")
+    p.add_argument("--guard-attack", default="apgd", choices=["pgd10", "apgd", "apgd-dlr"],
+                   help="the guard's check: PGD-10 (the earlier default), APGD-CE or APGD-DLR")
+    p.add_argument("--guard-steps", type=int, default=10,
+                   help="iterations of the APGD check (10: the guard's default)")
     p.add_argument("--fgsm-lr", type=float, default=None, help="learning rate of the FGSM runs")
     p.add_argument("--fgsm-zero-init", action="store_true", help="FGSM without random start")
     p.add_argument("--fgsm-warmup", default="auto", type=lambda v: v if v == "auto" else float(v),
