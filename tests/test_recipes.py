@@ -18,7 +18,7 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from robustfit import AdversarialClassifier
-from robustfit.attacks import FGSM, PGD, Langevin
+from robustfit.attacks import APGD, FGSM, PGD, Langevin
 from robustfit.callbacks import RobustValidation, restore_weights, snapshot_weights
 from robustfit.losses import MART, TRADES, AdversarialCE, PrimalDual
 from robustfit.metrics import make_robust_scorer
@@ -348,6 +348,11 @@ def test_guard_restore_mode_trains_on_and_no_false_alarm(data):
                                         guard=CollapseGuard(max_samples=100)).fit(X, y)
     assert "guard_collapse" not in healthy.history[-1]
     assert len(healthy.history[:, "guard_robust_acc"]) == 3
+    # the default check: APGD-CE with 10 iterations in the training threat model
+    check = dict(healthy.callbacks_)["guard"].attack_
+    assert isinstance(check, APGD)
+    assert (check.epsilon, check.norm, check.steps, check.loss, check.bounds) == \
+        (0.1, "linf", 10, "ce", (0.0, 1.0))
 
 
 class DrawingPGD(PGD):
@@ -401,7 +406,7 @@ def test_checks_leave_the_training_random_streams_alone(data, random_state, chec
 def test_guard_without_a_threat_model_says_what_to_pass(data):
     X, y = data
     clf = AdversarialClassifier(attack=None, max_epochs=1, guard=CollapseGuard())
-    with pytest.raises(ValueError, match=r"CollapseGuard\(attack=PGD"):
+    with pytest.raises(ValueError, match=r"CollapseGuard\(attack=APGD"):
         clf.fit(X, y)
 
 
