@@ -14,7 +14,14 @@ from .._evaluation import (
     make_robust_scorer,
     robust_accuracy,
 )
-from ._arc import ARCResult, ProxyScorer, arc_score, make_arc_scorer, make_wasserstein_scorer
+from ._arc import (
+    ARCResult,
+    ProxyScorer,
+    arc_sample_scores,
+    arc_score,
+    make_arc_scorer,
+    make_wasserstein_scorer,
+)
 from ._curves import RobustnessCurve, plot_robustness_curve, robustness_curve
 from ._transfer import (
     AverageRobustness,
@@ -36,6 +43,7 @@ __all__ = [
     "TransferBound",
     "TransferBoundResult",
     "WassersteinResult",
+    "arc_sample_scores",
     "arc_score",
     "average_robustness",
     "check_gradient_masking",
