@@ -141,3 +141,13 @@ def test_selection_errors(toy):
         arc_sample_scores(X, Xc[:5], cv=3)
     with pytest.raises(ValueError, match="epsilon"):
         arc_sample_scores(X, Xc, epsilon=-0.1)
+
+
+def test_a_classifier_with_a_selected_proxy_saves_and_loads(toy, tmp_path):
+    X, y, Xc, yc = toy
+    proxy = SelectedProxy(ArrayProxy(Xc, yc), selection="random", keep_fraction=0.5, random_state=0)
+    clf = AdversarialClassifier(max_epochs=1, batch_size=32, train_split=None, proxy_data=proxy,
+                                random_state=0).fit(X, y)
+    loaded = AdversarialClassifier.load(clf.save(tmp_path / "m.pt") and tmp_path / "m.pt")
+    np.testing.assert_array_equal(loaded.proxy_.support_, clf.proxy_.support_)
+    np.testing.assert_array_equal(loaded.proxy_.sample(8, random_state=0)[0], clf.proxy_.sample(8, random_state=0)[0])

@@ -208,17 +208,14 @@ class SelectedProxy(ProxyDistribution):
         self.support_ = _top(self.scores_, self.keep_fraction, groups)
         self.X_selected_ = np.ascontiguousarray(Xc[self.support_], dtype=np.float32)
         self.y_selected_ = self.classes_[yc[self.support_]]
-        self._pool = ArrayProxy(self.X_selected_, self.y_selected_, bounds=self.bounds)
-        present = np.unique(self.y_selected_)
-        if len(present) == len(self.classes_):
-            self._pool.fit(X, self.classes_[y])
-        else:
-            self._pool = None  # some class has no kept sample: sample() says which
         return self
 
     def _generate(self, counts, rng):
-        if self._pool is None:
-            missing = np.setdiff1d(self.classes_, self.y_selected_).tolist()
-            raise ValueError(f"SelectedProxy kept no samples of classes {missing}; use per_class=True "
-                             "or a larger keep_fraction")
-        return self._pool._generate(counts, rng)
+        y_idx = np.searchsorted(self.classes_, self.y_selected_)
+        pools = [np.flatnonzero(y_idx == c) for c in range(len(counts))]
+        missing = [self.classes_[c] for c, m in enumerate(counts) if m and not len(pools[c])]
+        if missing:
+            raise ValueError(f"SelectedProxy kept no samples of classes {np.asarray(missing).tolist()}; "
+                             "use per_class=True or a larger keep_fraction")
+        idx = [ArrayProxy._draw(pools[c], int(m), rng) for c, m in enumerate(counts) if m]
+        return self.X_selected_[np.concatenate(idx) if idx else np.empty(0, dtype=int)]
