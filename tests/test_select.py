@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -151,3 +153,11 @@ def test_a_classifier_with_a_selected_proxy_saves_and_loads(toy, tmp_path):
     loaded = AdversarialClassifier.load(clf.save(tmp_path / "m.pt") and tmp_path / "m.pt")
     np.testing.assert_array_equal(loaded.proxy_.support_, clf.proxy_.support_)
     np.testing.assert_array_equal(loaded.proxy_.sample(8, random_state=0)[0], clf.proxy_.sample(8, random_state=0)[0])
+
+
+@pytest.mark.parametrize("obj", [SelectedProxy, arc_sample_scores], ids=lambda o: o.__name__)
+def test_docstring_examples(obj):
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in doctest.DocTestFinder().find(obj, obj.__name__, globs={}):
+        runner.run(test)
+    assert runner.summarize(verbose=False).attempted > 0 and runner.failures == 0
