@@ -26,6 +26,10 @@ per method (throughput, clean, PGD-7 and ensemble accuracy, seed, settings).
         --width 32 --hidden 128                                   # the conv32-conv64-fc128 network
     python benchmarks/bench_synth.py --methods synth,synth-pub,pgd --dataset digits --epsilon 0.1 \
         --epochs 30 --seed 1 --no-masking --json benchmarks/results/synth_seeds.json
+    python benchmarks/bench_synth.py --methods pgd,synth-train --epochs 1 --speed-only --profile 20
+                                  # then torch.profiler over 20 more training steps per method
+    python benchmarks/bench_synth.py --summarize benchmarks/results/synth_seeds.json
+                                  # mean +- std over seeds, paired differences against pgd
 """
 
 from __future__ import annotations
@@ -64,6 +68,60 @@ def make_attack(method, args):
     }[method]()
 
 
+def profile_steps(clf, X, y, n_steps, batch_size):
+    """Time ``n_steps`` more training steps of a fitted classifier, then profile as many
+    with torch.profiler; print ms per step and the top operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    X, y = torch.as_tensor(X), torch.as_tensor(y).long()
+    batches = [(X[i:i + batch_size], y[i:i + batch_size])
+               for i in range(0, n_steps * batch_size, batch_size)]
+
+    def step(batch):
+        clf.optimizer_.zero_grad()
+        clf.train_step_single(batch)
+        clf.optimizer_.step()
+
+    t0 = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    print(f"  {1000 * (time.perf_counter() - t0) / n_steps:.1f} ms per training step "
+          f"({n_steps} steps of {batch_size})")
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for batch in batches:
+            step(batch)
+    table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=30, max_shapes_column_width=60)
+    print("\n".join("  " + line for line in table.splitlines()), flush=True)
+
+
+def summarize(path):
+    """Mean +- standard deviation over seeds of each (dataset, epsilon, epochs, method), and
+    the per-seed (paired) difference to ``pgd`` on the same seed."""
+    records = [json.loads(line) for line in open(path) if line.strip()]
+    groups = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["epsilon"], r["epochs"], r["n_eval"]), {}).setdefault(
+            r["method"], {})[r["seed"]] = r
+    for (dataset, eps, epochs, n_eval), methods in groups.items():
+        print(f"\n{dataset} eps={eps} epochs={epochs} eval images={n_eval}")
+        print(f"{'method':<12}{'seeds':>6}{'img/s':>14}{'clean':>16}{'PGD-7':>16}{'ensemble':>16}"
+              f"{'d clean':>16}{'d PGD-7':>16}{'d ensemble':>16}")
+        ref = methods.get("pgd", {})
+        for method, by_seed in methods.items():
+            seeds = sorted(by_seed)
+            cols = []
+            for key, scale in (("images_per_s", 1), ("clean", 100), ("pgd7", 100), ("ensemble", 100)):
+                v = np.array([by_seed[s][key] * scale for s in seeds])
+                cols.append(f"{v.mean():7.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:4.1f}")
+            for key in ("clean", "pgd7", "ensemble"):
+                paired = [s for s in seeds if s in ref]
+                d = np.array([100 * (by_seed[s][key] - ref[s][key]) for s in paired])
+                cols.append(f"{d.mean():+7.2f} ± {d.std(ddof=1) if len(d) > 1 else 0:4.2f}"
+                            if len(d) and method != "pgd" else f"{'':>14}")
+            print(f"{method:<12}{','.join(map(str, seeds)):>6}" + "".join(f"{c:>16}" for c in cols))
+
+
 def main():
     p = parser(__doc__)
     p.add_argument("--methods", default="synth,pgd,fgsm")
@@ -86,7 +144,14 @@ def main():
     p.add_argument("--batch-size", type=int, default=None, help="default: 128 (MNIST), 64 (digits)")
     p.add_argument("--no-masking", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--json", default=None, help="append one JSON record per method to this file")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after each fit, profile N more training steps (torch.profiler, top operators)")
+    p.add_argument("--summarize", default=None, metavar="FILE",
+                   help="print mean +- std over seeds and paired differences to pgd from a --json file")
     args = p.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
     eps = args.epsilon
     # the first optimizer of a process imports part of torch (about 1 s): outside every timing
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
@@ -125,6 +190,8 @@ def main():
         train_s = time.perf_counter() - t0
         if args.speed_only:
             print(f"{method:<12}{args.epochs * len(Xtr) / train_s:7.0f}{train_s:9.1f}", flush=True)
+            if args.profile:
+                profile_steps(clf, Xtr, ytr, args.profile, batch_size)
             continue
         t0 = time.perf_counter()
         clean = clf.score(Xte, yte)
