@@ -11,7 +11,7 @@ judge's penultimate features to the held-out real images 9,000-10,000. The
 archived samples of bench_certify.py (``--archived``) and real images are
 scored as references. Rows go to results/bench_diffusion_quality.json.
 
-    python benchmarks/bench_diffusion_quality.py --fits 16-32-32:60 --settings 20:1,50:1,20:2,20:3
+    python benchmarks/bench_diffusion_quality.py --fits 16-32-32:60:32 --settings 20:1,20:3,50:1
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def fitted(spec, X, y, seed, reuse=True):
 
 def main():
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--fits", default="16-32-32:60,16-32-32:150")
+    p.add_argument("--fits", default="16-32-32:60:32")
     p.add_argument("--settings", default="20:1,50:1,20:2,20:3", help="sampling_steps:guidance pairs")
     p.add_argument("--n-samples", type=int, default=1000)
     p.add_argument("--archived", default="/work/archive/certify/certify_proxy_diffusion_1000.npz")
