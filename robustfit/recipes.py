@@ -32,7 +32,6 @@ from sklearn.base import BaseEstimator, clone
 from skorch.callbacks import Callback
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from ._evaluation import robust_accuracy
 from ._validation import Interval, Options, ParamsValidationMixin, check_attack
 from .attacks import PGD
 from .callbacks import (
@@ -40,6 +39,7 @@ from .callbacks import (
     _fixed_subset,
     _ParamsRepr,
     _schedule_epochs_done,
+    _training_check,
     restore_weights,
     snapshot_weights,
 )
@@ -411,7 +411,10 @@ class CollapseGuard(_ParamsRepr, ParamsValidationMixin, Callback):
     below the best value of the fit, it warns, records ``guard_collapse``,
     restores the weights of the last epoch that passed the check (with
     :class:`EMA`, its average too) and, by default, stops training, as Wong et
-    al. do.
+    al. do. The check draws its random numbers from a generator of its own
+    and puts the training's generators back, so a guarded fit trains exactly
+    as the same fit without the guard until the guard acts: guarded and
+    unguarded runs of one seed are a paired comparison.
 
     Installed by :class:`~robustfit.AdversarialClassifier` as the callback
     ``guard`` with its ``guard`` parameter; grid-searchable as
@@ -507,7 +510,7 @@ class CollapseGuard(_ParamsRepr, ParamsValidationMixin, Callback):
         subset = _fixed_subset(dataset_train, self.max_samples)
         ema = _callback_of(net, EMA)
         with ema.raw_weights(net) if ema is not None else contextlib.nullcontext():
-            score = robust_accuracy(net, subset, None, attack=self.attack_)
+            score = _training_check(net, subset, self.attack_)
         net.history.record("guard_robust_acc", score)
         if self.best_ is not None and score < self.best_ - self.drop:
             epoch = len(net.history)
