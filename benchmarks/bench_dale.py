@@ -30,6 +30,13 @@ still apply, and the methods are ``dale``, ``dale-laplace``, ``kl-dale``,
     python benchmarks/bench_dale.py --authors --methods pgd,kl-dale --epochs 50
     python benchmarks/bench_dale.py --authors --methods pgd,trades,dale,kl-dale \
         --epochs 5 --n-train 4000 --seed 1 --json benchmarks/results/dale_authors.jsonl
+
+``--report FILE [FILE ...]`` prints, from such JSON-lines files, the mean and
+sample standard deviation over seeds of every method with its settings, and
+the differences on the same seed (DALE - PGD, DALE - TRADES, KL-DALE -
+TRADES, KL-DALE - PGD), without training anything:
+
+    python benchmarks/bench_dale.py --report benchmarks/results/dale_authors.jsonl
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from _common import mnist_split, parser
 from skorch.helper import predefined_split
@@ -79,6 +87,54 @@ def make(method, args):
     )
 
 
+PAIRS = (("dale", "pgd"), ("dale", "trades"), ("kl-dale", "trades"), ("kl-dale", "pgd"))
+METRICS = (("clean", "clean"), ("robust", "ensemble"), ("robust_pgd10", "PGD-10"))
+
+
+def _ms(values):
+    """'mean ± std' in points (sample std, ddof=1); a single value as it is."""
+    v = np.asarray(values, dtype=float) * 100
+    return f"{v.mean():6.2f} ± {v.std(ddof=1):5.2f}" if len(v) > 1 else f"{v[0]:6.2f} (1 seed)"
+
+
+def report(paths):
+    """Mean ± std over seeds per method and setting, and same-seed differences."""
+    records = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines()
+               if line.strip()]
+    groups = {}
+    for r in records:
+        key = (r.get("authors", False), r["epochs"], r.get("n_train"), r.get("n_eval"))
+        groups.setdefault(key, []).append(r)
+    for (authors, epochs, n_train, n_eval), rs in groups.items():
+        print(f"\nauthors={authors} epochs={epochs} n_train={n_train} n_eval={n_eval}")
+        print(f"{'method':<9}{'seeds':>7}" + "".join(f"{m:>17}" for _, m in METRICS)
+              + f"{'train s':>9}")
+        by = {}
+        for r in rs:
+            by.setdefault(r["method"], {})[r.get("seed")] = r
+        for method, seeds in by.items():
+            srt = [seeds[s] for s in sorted(seeds, key=str)]
+            print(f"{method:<9}{','.join(str(s) for s in sorted(seeds, key=str)):>7}"
+                  + "".join(f"{_ms([r.get(k, np.nan) for r in srt]):>17}" for k, _ in METRICS)
+                  + f"{np.mean([r['train_s'] for r in srt]):9.0f}")
+            for r in srt:
+                print(f"    seed {r.get('seed')}: " + "  ".join(
+                    f"{m} {r.get(k, np.nan) * 100:6.2f}" for k, m in METRICS)
+                    + (f"  nu_end {r['dual_nu'][-1]:.3f}" if "dual_nu" in r else ""))
+        print(f"\nsame seed, points{'':<1}" + "".join(f"{m:>17}" for _, m in METRICS))
+        for a, b in PAIRS:
+            common = sorted(set(by.get(a, {})) & set(by.get(b, {})), key=str)
+            if not common:
+                continue
+            diffs = {k: [by[a][s].get(k, np.nan) - by[b][s].get(k, np.nan) for s in common]
+                     for k, _ in METRICS}
+            per_seed = "; ".join(
+                f"seed {s}: " + " ".join(f"{diffs[k][i] * 100:+.2f}" for k, _ in METRICS)
+                for i, s in enumerate(common))
+            print(f"{a + ' - ' + b:<18}" + "".join(f"{_ms(diffs[k]):>17}" for k, _ in METRICS)
+                  + f"   ({per_seed})")
+
+
 def main():
     p = parser(__doc__)
     p.add_argument("--methods", default="pgd,trades,dale")
@@ -104,7 +160,12 @@ def main():
     p.add_argument("--n-eval", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="append one JSON line per method to this file")
+    p.add_argument("--report", nargs="+", default=None, metavar="FILE",
+                   help="print mean ± std and same-seed differences from these JSON-lines files")
     args = p.parse_args()
+    if args.report:
+        report(args.report)
+        return
 
     if not 1 <= args.n_train <= 8000:
         p.error(f"--n-train must be in [1, 8000], got {args.n_train}")
