@@ -16,7 +16,9 @@ fast ensemble APGD-CE + APGD-T x3, with the gradient-masking checks),
 robust accuracy under the authors' test attack (PGD-10, step 0.1, from
 ``x`` itself: column ``pgd10``), and training time for each, and for DALE
 the dual variable per epoch. ``--n-train`` trains on the first N images of
-the 8,000-image training split (a reduced budget).
+the 8,000-image training split (a reduced budget); ``--checkpoints 10,20``
+(with ``--epochs 20``) evaluates and records after 10 epochs too and then
+continues the same training (``partial_fit``) to 20.
 
     python benchmarks/bench_dale.py                       # all three, 20 epochs
     python benchmarks/bench_dale.py --methods dale --temperature 1e-2 --margin 0.05
@@ -159,6 +161,8 @@ def main():
                    help="train on the first N images of the 8,000-image training split")
     p.add_argument("--n-eval", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoints", default=None,
+                   help="evaluate after these epoch counts too, e.g. 10,20 (the last is --epochs)")
     p.add_argument("--json", default=None, help="append one JSON line per method to this file")
     p.add_argument("--report", nargs="+", default=None, metavar="FILE",
                    help="print mean ± std and same-seed differences from these JSON-lines files")
@@ -172,45 +176,68 @@ def main():
     (Xtr, ytr), (Xte, yte) = mnist_split(args.data)
     Xtr, ytr = Xtr[: args.n_train], ytr[: args.n_train]
     Xte, yte = Xte[: args.n_eval], yte[: args.n_eval]
+    checkpoints = sorted({int(c) for c in args.checkpoints.split(",")} if args.checkpoints
+                         else {args.epochs})
+    if checkpoints[0] < 1 or checkpoints[-1] != args.epochs:
+        p.error(f"--checkpoints must be positive and end at --epochs {args.epochs}, "
+                f"got {args.checkpoints}")
+    if len(checkpoints) > 1 and args.authors and args.schedule != "constant":
+        p.error("--checkpoints needs --schedule constant (the step milestones follow --epochs)")
     print(f"MNIST train={len(Xtr)} eval={len(Xte)} eps={EPS} epochs={args.epochs} "
           f"steps={args.steps} lr={0.01 if args.authors else args.lr} authors={args.authors} "
           f"threads={torch.get_num_threads()} seed={args.seed}")
-    print(f"{'method':<8}{'clean':>8}{'robust':>8}{'pgd10':>8}{'train s':>9}{'eval s':>8}  settings")
+    print(f"{'method':<8}{'epochs':>7}{'clean':>8}{'robust':>8}{'pgd10':>8}{'train s':>9}"
+          f"{'eval s':>8}  settings")
     for method in args.methods.split(","):
         clf = make(method, args)
         clf.set_params(train_split=predefined_split(clf.get_dataset(Xte[:500], yte[:500])))
-        t0 = time.perf_counter()
-        clf.fit(Xtr, ytr)
-        train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        clean = clf.score(Xte, yte)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            robust = clf.robust_score(Xte, yte)  # fast ensemble (APGD-CE + APGD-T x3) + masking checks
-        pgd10 = clf.robust_score(Xte, yte, attack=PGD10, check=False)  # the authors' test attack
-        eval_s = time.perf_counter() - t0
-        settings = f"attack={clf.attack!r} objective={clf.objective_!r}"
-        print(f"{method:<8}{clean:8.4f}{robust:8.4f}{pgd10:8.4f}{train_s:9.1f}{eval_s:8.1f}  {settings}",
-              flush=True)
-        for w in caught:
-            print(f"  warning: {w.message}")
-        record = {"method": method, "clean": clean, "robust": robust, "robust_pgd10": pgd10,
-                  "train_s": train_s, "eval_s": eval_s, "settings": settings,
-                  "threads": torch.get_num_threads(), "epochs": args.epochs,
-                  "n_train": len(Xtr), "n_eval": len(Xte), "seed": args.seed,
-                  "authors": args.authors,
-                  "valid_acc": list(clf.history[:, "valid_acc"])}
-        if isinstance(clf.objective_, PrimalDual):
-            record["dual_nu"] = list(clf.history[:, "dual_nu"])
-            record["clean_loss"] = list(clf.history[:, "clean_loss"])
-            print("  nu per epoch: " + " ".join(f"{v:.3f}" for v in record["dual_nu"]))
-            print("  clean train loss per epoch: "
-                  + " ".join(f"{v:.3f}" for v in record["clean_loss"]))
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.json, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        train_s, done = 0.0, 0
+        for stop in checkpoints:
+            # one fit to the first checkpoint, then partial_fit to each next one: the
+            # optimizer state, the dual variable and the history carry on, so the
+            # record at N epochs is the same training as a run of N epochs
+            clf.set_params(max_epochs=stop - done)
+            t0 = time.perf_counter()
+            if done == 0:
+                clf.fit(Xtr, ytr)
+            else:
+                clf.partial_fit(Xtr, ytr)
+            train_s += time.perf_counter() - t0
+            done = stop
+            evaluate(clf, method, args, Xtr, Xte, yte, train_s, done)
 
+
+def evaluate(clf, method, args, Xtr, Xte, yte, train_s, epochs):
+    """Clean accuracy, the ensemble and PGD-10; prints and appends one JSON line."""
+    t0 = time.perf_counter()
+    clean = clf.score(Xte, yte)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        robust = clf.robust_score(Xte, yte)  # fast ensemble (APGD-CE + APGD-T x3) + masking checks
+    pgd10 = clf.robust_score(Xte, yte, attack=PGD10, check=False)  # the authors' test attack
+    eval_s = time.perf_counter() - t0
+    settings = f"attack={clf.attack!r} objective={clf.objective_!r}"
+    print(f"{method:<8}{epochs:7d}{clean:8.4f}{robust:8.4f}{pgd10:8.4f}{train_s:9.1f}{eval_s:8.1f}"
+          f"  {settings}", flush=True)
+    for w in caught:
+        print(f"  warning: {w.message}")
+    record = {"method": method, "clean": clean, "robust": robust, "robust_pgd10": pgd10,
+              "train_s": train_s, "eval_s": eval_s, "settings": settings,
+              "threads": torch.get_num_threads(), "epochs": epochs,
+              "n_train": len(Xtr), "n_eval": len(Xte), "seed": args.seed,
+              "authors": args.authors,
+              "warnings": [str(w.message) for w in caught],
+              "valid_acc": list(clf.history[:, "valid_acc"])}
+    if isinstance(clf.objective_, PrimalDual):
+        record["dual_nu"] = list(clf.history[:, "dual_nu"])
+        record["clean_loss"] = list(clf.history[:, "clean_loss"])
+        print("  nu per epoch: " + " ".join(f"{v:.3f}" for v in record["dual_nu"]))
+        print("  clean train loss per epoch: "
+              + " ".join(f"{v:.3f}" for v in record["clean_loss"]))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 if __name__ == "__main__":
     main()
