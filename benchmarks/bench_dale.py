@@ -27,7 +27,9 @@ continues the same training (``partial_fit``) to 20.
 instead (the authors' sampler, dual settings, SGD 0.01 with momentum 0.9 and
 weight decay 3.5e-3, no epsilon warm-up; ``--epochs`` and ``--batch-size``
 still apply, and the methods are ``dale``, ``dale-laplace``, ``kl-dale``,
-``pgd`` and ``trades``; the options of the hand-built methods are ignored):
+``pgd`` and ``trades``, and ``pgd-warmup``: the authors' PGD baseline with
+robustfit's default epsilon warm-up, ``attack_warmup="auto"``, instead of none;
+the options of the hand-built methods are ignored):
 
     python benchmarks/bench_dale.py --authors --methods pgd,kl-dale --epochs 50
     python benchmarks/bench_dale.py --authors --methods pgd,trades,dale,kl-dale \
@@ -65,9 +67,12 @@ PGD10 = PGD(epsilon=EPS, steps=10, step_size=0.1, random_start=False)
 
 def make(method, args):
     if args.authors:
-        recipe = dale_recipe(method, epsilon=EPS, epochs=args.epochs, steps=args.steps,
+        warmup = method == "pgd-warmup"
+        recipe = dale_recipe("pgd" if warmup else method, epsilon=EPS, epochs=args.epochs, steps=args.steps,
                              batch_size=args.batch_size, schedule=args.schedule)
         recipe.pop("train_split")  # the benchmark validates on held-out images
+        if warmup:  # the authors' PGD baseline plus robustfit's default epsilon warm-up
+            recipe.pop("attack_warmup")
         return AdversarialClassifier(MnistCNN, device=args.device, random_state=args.seed,
                                      **recipe)
     if method == "pgd":
@@ -89,7 +94,8 @@ def make(method, args):
     )
 
 
-PAIRS = (("dale", "pgd"), ("dale", "trades"), ("kl-dale", "trades"), ("kl-dale", "pgd"))
+PAIRS = (("dale", "pgd"), ("dale", "trades"), ("kl-dale", "trades"), ("kl-dale", "pgd"),
+         ("dale", "pgd-warmup"), ("kl-dale", "pgd-warmup"))
 METRICS = (("clean", "clean"), ("robust", "ensemble"), ("robust_pgd10", "PGD-10"))
 
 
