@@ -9,6 +9,8 @@ validation images under PGD-10 after every epoch (the robust-overfitting curve),
 keeping the most robust epoch's weights (``RobustValidation(restore_best=True)``).
 At the end it reports clean accuracy and robust accuracy under
 ``clf.robust_score`` (APGD-CE + APGD-T) for the last and the best epoch.
+The FGSM guard's check is ``--guard-attack``: APGD-CE with ``--guard-steps``
+(10) iterations, the guard's default, or ``pgd10``, the check of the earlier runs.
 
 Each finished run is appended to a JSON file, so an interrupted benchmark keeps
 what it measured; ``--report`` prints the table (mean +- sample std over seeds, and the
@@ -29,17 +31,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import mnist_split, parser
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, LRScheduler
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
+from torch.optim.lr_scheduler import MultiStepLR
 
 from robustfit import AdversarialClassifier
 from robustfit._utils import optional_import
-from robustfit.attacks import FGSM, PGD
+from robustfit.attacks import APGD, FGSM, PGD
 from robustfit.callbacks import RobustValidation, restore_weights, snapshot_weights
 from robustfit.losses import MART, TRADES
 from robustfit.models import MnistCNN
 from robustfit.recipes import AWP, EMA, CollapseGuard
 
 EPS = 0.3
+#: --guard-attack -> name of the guard's check
+GUARD_CHECKS = {"pgd10": "PGD-10", "apgd": "APGD-CE", "apgd-dlr": "APGD-DLR"}
 RESULTS = Path(__file__).parent / "results"
 
 #: name -> (label, keyword arguments of AdversarialClassifier); attacks are built per run
@@ -55,7 +62,7 @@ CONFIGS = {
 }
 
 
-def build(name, args, seed):
+def build(name, args, seed, valid_set=None):
     _, spec = CONFIGS[name]
     attack = PGD(epsilon=EPS, steps=args.steps)
     kw = {}
@@ -76,14 +83,33 @@ def build(name, args, seed):
     if spec.get("awp") == "awp_trades":
         kw["awp"] = AWP(gamma=args.awp_gamma_trades)
     if spec.get("guard"):
-        kw["guard"] = CollapseGuard(max_samples=512, drop=args.guard_drop, on_collapse=args.guard_mode)
+        kw["guard"] = CollapseGuard(attack=guard_attack(args), max_samples=512, drop=args.guard_drop,
+                                    on_collapse=args.guard_mode)
     valid = RobustValidation(PGD(epsilon=EPS, steps=10), max_samples=args.n_valid_robust,
                              restore_best=True)
+    callbacks = [("last", KeepLast())]
+    if args.milestones:  # piecewise-constant decay (Rice et al.) instead of the one-cycle schedule
+        kw["lr_schedule"] = None
+        milestones = [round(float(f) * args.epochs) for f in args.milestones.split(",")]
+        callbacks.append(("piecewise", LRScheduler(policy=MultiStepLR, milestones=milestones,
+                                                   gamma=args.decay)))
+    if valid_set is not None:
+        kw["train_split"] = predefined_split(Dataset(*valid_set))
     return AdversarialClassifier(
         MnistCNN, module__width=args.width, module__hidden=args.hidden, attack=attack,
         valid_attack=valid, max_epochs=args.epochs, lr=lr, batch_size=args.batch_size,
-        device=args.device, random_state=seed, callbacks=[("last", KeepLast())], **kw,
+        device=args.device, random_state=seed, callbacks=callbacks, **kw,
     )
+
+
+def guard_attack(args):
+    """The guard's check: PGD-10 (the guard's default before APGD-CE-10 replaced it), or APGD
+    (cross-entropy or DLR loss) with ``--guard-steps`` iterations; always explicit, so a record
+    names its check whatever the guard's default is."""
+    if args.guard_attack == "pgd10":
+        return PGD(epsilon=EPS, steps=10)
+    loss = "dlr" if args.guard_attack == "apgd-dlr" else "ce"
+    return APGD(epsilon=EPS, steps=args.guard_steps, loss=loss)
 
 
 class KeepLast(Callback):
@@ -95,7 +121,11 @@ class KeepLast(Callback):
 
 def run(name, seed, args, data):
     (Xtr, ytr), (Xte, yte) = data
-    clf = build(name, args, seed)
+    valid_set = None
+    if args.n_train < len(Xtr):  # a small training set; a fixed validation set from the rest
+        valid_set = (Xtr[-args.n_valid:], ytr[-args.n_valid:])
+        Xtr, ytr = Xtr[:args.n_train], ytr[:args.n_train]
+    clf = build(name, args, seed, valid_set)
     t0 = time.perf_counter()
     clf.fit(Xtr, ytr)
     train_s = time.perf_counter() - t0
@@ -108,13 +138,19 @@ def run(name, seed, args, data):
         "epochs_trained": epochs, "train_s": round(train_s, 1),
         "valid_robust_acc": [row.get("valid_robust_acc") for row in hist],
         "train_loss": [row.get("train_loss") for row in hist],
+        "lr": [row.get("event_lr") for row in hist] if args.milestones else None,
         "best_epoch": rv.restored_epoch_,
         "settings": {"lr": args.lr, "steps": args.steps, "beta": args.beta,
                      "ema_decay": args.ema_decay, "awp_gamma_at": args.awp_gamma_at,
                      "awp_gamma_trades": args.awp_gamma_trades, "fgsm_step": args.fgsm_step,
                      "fgsm_warmup": args.fgsm_warmup, "fgsm_lr": args.fgsm_lr,
                      "fgsm_zero_init": args.fgsm_zero_init, "guard_mode": args.guard_mode,
-                     "guard_drop": args.guard_drop},
+                     "guard_drop": args.guard_drop,
+                     "guard_attack": args.guard_attack,
+                     "guard_steps": args.guard_steps if args.guard_attack != "pgd10" else 10,
+                     "n_train": args.n_train,
+                     "n_valid": args.n_valid if args.n_train < 8000 else None,
+                     "milestones": args.milestones, "decay": args.decay},
     }
     if "guard" in dict(clf.callbacks_):
         guard = dict(clf.callbacks_)["guard"]
@@ -133,11 +169,31 @@ def run(name, seed, args, data):
     return out
 
 
+def _check_of(r):
+    """The guard check of a record (records written before ``--guard-attack`` used PGD-10)."""
+    return (r.get("settings") or {}).get("guard_attack", "pgd10")
+
+
 def _load(paths):
+    """The records of these files; guarded runs with a check other than PGD-10 are reported
+    as configurations of their own (``fgsm_guard:apgd:10``: check and iterations)."""
     records = []
     for p in paths:
         records += json.loads(Path(p).read_text())
+    for r in records:
+        if r["config"] == "fgsm_guard" and _check_of(r) != "pgd10":
+            r["config"] = f"fgsm_guard:{_check_of(r)}:{r['settings']['guard_steps']}"
     return records
+
+
+def _configs(records):
+    """name -> label of the configurations in ``records``, in the order of CONFIGS."""
+    names = {name: label for name, (label, _) in CONFIGS.items()}
+    for r in records:
+        if r["config"] not in names:
+            _, check, steps = r["config"].split(":")
+            names[r["config"]] = f"{CONFIGS['fgsm_guard'][0]} ({GUARD_CHECKS[check]}-{steps})"
+    return names
 
 
 def _ms(values):
@@ -150,7 +206,8 @@ def report(records, plot=None):
     """Prints mean ± std over seeds (sample std) and the paired differences with PGD-AT."""
     print(f"{'configuration':<28}{'seeds':>7}{'epochs':>9}{'clean':>17}{'robust (last)':>17}"
           f"{'robust (best ckpt)':>20}{'train s':>9}")
-    for name, (label, _) in CONFIGS.items():
+    configs = _configs(records)
+    for name, label in configs.items():
         rs = sorted((r for r in records if r["config"] == name), key=lambda r: r["seed"])
         if not rs:
             continue
@@ -166,7 +223,7 @@ def report(records, plot=None):
                   f"{curve}{extra}")
     base = {r["seed"]: r for r in records if r["config"] == "pgd"}
     rows = []
-    for name, (label, _) in CONFIGS.items():
+    for name, label in configs.items():
         rs = sorted((r for r in records if r["config"] == name and r["seed"] in base),
                     key=lambda r: r["seed"])
         if name == "pgd" or not rs:
@@ -180,8 +237,44 @@ def report(records, plot=None):
         print(f"\npaired with PGD-AT, same seed (points){'clean':>7}{'robust (last)':>17}"
               f"{'robust (best ckpt)':>20}")
         print("\n".join(rows))
+    _report_guard(records)
     if plot:
         _plot(records, plot)
+
+
+def _report_guard(records):
+    """FGSM with the guard against FGSM without it, seed by seed (the checks leave the
+    training's random draws alone, so both runs are the same until the guard acts)."""
+    plain = {r["seed"]: r for r in records if r["config"] == "fgsm"}
+    for name, label in _configs(records).items():
+        if name.startswith("fgsm_guard"):
+            _report_guard_check(plain, label, [r for r in records if r["config"] == name])
+
+
+def _report_guard_check(plain, label, records):
+    guarded = sorted((r for r in records if r["seed"] in plain), key=lambda r: r["seed"])
+    if not guarded:
+        return
+    print(f"\n{label} against FGSM, same seed")
+    diffs = {k: [] for k in ("clean_last", "robust_last", "robust_best")}
+    for g in guarded:
+        p = plain[g["seed"]]
+        n = len(g["train_loss"])
+        same = sum(1 for a, b in zip(g["train_loss"], p["train_loss"]) if a == b)
+        fired = f"guard fired at epoch {g['collapses']}" if g.get("collapses") else "guard never fired"
+        print(f"    seed {g['seed']}: {fired}; {g['epochs_trained']} epochs trained, "
+              f"train_loss equal to the unguarded run's for {same} of {n} epochs")
+        print("        guard_robust_acc: " + " ".join(f"{v:.3f}" for v in g["guard_robust_acc"]))
+        for name, r in (("no guard", p), ("guard", g)):
+            print(f"        {name:<9} clean {r['clean_last'] * 100:6.2f}  robust (last) "
+                  f"{r['robust_last'] * 100:6.2f}  robust (best ckpt) {r['robust_best'] * 100:6.2f} "
+                  f"(epoch {r['best_epoch']})  train {r['train_s']:.0f} s")
+        for k in diffs:
+            diffs[k].append(g[k] - p[k])
+    print(f"    guard - no guard (points): clean {_ms(diffs['clean_last'])}, robust (last) "
+          f"{_ms(diffs['robust_last'])} [{' '.join(f'{d * 100:+.2f}' for d in diffs['robust_last'])}], "
+          f"robust (best ckpt) {_ms(diffs['robust_best'])} "
+          f"[{' '.join(f'{d * 100:+.2f}' for d in diffs['robust_best'])}]")
 
 
 def _plot(records, path):
@@ -198,9 +291,15 @@ def _plot(records, path):
             if best is not None:
                 ax.plot([best], [r["valid_robust_acc"][best - 1]], "o", color=color, ms=5)
             ax.plot([xs[-1]], [ys[-1]], "x", color=color, ms=6)
-    ax.set_xlabel("epoch")
+    settings = records[0].get("settings", {}) if records else {}
+    if settings.get("milestones"):
+        for f in settings["milestones"].split(","):
+            ax.axvline(round(float(f) * records[0]["epochs"]) + 0.5, color="grey", ls=":", lw=1)
+    ax.set_xlabel("epoch" + (" (dotted: lr x 0.1)" if settings.get("milestones") else ""))
     ax.set_ylabel("robust validation accuracy (PGD-10, 500 images)")
-    ax.set_title("MNIST, eps 0.3: robust validation per epoch (o best epoch, x last)")
+    n_train = settings.get("n_train") or 8000
+    ax.set_title(f"MNIST, eps 0.3, {n_train * 9 // 10 if n_train >= 8000 else n_train} training "
+                 "images: robust validation per epoch (o best, x last)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -226,11 +325,23 @@ def main():
     p.add_argument("--fgsm-step", type=float, default=0.6, help="FGSM step size (2 * epsilon)")
     p.add_argument("--guard-mode", default="stop", choices=["stop", "restore"])
     p.add_argument("--guard-drop", type=float, default=0.2)
+    p.add_argument("--guard-attack", default="apgd", choices=["pgd10", "apgd", "apgd-dlr"],
+                   help="the guard's check: PGD-10 (the earlier default), APGD-CE or APGD-DLR")
+    p.add_argument("--guard-steps", type=int, default=10,
+                   help="iterations of the APGD check (10: the guard's default)")
     p.add_argument("--fgsm-lr", type=float, default=None, help="learning rate of the FGSM runs")
     p.add_argument("--fgsm-zero-init", action="store_true", help="FGSM without random start")
     p.add_argument("--fgsm-warmup", default="auto", type=lambda v: v if v == "auto" else float(v),
                    help="epsilon warm-up of the FGSM runs, in epochs, or 'auto'")
     p.add_argument("--n-valid-robust", type=int, default=500)
+    p.add_argument("--n-train", type=int, default=8000,
+                   help="train on the first N of the 8,000 training images; below 8,000 the "
+                        "validation set is the last --n-valid of them (else 10%% held out)")
+    p.add_argument("--n-valid", type=int, default=1000)
+    p.add_argument("--milestones", default=None,
+                   help="piecewise-constant lr: decay by --decay at these fractions of the "
+                        "epochs (e.g. 0.5,0.75), instead of the one-cycle schedule")
+    p.add_argument("--decay", type=float, default=0.1)
     p.add_argument("--n-eval", type=int, default=2000, help="evaluation images (of the last 2,000)")
     p.add_argument("--out", default=str(RESULTS / "recipes.json"))
     p.add_argument("--report", nargs="*", default=None, help="print the table from these JSON files")
@@ -245,11 +356,12 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = json.loads(out.read_text()) if out.exists() else []
-    print(f"MNIST train={len(data[0][0])} eval={len(data[1][0])} eps={EPS} epochs={args.epochs} "
+    print(f"MNIST train={min(args.n_train, len(data[0][0]))} eval={len(data[1][0])} eps={EPS} epochs={args.epochs} "
           f"threads={torch.get_num_threads()} -> {out}", flush=True)
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in args.configs.split(","):
             if any(r["config"] == name and r["seed"] == seed and r["epochs"] == args.epochs
+                   and (name != "fgsm_guard" or _check_of(r) == args.guard_attack)
                    for r in records):
                 continue
             r = run(name, seed, args, data)

@@ -7,6 +7,7 @@ import contextvars
 import copy
 import importlib
 import numbers
+import random as pyrandom
 import threading
 
 import numpy as np
@@ -110,6 +111,60 @@ def torch_seeded(seed):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         yield
+
+
+@contextlib.contextmanager
+def random_streams_kept(device="cpu"):
+    """Run a block without moving the random streams around it.
+
+    On exit, every stream the surrounding code draws from is put back where it
+    was on entry: torch's CPU generator, the generator of ``device`` when it is
+    a GPU (that device's only, so no other GPU is initialized), numpy's and
+    Python's global generators, and the generators of the current
+    :class:`RandomSource` (a generator the block created for a new device is
+    dropped, to be created afresh). A measurement made during training (robust
+    validation, the collapse guard) runs inside it, so a fit with the
+    measurement draws the numbers the fit without it draws.
+
+    Save and restore, like :func:`torch.random.fork_rng`: a thread drawing
+    from torch's global generator while another thread is inside the block can
+    see its draws repeated. Both happen under :data:`GLOBAL_RNG_LOCK`, so they
+    never fall inside another fit's seeded weight initialization; robustfit's
+    own draws go through the per-fit :class:`RandomSource` (a context
+    variable), which threads do not share.
+
+    Parameters
+    ----------
+    device : str or torch.device, default="cpu"
+        The device the block computes on.
+    """
+    device = torch.device(device)
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    cuda_index = _device_key(device).index if cuda else None
+    source = _CURRENT_SOURCE.get()
+    with GLOBAL_RNG_LOCK:  # never in the middle of another thread's seeded weight init
+        saved = (
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state(cuda_index) if cuda else None,
+            np.random.get_state(),
+            pyrandom.getstate(),
+            None if source is None else (source.get_state(), set(source._generators)),
+        )
+    try:
+        yield
+    finally:
+        cpu, gpu, np_state, py_state, src = saved
+        with GLOBAL_RNG_LOCK:
+            torch.set_rng_state(cpu)
+            if cuda:
+                torch.cuda.set_rng_state(gpu, cuda_index)
+            np.random.set_state(np_state)
+            pyrandom.setstate(py_state)
+        if src is not None:
+            states, keys = src
+            for key in set(source._generators) - keys:
+                del source._generators[key]
+            source.set_state(states)
 
 
 def is_fitted(estimator):

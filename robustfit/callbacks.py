@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from ._distributed import is_main
 from ._evaluation import robust_accuracy
+from ._utils import random_streams_kept
 from ._validation import Interval, Options, ParamsValidationMixin, check_attack
 
 #: Learning-rate schedules :class:`LRSchedule` knows.
@@ -361,6 +362,41 @@ def _fixed_subset(dataset, max_samples):
     return Subset(dataset, idx.tolist())
 
 
+def _training_check(net, dataset, attack):
+    """Robust accuracy of ``net`` on ``dataset``, measured during ``fit``
+    without touching the training's random streams.
+
+    The check behind :class:`RobustValidation` and
+    :class:`~robustfit.recipes.CollapseGuard`. Its attack draws from a
+    random source of its own, seeded by the classifier's ``random_state``
+    (``0`` for an unseeded classifier), and every stream the training draws
+    from (torch's CPU generator and the module's GPU generator, numpy's and
+    Python's global generators, the fit's own generators) is put back after
+    it (:func:`~robustfit._utils.random_streams_kept`). A fit with the check
+    therefore trains exactly as the same fit without it, until the check acts
+    (restores weights or stops training).
+
+    Parameters
+    ----------
+    net : robustfit.AdversarialClassifier
+        The classifier being trained.
+    dataset : torch.utils.data.Dataset
+        The points checked, with their (encoded) labels.
+    attack : robustfit.attacks.Attack or callable
+        The attack.
+
+    Returns
+    -------
+    accuracy : float
+    """
+    param = next(iter(net.module_.parameters()), None)
+    device = "cpu" if param is None else param.device
+    seed = getattr(net, "random_state", None)
+    with random_streams_kept(device):
+        return robust_accuracy(net, dataset, None, attack=attack,
+                               random_state=0 if seed is None else seed)
+
+
 def _fit_epochs_done(net):
     """Epochs of the current ``fit``/``partial_fit`` call, the current one included."""
     return len(net.history) - getattr(net, "schedule_origin_", 0)
@@ -396,6 +432,11 @@ class RobustValidation(_ParamsRepr, ParamsValidationMixin, Callback):
     ranks and the per-point results gathered
     (:func:`~robustfit.metrics.robust_accuracy`), so every rank records the
     same score (and stops or restores alike).
+
+    The measurement draws its random numbers from a generator of its own
+    (seeded by the classifier's ``random_state``) and puts the training's
+    generators back, so adding robust validation does not change how the
+    model trains.
 
     The attack is cloned when the callback is initialized (at every ``fit``),
     and the clone runs: the ``attack`` given is never changed, and an attack
@@ -503,7 +544,7 @@ class RobustValidation(_ParamsRepr, ParamsValidationMixin, Callback):
             self.initialize()
         if not self._due(net):
             return
-        score = robust_accuracy(net, _fixed_subset(dataset_valid, self.max_samples), None, attack=self.attack_)
+        score = _training_check(net, _fixed_subset(dataset_valid, self.max_samples), self.attack_)
         net.history.record(self.name, score)
         # the flag compares with the whole history (a run resumed by LoadInitState
         # included), as skorch's Checkpoint expects

@@ -1000,7 +1000,13 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
             # DistributedDataParallel averages gradients over ranks; weighting
             # each rank's mean loss by its share makes that average the gradient
             # of the global batch's mean loss, also for uneven shards
-            (loss if shard is None else loss * shard.weight).backward()
+            inputs = None
+            if X_adv is not Xi and torch.is_tensor(X_adv) and X_adv.requires_grad:
+                # the attack keeps a graph to its batch (GeneratorSynth's shared
+                # generator step): back-propagate to the weights only, which
+                # skips the first layer's gradient with respect to the batch
+                inputs = [p for _, p in self.get_all_learnable_params() if p.requires_grad] or None
+            (loss if shard is None else loss * shard.weight).backward(inputs=inputs)
             if self.awp_ is not None:
                 self.awp_.restore(self)  # the weights go back exactly; the gradient stays
         return {"loss": loss, "y_pred": y_pred}

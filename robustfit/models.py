@@ -279,6 +279,54 @@ def penultimate_layer(module):
 # ---------------------------------------------------------------------------
 # Perturbation generators (Robustness-via-Synthesis, GeneratorSynth)
 # ---------------------------------------------------------------------------
+class _FoldTransposedConv(torch.autograd.Function):
+    """A transposed convolution computed forward as a matrix product and a fold;
+    backward by torch's own transposed-convolution kernel (the same gradients)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, output_padding):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, output_padding, bias is not None)
+        n, c_in, h, w = x.shape
+        c_out, kh, kw = weight.shape[1:]
+        out_size = tuple((size - 1) * s - 2 * p + k + o for size, s, p, k, o
+                         in zip((h, w), stride, padding, (kh, kw), output_padding))
+        cols = torch.matmul(weight.reshape(c_in, c_out * kh * kw).t(), x.reshape(n, c_in, h * w))
+        out = F.fold(cols, out_size, (kh, kw), padding=padding, stride=stride)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, output_padding, has_bias = ctx.conf
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad.contiguous(), x, weight, [weight.shape[1]] if has_bias else None, list(stride),
+            list(padding), [1, 1], True, list(output_padding), 1, mask)
+        return gx, gw, gb, None, None, None
+
+
+class _FoldConvTranspose2d(nn.ConvTranspose2d):
+    """:class:`torch.nn.ConvTranspose2d` whose CPU forward pass is a matrix product and a fold.
+
+    The same layer (parameters, ``state_dict``) and the same function up to
+    float rounding; the backward pass is torch's. torch's CPU kernel for a
+    transposed convolution to few channels is slow: for the generator's last
+    layer (8 to 1 channels, 14x14 to 28x28, batch 128, one thread) the fold
+    took about 1 ms forward against 2-5 ms (``benchmarks/bench_synth.py``,
+    docs/synth.rst). For more output channels torch's kernel is faster, so
+    only the last layer uses this class; on other devices, and for groups,
+    dilation or other padding modes, torch's own forward runs.
+    """
+
+    def forward(self, x, output_size=None):
+        if (x.device.type != "cpu" or x.dim() != 4 or output_size is not None or self.groups != 1
+                or self.dilation != (1, 1) or self.padding_mode != "zeros"):
+            return super().forward(x, output_size)
+        return _FoldTransposedConv.apply(x, self.weight, self.bias, self.stride, self.padding,
+                                         self.output_padding)
+
+
 class _ImageGenerator(nn.Module):
     """Noise (and optionally the image) to raw perturbations of shape (C, H, W).
 
@@ -290,7 +338,9 @@ class _ImageGenerator(nn.Module):
     The last layer is a transposed convolution rather than a convolution
     because small convolutions are slow to back-propagate on a CPU (measured:
     a 3x3 convolution from 4 channels to 1 on 128 28x28 maps took 7.9 ms
-    forward and backward, a 4x4 stride-2 transposed convolution 2.7 ms).
+    forward and backward, a 4x4 stride-2 transposed convolution 2.7 ms); on
+    a CPU its forward pass runs as a matrix product and a fold
+    (:class:`_FoldConvTranspose2d`, the same layer computed faster).
     """
 
     def __init__(self, input_shape, latent_dim, conditional=False, width=4):
@@ -306,7 +356,7 @@ class _ImageGenerator(nn.Module):
             nn.ConvTranspose2d(self.c0 + extra, 2 * width, 4, stride=2, padding=1),
             nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
         )
-        self.up2 = nn.ConvTranspose2d(2 * width + extra, c, 4, stride=2, padding=1)
+        self.up2 = _FoldConvTranspose2d(2 * width + extra, c, 4, stride=2, padding=1)
 
     def _with_image(self, t, x):
         if not self.conditional:

@@ -26,8 +26,10 @@ import pytest
 import torch
 
 from robustfit import AdversarialClassifier
+from robustfit._utils import random_streams_kept
 from robustfit.attacks import FGSM, PGD, Langevin
 from robustfit.attacks._base import eval_mode
+from robustfit.recipes import CollapseGuard
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -146,6 +148,25 @@ def test_no_host_sync_inside_the_attack(cuda_clf, split, attack):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert float((x_adv - x).abs().max()) <= EPS + 1e-6
+
+
+@gpu_test
+def test_guard_on_the_gpu_leaves_the_training_draws_alone(split):
+    # the checks put the GPU generator back too: unseeded, the fit's random starts
+    # come from the global CUDA generator, so a check drawing from it would move it
+    # (compared by generator state, which GPU arithmetic's non-determinism cannot touch)
+    (X, y), _ = split
+    kw = dict(attack=FGSM(epsilon=EPS), max_epochs=2, device="cuda")
+    states = []
+    for guard in (None, CollapseGuard(max_samples=64, drop=0.99)):
+        torch.manual_seed(0)
+        AdversarialClassifier(guard=guard, **kw).fit(X[:600], y[:600])
+        states.append(torch.cuda.get_rng_state())
+    assert torch.equal(states[0], states[1])
+    before = torch.cuda.get_rng_state()
+    with random_streams_kept("cuda"):
+        torch.rand(5, device="cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), before)
 
 
 @gpu_test

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import random
 import warnings
 
 import numpy as np
@@ -17,7 +18,7 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from robustfit import AdversarialClassifier
-from robustfit.attacks import FGSM, PGD, Langevin
+from robustfit.attacks import APGD, FGSM, PGD, Langevin
 from robustfit.callbacks import RobustValidation, restore_weights, snapshot_weights
 from robustfit.losses import MART, TRADES, AdversarialCE, PrimalDual
 from robustfit.metrics import make_robust_scorer
@@ -347,12 +348,65 @@ def test_guard_restore_mode_trains_on_and_no_false_alarm(data):
                                         guard=CollapseGuard(max_samples=100)).fit(X, y)
     assert "guard_collapse" not in healthy.history[-1]
     assert len(healthy.history[:, "guard_robust_acc"]) == 3
+    # the default check: APGD-CE with 10 iterations in the training threat model
+    check = dict(healthy.callbacks_)["guard"].attack_
+    assert isinstance(check, APGD)
+    assert (check.epsilon, check.norm, check.steps, check.loss, check.bounds) == \
+        (0.1, "linf", 10, "ce", (0.0, 1.0))
+
+
+class DrawingPGD(PGD):
+    """PGD that also draws from every global generator, as foreign check code may."""
+
+    def perturb(self, module, X, y):
+        torch.rand(3)
+        np.random.rand(3)
+        random.random()
+        return super().perturb(module, X, y)
+
+
+def _global_draws():
+    return torch.rand(2).tolist(), np.random.rand(2).tolist(), random.random()
+
+
+def _seed_globals():
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+
+
+@pytest.mark.parametrize("random_state", [0, None])
+@pytest.mark.parametrize("check", ["guard", "valid_attack"])
+def test_checks_leave_the_training_random_streams_alone(data, random_state, check):
+    # A guard that never fires and robust validation that restores nothing must
+    # leave training exactly as it is without them: same losses, same weights,
+    # and the global generators where the plain fit leaves them. Unseeded, the
+    # fit draws its random starts and shuffling from torch's global generator,
+    # so a check drawing from it would shift every later batch.
+    X, y = data
+    kw = dict(attack=FGSM(epsilon=0.1), max_epochs=3, random_state=random_state)
+    extra = {"guard": CollapseGuard(attack=DrawingPGD(epsilon=0.1, steps=2), max_samples=64,
+                                    drop=0.99)} if check == "guard" else \
+        {"valid_attack": RobustValidation(DrawingPGD(epsilon=0.1, steps=2), max_samples=64)}
+    _seed_globals()
+    plain = AdversarialClassifier(**kw).fit(X, y)
+    after_plain = _global_draws()
+    _seed_globals()
+    checked = AdversarialClassifier(**kw, **extra).fit(X, y)
+    after_checked = _global_draws()
+    key = "guard_robust_acc" if check == "guard" else "valid_robust_acc"
+    assert len(checked.history[:, key]) == 3  # the check ran every epoch
+    assert "guard_collapse" not in checked.history[-1]
+    assert checked.history[:, "train_loss"] == plain.history[:, "train_loss"]
+    for a, b in zip(_params(plain.module_), _params(checked.module_)):
+        assert torch.equal(a, b)
+    assert after_checked == after_plain
 
 
 def test_guard_without_a_threat_model_says_what_to_pass(data):
     X, y = data
     clf = AdversarialClassifier(attack=None, max_epochs=1, guard=CollapseGuard())
-    with pytest.raises(ValueError, match=r"CollapseGuard\(attack=PGD"):
+    with pytest.raises(ValueError, match=r"CollapseGuard\(attack=APGD"):
         clf.fit(X, y)
 
 

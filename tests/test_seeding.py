@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from sklearn.model_selection import GridSearchCV
 from skorch.callbacks import Callback
 
 from robustfit import AdversarialClassifier
+from robustfit._utils import RandomSource, rand_like, random_source, random_streams_kept
 from robustfit.attacks import PGD, GeneratorSynth, Square
 from robustfit.metrics import (
     check_gradient_masking,
@@ -163,3 +165,28 @@ def test_evaluations_and_validation_do_not_mutate_the_attack(fitted, data):
     for a in (synth, pgd):
         assert vars(a).keys() == before[id(a)].keys()  # no generator_, no other fitted state
         assert all(vars(a)[k] == before[id(a)][k] for k in vars(a))
+
+
+def test_random_streams_kept_puts_every_stream_back():
+    # a measurement inside the block moves no stream the surrounding code draws from
+    def draws():
+        return (torch.rand(2).tolist(), np.random.rand(2).tolist(), random.random(),
+                rand_like(torch.zeros(2)).tolist())
+
+    def inside():
+        torch.rand(5)
+        np.random.rand(5)
+        random.random()
+        rand_like(torch.zeros(5))
+
+    with random_source(RandomSource(4)):
+        torch.manual_seed(1), np.random.seed(1), random.seed(1)
+        expected = draws()
+    with random_source(RandomSource(4)) as source:
+        torch.manual_seed(1), np.random.seed(1), random.seed(1)
+        with random_streams_kept("cpu"):
+            inside()
+            with random_source(RandomSource(9)):  # a private source of its own is fine too
+                rand_like(torch.zeros(5))
+        assert draws() == expected
+        assert set(source._generators) == {torch.device("cpu")}

@@ -368,6 +368,7 @@ def test_published_preset_and_a_short_fit(digits_small):
     assert params["generator_optimizer"] == "sgd" and params["generator_lr"] == 0.01
     assert params["generator_step_mode"] == "train" and params["latent_dim"] == 640
     assert params["label_smoothing"] == pytest.approx(5 / 9)
+    assert params["resample"] is True and GeneratorSynth().resample is False
     # 0.5 in the authors' convention: half the mass stays on the true class
     assert GeneratorSynth.published(n_classes=4).label_smoothing == pytest.approx(2 / 3)
     assert GeneratorSynth.published(0.2, ot_weight=0.5).ot_weight == 0.5
@@ -427,6 +428,80 @@ def test_train_mode_generator_step_shares_the_classifiers_forward_pass(digits_sm
         assert torch.allclose(p, q, atol=1e-5)
     assert not any(m._forward_hooks for m in b.module_.modules() if m is not b.module_)
     assert "_pending" not in vars(b.attack_)
+
+
+def test_shared_step_backpropagates_to_the_weights_only(digits_small, monkeypatch):
+    """The shared step's synthesized batch requires a gradient (for the generator);
+    the classifier's backward pass goes to its weights only, so that batch gets
+    no gradient (the first layer's gradient with respect to its input is skipped)."""
+    Xtr, ytr, _, _ = digits_small
+    attack = GeneratorSynth(epsilon=0.1, generator_step_mode="train")
+    batches = []
+    perturb = GeneratorSynth.train_perturb
+
+    def record(self, module, x, y):
+        x_adv = perturb(self, module, x, y)
+        batches.append(x_adv)
+        return x_adv
+
+    monkeypatch.setattr(GeneratorSynth, "train_perturb", record)
+    clf = AdversarialClassifier(DigitsCNN(), attack=attack, max_epochs=1, random_state=0,
+                                train_split=None, attack_warmup=0, batch_size=100)
+    clf.partial_fit(Xtr[:200], ytr[:200])
+    assert len(batches) == 2 and all(b.requires_grad and b.grad is None for b in batches)
+    assert all(p.grad is not None for p in clf.module_.parameters())
+    assert clf.attack_.n_generator_steps_ == 2
+
+
+def test_resample_draws_the_classifiers_batch_from_the_updated_generator(digits_small):
+    """resample=True (the authors' alternation): the generator steps, then the
+    classifier's batch is drawn again from the updated generator (two generator
+    forward passes per batch); the default reuses the generator step's batch (one)."""
+    Xtr, ytr, _, _ = digits_small
+    seen = {}
+    for resample in (False, True):
+        attack = GeneratorSynth(epsilon=0.1, generator_step_mode="train", resample=resample)
+        clf = AdversarialClassifier(DigitsCNN(), attack=attack, max_epochs=1, random_state=0,
+                                    train_split=None, attack_warmup=0, batch_size=100)
+        clf.initialize()
+        gen_calls, clf_inputs = [], []
+        clf.module_.register_forward_pre_hook(lambda m, i, out=clf_inputs: out.append(i[0].detach().clone()))
+        clf.partial_fit(Xtr[:100], ytr[:100])  # builds the generator on the first batch
+        clf.attack_.generator_.register_forward_hook(
+            lambda m, i, o, out=gen_calls: out.append(o.detach().clone()))
+        clf_inputs.clear()
+        clf.partial_fit(Xtr[:100], ytr[:100])
+        seen[resample] = gen_calls, clf_inputs
+        assert clf.attack_.n_generator_steps_ == 2
+    gens, inputs = seen[False]
+    assert len(gens) == 1 and len(inputs) == 2  # shared step: the synthesized and the clean pass
+    gens, inputs = seen[True]
+    assert len(gens) == 2  # the step's sample, then a fresh one from the updated generator
+    # the generator step's own passes (clean, synthesized), then the classifier's
+    # (synthesized, clean): the classifier's synthesized batch is not the step's
+    assert len(inputs) == 4
+    assert not torch.allclose(inputs[1], inputs[2])
+
+
+def test_fold_transposed_convolution_is_torchs():
+    """The generator's last layer computes its CPU forward pass as a matrix product
+    and a fold: the same values and gradients as torch.nn.ConvTranspose2d."""
+    from robustfit.models import _FoldConvTranspose2d
+
+    for c_in, c_out, k, stride, pad, out_pad, bias in [(8, 1, 4, 2, 1, 0, True), (3, 5, 3, 2, 1, 1, False),
+                                                       (4, 2, 3, 1, 0, 0, True)]:
+        torch.manual_seed(0)
+        fold = _FoldConvTranspose2d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad, bias=bias)
+        ref = torch.nn.ConvTranspose2d(c_in, c_out, k, stride=stride, padding=pad, output_padding=out_pad,
+                                       bias=bias)
+        ref.load_state_dict(fold.state_dict())
+        x = torch.randn(6, c_in, 7, 5, requires_grad=True)
+        out, expected = fold(x), ref(x)
+        assert out.shape == expected.shape and torch.allclose(out, expected, atol=1e-5)
+        g = torch.randn_like(out)
+        for a, b in zip(torch.autograd.grad(out, [x, *fold.parameters()], g),
+                        torch.autograd.grad(expected, [x, *ref.parameters()], g)):
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("module", ["robustfit._ot", "robustfit.attacks.synth", "robustfit.models"])

@@ -54,9 +54,9 @@ class GeneratorSynth(Attack):
        in the generator's parameters, the classifier fixed (in eval mode, or
        in train mode with ``generator_step_mode="train"``);
     2. a **classifier step** on ``CE(f(x_adv), y) + ot_weight * OT(phi(x), phi(x_adv))``,
-       on the synthesized batch ``x_adv`` of the generator step (detached; the
-       authors' graph samples it again from the updated generator, which
-       costs a second generator forward pass per batch),
+       on the synthesized batch ``x_adv`` of the generator step (detached), or
+       with ``resample=True`` on a batch drawn again from the updated generator
+       (the authors' alternation, one more generator forward pass per batch),
 
     where ``phi`` is the output of ``feature_layer`` (the logits by default;
     ``"penultimate"``: the input of the last linear layer) and ``OT`` is the
@@ -181,6 +181,14 @@ class GeneratorSynth(Attack):
         ``width`` of :func:`~robustfit.models.default_generator` (``None``: its
         default, 4; the authors' generator corresponds to 16). Unused when
         ``generator`` is given.
+    resample : bool, default=False
+        Draw the classifier step's batch again from the generator *after* its
+        step, as the authors' code does (it runs the generator's update, then
+        the classifier's on a fresh sample). This costs one more generator
+        forward pass per batch, and the generator step then has its own
+        forward pass of the classifier (``generator_step_mode="train"`` cannot
+        share the classifier's). ``False`` trains the classifier on the batch
+        the generator step was computed on.
 
     Attributes
     ----------
@@ -237,6 +245,7 @@ class GeneratorSynth(Attack):
         generator_step_mode="eval",
         squash="tanh",
         generator_width=None,
+        resample=False,
     ):
         self.epsilon = epsilon
         self.norm = norm
@@ -260,6 +269,7 @@ class GeneratorSynth(Attack):
         self.generator_step_mode = generator_step_mode
         self.squash = squash
         self.generator_width = generator_width
+        self.resample = resample
 
     _parameter_constraints = {
         **Attack._parameter_constraints,
@@ -282,6 +292,7 @@ class GeneratorSynth(Attack):
         "generator_step_mode": [Options({"eval", "train"})],
         "squash": [Options({"tanh", "clip"})],
         "generator_width": [None, Interval(Integral, 1, None)],
+        "resample": ["boolean"],
     }
 
     @classmethod
@@ -309,7 +320,10 @@ class GeneratorSynth(Attack):
           in torch's convention (``0.556`` for 10 classes);
         * ``z ~ N(0, I_640)`` and a generator of the authors' width
           (``latent_dim=640, generator_width=16``); OT weight 1, no
-          cross-entropy in the generator's objective.
+          cross-entropy in the generator's objective;
+        * the authors' alternation: the generator's step, then the
+          classifier's on a batch drawn again from the updated generator
+          (``resample=True``).
 
         Parameters
         ----------
@@ -337,7 +351,7 @@ class GeneratorSynth(Attack):
             generator_optimizer="sgd", generator_step_mode="train", ot_weight=1.0,
             ot_method="sinkhorn", ot_reg=0.01, ot_iterations=100, feature_layer="penultimate",
             label_smoothing=0.5 * n_classes / (n_classes - 1), generator_ce_weight=0.0,
-            generator_every=1, random_start=True, squash="clip", conditional=False,
+            generator_every=1, random_start=True, squash="clip", conditional=False, resample=True,
         )
         recipe.update(params)
         return cls(**recipe)
@@ -549,7 +563,7 @@ class GeneratorSynth(Attack):
         self.__dict__.pop("_pending", None)
         step_due = (self.n_train_batches_ - 1) % self.generator_every == 0 \
             or getattr(self, "generator_", None) is None
-        if step_due and self.generator_step_mode == "train" and shard is None:
+        if step_due and self.generator_step_mode == "train" and shard is None and not self.resample:
             gen = self._ensure_generator(x)
             gen.train()
             with torch.enable_grad():
@@ -559,11 +573,13 @@ class GeneratorSynth(Attack):
             if self.feature_layer is not None:
                 self._capture_next(module)
             return x_adv
-        if step_due:
+        if step_due and not self.resample:
             # the batch the generator step was computed on is the classifier's
             # batch: one generator forward pass per training batch, not two
             _, x_adv = self._generator_step(module, x, y, return_sample=True)
         else:
+            if step_due:  # the authors' alternation: step, then a fresh sample
+                self._generator_step(module, x, y)
             with torch.no_grad():
                 x_adv = self._synthesize(x)
         if self.feature_layer is not None and self.ot_weight:

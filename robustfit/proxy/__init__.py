@@ -12,6 +12,7 @@ from ._base import ProxyDistribution
 from ._diffusion import DiffusionProxy
 from ._gmm import GaussianMixtureProxy
 from ._pseudo import PseudoLabeledProxy
+from ._select import SelectedProxy
 
 __all__ = [
     "ArrayProxy",
@@ -19,4 +20,5 @@ __all__ = [
     "GaussianMixtureProxy",
     "ProxyDistribution",
     "PseudoLabeledProxy",
+    "SelectedProxy",
 ]
