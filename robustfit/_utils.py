@@ -103,14 +103,29 @@ def torch_seeded(seed):
     Forks the CPU generator and, when CUDA is available, the generators of
     every visible GPU, so that seeding here changes nothing outside the block.
     ``seed=None`` leaves the generators alone.
+
+    The save-and-seed on entry and the restore on exit each happen under
+    :data:`GLOBAL_RNG_LOCK`: a fit seeding the global generator for its whole
+    run must not reseed or rewind it in the middle of another thread's seeded
+    weight initialization (which holds the lock from its seed to its last
+    draw). Unlocked draws inside the block (dropout) still share the one global
+    generator with other threads.
     """
     if seed is None:
         yield
         return
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    with GLOBAL_RNG_LOCK:
+        cpu_state = torch.get_rng_state()
+        gpu_states = [torch.cuda.get_rng_state(d) for d in devices]
         torch.manual_seed(int(seed))
+    try:
         yield
+    finally:
+        with GLOBAL_RNG_LOCK:
+            torch.set_rng_state(cpu_state)
+            for d, state in zip(devices, gpu_states):
+                torch.cuda.set_rng_state(state, d)
 
 
 @contextlib.contextmanager

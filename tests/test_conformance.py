@@ -75,6 +75,9 @@ REQUIRED_ARGS = {
     "ArrayProxy": lambda: dict(X=np.random.RandomState(0).rand(40, 1, 8, 8).astype(np.float32),
                                y=np.arange(40) % 10),
     "RobustValidation": lambda: dict(attack=PGD(epsilon=0.1, steps=1)),
+    "SelectedProxy": lambda: dict(
+        generator=GaussianMixtureProxy(mixture_components=1, pca_components=5, random_state=0),
+        arc_params={"max_epochs": 1}),
 }
 
 
@@ -101,7 +104,8 @@ def test_discovery_finds_every_family():
     names = set(_ids(ESTIMATORS))
     assert {"PGD", "FGSM", "APGD", "AutoAttack", "Langevin", "Square", "GeneratorSynth"} <= names
     assert {"AdversarialCE", "TRADES", "PrimalDual", "MART", "AWP"} <= names
-    assert {"ArrayProxy", "GaussianMixtureProxy", "PseudoLabeledProxy", "DiffusionProxy"} <= names
+    assert {"ArrayProxy", "GaussianMixtureProxy", "PseudoLabeledProxy", "DiffusionProxy",
+            "SelectedProxy"} <= names
     assert {"LRSchedule", "EpsilonWarmup", "RobustValidation", "EMA", "CollapseGuard"} <= set(_ids(CALLBACKS))
 
 

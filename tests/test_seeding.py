@@ -17,6 +17,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +29,14 @@ from sklearn.model_selection import GridSearchCV
 from skorch.callbacks import Callback
 
 from robustfit import AdversarialClassifier
-from robustfit._utils import RandomSource, rand_like, random_source, random_streams_kept
+from robustfit._utils import (
+    GLOBAL_RNG_LOCK,
+    RandomSource,
+    rand_like,
+    random_source,
+    random_streams_kept,
+    torch_seeded,
+)
 from robustfit.attacks import PGD, GeneratorSynth, Square
 from robustfit.metrics import (
     check_gradient_masking,
@@ -190,3 +198,43 @@ def test_random_streams_kept_puts_every_stream_back():
                 rand_like(torch.zeros(5))
         assert draws() == expected
         assert set(source._generators) == {torch.device("cpu")}
+
+
+def test_torch_seeded_waits_for_another_threads_seeded_init():
+    """A fit seeds (and later rewinds) torch's global generator for its whole run; doing so
+    while another thread holds GLOBAL_RNG_LOCK between its seed and its weight draws gave that
+    thread other initial weights (threaded grid searches differed from n_jobs=1)."""
+    holding, release = threading.Event(), threading.Event()
+    entered, inside, exited = threading.Event(), threading.Event(), threading.Event()
+
+    def hold():
+        with GLOBAL_RNG_LOCK:
+            holding.set()
+            release.wait(10)
+
+    def seeded():
+        with torch_seeded(5):
+            entered.set()
+            inside.wait(10)
+        exited.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    user = threading.Thread(target=seeded)
+    user.start()
+    assert not entered.wait(0.3)  # the seeding waits for the lock
+    release.set()
+    holder.join(10)
+    assert entered.wait(10)
+    holding.clear()
+    release.clear()
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    inside.set()
+    assert not exited.wait(0.3)  # so does the restore
+    release.set()
+    holder.join(10)
+    user.join(10)
+    assert exited.is_set()
