@@ -98,8 +98,11 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def DigitsCNN(n_classes=10, in_channels=1, width=32, hidden=128):
+class DigitsCNN(SmallCNN):
     """:class:`SmallCNN` sized for sklearn's 8x8 digits.
+
+    A class (not a factory function), so a classifier built on it saves
+    without pickle (:meth:`AdversarialClassifier.save <robustfit.AdversarialClassifier.save>`).
 
     Parameters
     ----------
@@ -111,16 +114,17 @@ def DigitsCNN(n_classes=10, in_channels=1, width=32, hidden=128):
         Channels of the first convolution.
     hidden : int, default=128
         Width of the fully connected layer.
-
-    Returns
-    -------
-    module : SmallCNN
     """
-    return SmallCNN(n_classes, in_channels, width=width, hidden=hidden, input_size=8)
+
+    def __init__(self, n_classes=10, in_channels=1, width=32, hidden=128):
+        super().__init__(n_classes, in_channels, width=width, hidden=hidden, input_size=8)
 
 
-def MnistCNN(n_classes=10, in_channels=1, width=16, hidden=100):
+class MnistCNN(SmallCNN):
     """:class:`SmallCNN` sized for 28x28 MNIST images.
+
+    A class (not a factory function), so a classifier built on it saves
+    without pickle (:meth:`AdversarialClassifier.save <robustfit.AdversarialClassifier.save>`).
 
     Parameters
     ----------
@@ -132,12 +136,10 @@ def MnistCNN(n_classes=10, in_channels=1, width=16, hidden=100):
         Channels of the first convolution.
     hidden : int, default=100
         Width of the fully connected layer.
-
-    Returns
-    -------
-    module : SmallCNN
     """
-    return SmallCNN(n_classes, in_channels, width=width, hidden=hidden, input_size=28)
+
+    def __init__(self, n_classes=10, in_channels=1, width=16, hidden=100):
+        super().__init__(n_classes, in_channels, width=width, hidden=hidden, input_size=28)
 
 
 def ResNet18(n_classes=10, in_channels=3):

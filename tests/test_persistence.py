@@ -29,7 +29,7 @@ from robustfit.attacks import PGD, GeneratorSynth, Langevin
 from robustfit.callbacks import ResumableCheckpoint
 from robustfit.classifier import training_state_path
 from robustfit.losses import PrimalDual
-from robustfit.models import MLP
+from robustfit.models import MLP, DigitsCNN, MnistCNN, SmallCNN
 from robustfit.proxy import ArrayProxy, DiffusionProxy, GaussianMixtureProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -378,3 +378,18 @@ def test_checkpoint_without_training_state_warns(data, tmp_path):
     with pytest.warns(UserWarning, match="no robustfit training state"):
         clf = _checkpointed(tmp_path, max_epochs=3).fit(Xtr, ytr)
     assert len(clf.history) == 3
+
+
+@pytest.mark.parametrize("module, shape", [(DigitsCNN, (1, 8, 8)), (MnistCNN, (1, 28, 28))])
+def test_library_networks_save_without_pickle(module, shape, tmp_path):
+    """robustfit's own sized networks are classes, so the safe format can name and rebuild them."""
+    rng = np.random.RandomState(0)
+    X, y = rng.rand(40, *shape).astype(np.float32), np.arange(40) % 10
+    clf = AdversarialClassifier(module, module__width=4, module__hidden=8, max_epochs=1,
+                                batch_size=20, train_split=None, random_state=0).fit(X, y)
+    assert isinstance(clf.module_, SmallCNN)
+    path = tmp_path / "m.pt"
+    clf.save(path)
+    loaded = AdversarialClassifier.load(path)
+    assert type(loaded.module_) is module
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
