@@ -9,9 +9,12 @@ are missing) against the held-out real MNIST images (last 2,000 of the split):
   size;
 - ARC: the normalized area under a PGD-trained real-vs-synthetic
   discriminator's robust accuracy over epsilon in {0, 0.025, 0.05, 0.1} (l_inf);
-- for a PGD-trained MNIST model (benchmarks/results/mnist_pgd.pkl from
-  bench_mnist.py, or trained here): average l_inf robustness Rob on real and
-  on proxy samples, their gap and the cwd bound;
+- for a PGD-trained MNIST model (--model, default benchmarks/results/mnist_pgd.rfm,
+  read with AdversarialClassifier.load, never unpickled; bench_mnist.py pickles a
+  module=MnistCNN model, which must first be rebuilt as module=SmallCNN with the
+  same weights and saved with AdversarialClassifier.save; or trained here):
+  average l_inf robustness Rob on real and on proxy samples, their gap and the
+  cwd bound (--bound-only: this table alone, for the draw --seed);
 - the time of each, and a table of the cwd methods (exact, Sinkhorn, sliced)
   against exact, with the time of 10,000 vs 10,000 images.
 
@@ -21,13 +24,13 @@ Run: python benchmarks/bench_bound.py --data ../shared/datasets/mnist
 from __future__ import annotations
 
 import json
-import pickle
 import time
 from pathlib import Path
 
 import numpy as np
 from _common import mnist_split, parser
 
+from robustfit import AdversarialClassifier
 from robustfit.datasets import load_mnist
 from robustfit.metrics import (
     TransferBound,
@@ -40,8 +43,8 @@ ARC_EPS = [0.0, 0.025, 0.05, 0.1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def load_samples(name, folder):
-    path = Path(folder) / f"proxy_samples_{name}.npz"
+def load_samples(name, folder, path=None):
+    path = Path(path) if path else Path(folder) / f"proxy_samples_{name}.npz"
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as data:
@@ -56,8 +59,10 @@ def fit_gmm(X, y, n, seed):
     try:
         from robustfit.proxy import GaussianMixtureProxy
 
-        proxy = GaussianMixtureProxy(random_state=seed).fit(X, y)
-        return proxy.sample(n, random_state=seed), "robustfit.proxy.GaussianMixtureProxy()"
+        # bench_proxy.py's settings
+        proxy = GaussianMixtureProxy(mixture_components=10, pca_components=50, random_state=seed).fit(X, y)
+        return (proxy.sample(n, random_state=seed),
+                f"robustfit.proxy.GaussianMixtureProxy(10 components, 50 PCA), {len(X)} real images")
     except ImportError:
         from sklearn.mixture import GaussianMixture
 
@@ -74,20 +79,20 @@ def fit_gmm(X, y, n, seed):
 
 
 def pgd_model(X_train, y_train, epochs, model=None):
-    paths = [Path(model)] if model else [RESULTS / "mnist_pgd.pkl", RESULTS / f"bench_bound_pgd{epochs}.pkl"]
+    # saved with AdversarialClassifier.save and read with its safe loader (no unpickling)
+    paths = [Path(model)] if model else [RESULTS / "mnist_pgd.rfm", RESULTS / f"bench_bound_pgd{epochs}.rfm"]
     for path in paths:
         if path.exists():
-            with open(path, "rb") as f:
-                return pickle.load(f), str(path)
-    from robustfit import AdversarialClassifier
+            return AdversarialClassifier.load(path), str(path)
     from robustfit.attacks import PGD
-    from robustfit.models import MnistCNN
+    from robustfit.models import SmallCNN
 
-    clf = AdversarialClassifier(module=MnistCNN, attack=PGD(epsilon=0.3, steps=7), max_epochs=epochs,
+    # MnistCNN's network as a class, so that AdversarialClassifier.save can describe it
+    clf = AdversarialClassifier(module=SmallCNN, module__width=16, module__hidden=100,
+                                module__input_size=28, attack=PGD(epsilon=0.3, steps=7), max_epochs=epochs,
                                 random_state=0, device="cpu").fit(X_train, y_train)
     RESULTS.mkdir(exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(clf, f)
+    clf.save(path)
     return clf, f"trained here: PGD-7 eps 0.3, {epochs} epochs on the 8,000 training images"
 
 
@@ -128,7 +133,16 @@ def main():
     p.add_argument("--model-epochs", type=int, default=10, help="epochs if mnist_pgd.pkl is missing")
     p.add_argument("--quick", action="store_true", help="smaller sizes for a smoke run")
     p.add_argument("--samples", default=str(RESULTS), help="folder of bench_proxy.py's samples and json")
-    p.add_argument("--model", default=None, help="pickled PGD model (default: results/mnist_pgd.pkl)")
+    p.add_argument("--model", default=None,
+                   help="PGD model saved by AdversarialClassifier.save (default: results/mnist_pgd.rfm)")
+    p.add_argument("--diffusion-file", default=None,
+                   help="npz of DiffusionProxy samples (uint8 image, label) instead of --samples's")
+    p.add_argument("--gmm-real", type=int, default=None,
+                   help="fit the Gaussian mixture here on the first N training images (bench_proxy: 1000)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="draw of the Rob subsets (real and samples side) and of the fitted mixture")
+    p.add_argument("--bound-only", action="store_true",
+                   help="only the Rob / gap / cwd bound table (no cwd table, ARC, check or methods)")
     p.add_argument("--only-methods", action="store_true", help="only the table of cwd methods vs exact")
     args = p.parse_args()
     (X_tr, y_tr), (X_ev, y_ev) = mnist_split(args.data)
@@ -145,13 +159,15 @@ def main():
     proxies["real, other wr."] = (X_tr[:n], y_tr[:n])
     notes["real, other wr."] = f"training images 0-{n} (other writers: NIST SD-3)"
     for name in ("gmm", "diffusion"):
-        s = load_samples(name, args.samples)
+        file = args.diffusion_file if name == "diffusion" else None
+        s = None if name == "gmm" and args.gmm_real else load_samples(name, args.samples, file)
         if s is not None:
             proxies[name] = (s[0][:n], s[1][:n])
-            notes[name] = str(Path(args.samples) / f"proxy_samples_{name}.npz")
+            notes[name] = file or str(Path(args.samples) / f"proxy_samples_{name}.npz")
         elif name == "gmm":
             t = time.perf_counter()
-            proxies[name], notes[name] = fit_gmm(X_tr, y_tr, n, 0)
+            m = args.gmm_real or len(X_tr)
+            proxies[name], notes[name] = fit_gmm(X_tr[:m], y_tr[:m], n, args.seed)
             notes[name] += f" (fitted here in {time.perf_counter() - t:.1f} s)"
         else:
             notes[name] = "missing: no proxy_samples_diffusion.npz (run bench_proxy.py)"
@@ -162,11 +178,17 @@ def main():
     for k, v in notes.items():
         print(f"  {k:16s} {v}")
 
-    rows = {}
+    rows = {name: {"source": notes[name]} for name in proxies}
+    rows["seed"] = args.seed
+    if args.bound_only:
+        rob_table(args, rows, proxies, X_tr, y_tr, X_ev, y_ev, n)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"bench_bound_seed{args.seed}.json").write_text(json.dumps(rows, indent=1, default=float))
+        return
     print("\nconditional Wasserstein distance to the held-out real images (exact OT)")
     print(f"{'proxy':16s} {'cwd l2':>9s} {'time':>6s} {'cwd linf':>9s} {'time':>6s}")
     for name, (Xp, yp) in proxies.items():
-        r = rows.setdefault(name, {"source": notes[name]})
+        r = rows[name]
         out = []
         for metric in ("l2", "linf"):
             t = time.perf_counter()
@@ -186,35 +208,7 @@ def main():
         rows[name].update(arc=res.score, arc_curve=res.accuracy.tolist(), arc_s=dt)
         print(f"{name:16s} ARC {res.score:.4f}  curve {np.round(res.accuracy, 4).tolist()}  {dt:.1f}s")
 
-    clf, model_note = pgd_model(X_tr, y_tr, args.model_epochs, args.model)
-    print(f"\nRob_linf of the PGD model ({model_note}); {args.n_rob} images per side; "
-          "bound = cwd_linf between the same images")
-    rng = np.random.RandomState(0)
-    ir = rng.choice(n, args.n_rob, replace=False)
-    # sanity check of the minimum-norm search: the fraction of distances above 0.3 must
-    # not exceed the robust accuracy under the strongest evaluation at 0.3
-    t = time.perf_counter()
-    tb = TransferBound(estimator=clf, norm="linf", n_bootstrap=20, random_state=0).fit(X_ev[ir], y_ev[ir])
-    rob = tb.rob_real_
-    t_rob = time.perf_counter() - t
-    t = time.perf_counter()
-    aa = robust_accuracy(clf, X_ev[ir], y_ev[ir], attack="autoattack-fast", epsilon=0.3, norm="linf")
-    t_aa = time.perf_counter() - t
-    rows["min_norm_check"] = {"frac_dist_gt_0.3": float(np.mean(rob.distances > 0.3)),
-                              "fast_ensemble_0.3": aa}
-    print(f"check: fraction of min-norm distances > 0.3 = {np.mean(rob.distances > 0.3):.4f} "
-          f"(Rob on real: {t_rob:.1f}s); "
-          f"fast ensemble (APGD-CE + APGD-T x3) robust accuracy at 0.3 = {aa:.4f} ({t_aa:.1f}s)")
-    for name, (Xp, yp) in proxies.items():
-        ip = rng.choice(len(Xp), args.n_rob, replace=False)
-        t = time.perf_counter()
-        res = tb.bound((Xp[ip], yp[ip]))
-        dt = time.perf_counter() - t
-        rows[name].update(rob_real=res.rob_real.mean, rob_proxy=res.rob_proxy.mean, gap=res.gap,
-                          gap_ci=res.gap_ci, bound=res.cwd.distance, bound_ci=res.cwd.ci, holds=res.holds,
-                          holds_within_ci=res.holds_within_ci, bound_s=dt)
-        print(f"{name:16s} Rob real {res.rob_real.mean:.4f}  Rob proxy {res.rob_proxy.mean:.4f}  "
-              f"gap {res.gap:.4f}  cwd {res.cwd.distance:.4f}  holds {res.holds}  {dt:.1f}s")
+    rob_table(args, rows, proxies, X_tr, y_tr, X_ev, y_ev, n)
 
     print()
     rows["methods"] = methods_table(*load_mnist(args.data, split="test"), X_ev, y_ev, proxies["gmm"])
@@ -225,6 +219,43 @@ def main():
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "bench_bound.json").write_text(json.dumps(rows, indent=1, default=float))
+
+
+def rob_table(args, rows, proxies, X_tr, y_tr, X_ev, y_ev, n):
+    """Rob on 500 real and 500 sample images per set, their gap and the cwd bound."""
+    clf, model_note = pgd_model(X_tr, y_tr, args.model_epochs, args.model)
+    print(f"\nRob_linf of the PGD model ({model_note}); {args.n_rob} images per side; "
+          f"bound = cwd_linf between the same images; seed {args.seed}")
+    rng = np.random.RandomState(args.seed)
+    ir = rng.choice(n, args.n_rob, replace=False)
+    # sanity check of the minimum-norm search: the fraction of distances above 0.3 must
+    # not exceed the robust accuracy under the strongest evaluation at 0.3
+    t = time.perf_counter()
+    tb = TransferBound(estimator=clf, norm="linf", n_bootstrap=20, random_state=args.seed).fit(X_ev[ir], y_ev[ir])
+    rob = tb.rob_real_
+    t_rob = time.perf_counter() - t
+    rows["rob_real_s"] = t_rob
+    print(f"Rob on real: {rob.mean:.4f} ({t_rob:.1f}s)", flush=True)
+    for name, (Xp, yp) in proxies.items():
+        ip = rng.choice(len(Xp), args.n_rob, replace=False)
+        t = time.perf_counter()
+        res = tb.bound((Xp[ip], yp[ip]))
+        dt = time.perf_counter() - t
+        rows[name].update(rob_real=res.rob_real.mean, rob_proxy=res.rob_proxy.mean, gap=res.gap,
+                          gap_ci=res.gap_ci, bound=res.cwd.distance, bound_ci=res.cwd.ci, holds=res.holds,
+                          holds_within_ci=res.holds_within_ci, bound_s=dt)
+        print(f"{name:16s} Rob real {res.rob_real.mean:.4f}  Rob proxy {res.rob_proxy.mean:.4f}  "
+              f"gap {res.gap:.4f}  cwd {res.cwd.distance:.4f}  holds {res.holds}  {dt:.1f}s", flush=True)
+    if args.bound_only:
+        return
+    t = time.perf_counter()
+    aa = robust_accuracy(clf, X_ev[ir], y_ev[ir], attack="autoattack-fast", epsilon=0.3, norm="linf")
+    t_aa = time.perf_counter() - t
+    rows["min_norm_check"] = {"frac_dist_gt_0.3": float(np.mean(rob.distances > 0.3)),
+                              "fast_ensemble_0.3": aa}
+    print(f"check: fraction of min-norm distances > 0.3 = {np.mean(rob.distances > 0.3):.4f} "
+          f"(Rob on real: {t_rob:.1f}s); "
+          f"fast ensemble (APGD-CE + APGD-T x3) robust accuracy at 0.3 = {aa:.4f} ({t_aa:.1f}s)")
 
 
 if __name__ == "__main__":
