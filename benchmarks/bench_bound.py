@@ -130,7 +130,7 @@ def main():
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--n-rob", type=int, default=500, help="images per side for Rob and its bound")
     p.add_argument("--arc-epochs", type=int, default=5)
-    p.add_argument("--model-epochs", type=int, default=10, help="epochs if mnist_pgd.pkl is missing")
+    p.add_argument("--model-epochs", type=int, default=10, help="epochs if mnist_pgd.rfm is missing")
     p.add_argument("--quick", action="store_true", help="smaller sizes for a smoke run")
     p.add_argument("--samples", default=str(RESULTS), help="folder of bench_proxy.py's samples and json")
     p.add_argument("--model", default=None,

@@ -25,7 +25,6 @@ process's CPU seconds (one thread by default, so CPU seconds are compute time).
 
 from __future__ import annotations
 
-import pickle
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 from _common import mnist_split, parser
 
+from robustfit import AdversarialClassifier
 from robustfit._utils import random_source
 from robustfit.attacks import APGD, FAB, FGSM, PGD, AutoAttack, Square
 from robustfit.metrics import robust_accuracy
@@ -158,7 +158,8 @@ def versus(args, clf, Xte, yte):
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--model", default=str(Path(__file__).parent / "results" / "mnist_pgd.pkl"))
+    p.add_argument("--model", default=str(Path(__file__).parent / "results" / "mnist_pgd.rfm"),
+                   help="model saved by AdversarialClassifier.save (bench_mnist.py --save)")
     p.add_argument("--n-eval", type=int, default=None,
                    help="evaluation images (default: 2000, or 500 with --versus)")
     p.add_argument("--targets", type=int, default=3,
@@ -174,8 +175,7 @@ def main():
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    with open(args.model, "rb") as f:
-        clf = pickle.load(f)
+    clf = AdversarialClassifier.load(args.model)
     _, (Xte, yte) = mnist_split(args.data)
     n_eval = args.n_eval or (500 if args.versus else 2000)
     Xte, yte = Xte[:n_eval], yte[:n_eval]

@@ -12,7 +12,6 @@ training method. All runs use the library defaults a user would keep
 
 from __future__ import annotations
 
-import pickle
 import time
 from pathlib import Path
 
@@ -59,8 +58,9 @@ def main():
     p.add_argument("--n-eval", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=0)
-    p.add_argument("--save", default=str(Path(__file__).parent / "results" / "mnist_pgd.pkl"),
-                   help="where to pickle the PGD-trained model (bench_eval.py reads it)")
+    p.add_argument("--save", default=str(Path(__file__).parent / "results" / "mnist_pgd.rfm"),
+                   help="where to save the PGD-trained model with AdversarialClassifier.save "
+                        "(bench_eval.py and bench_bound.py read it)")
     args = p.parse_args()
 
     (Xtr, ytr), (Xte, yte) = mnist_split(args.data)
@@ -87,8 +87,10 @@ def main():
         print(f"  clean valid acc per epoch (first 500 eval images): {curve}", flush=True)
         if method == "pgd" and args.save:
             Path(args.save).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.save, "wb") as f:
-                pickle.dump(clf, f)
+            # the safe format (loading runs no stored code) cannot describe the
+            # predefined validation split; the saved model only evaluates
+            clf.set_params(train_split=None)
+            clf.save(args.save)
             print(f"  saved to {args.save}")
 
 
