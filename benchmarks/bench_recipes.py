@@ -59,6 +59,7 @@ CONFIGS = {
     "mart": ("MART", {"objective": "mart"}),
     "fgsm": ("FGSM (large step)", {"attack": "fgsm"}),
     "fgsm_guard": ("FGSM (large step) + guard", {"attack": "fgsm", "guard": "guard"}),
+    "pgd_guard": ("PGD-AT + guard (false-alarm check)", {"guard": "guard"}),
 }
 
 
