@@ -281,6 +281,13 @@ def penultimate_layer(module):
 # ---------------------------------------------------------------------------
 # Perturbation generators (Robustness-via-Synthesis, GeneratorSynth)
 # ---------------------------------------------------------------------------
+def _cpu_autocast_enabled():
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
+
+
 class _FoldTransposedConv(torch.autograd.Function):
     """A transposed convolution computed forward as a matrix product and a fold;
     backward by torch's own transposed-convolution kernel (the same gradients)."""
@@ -323,7 +330,10 @@ class _FoldConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, x, output_size=None):
         if (x.device.type != "cpu" or x.dim() != 4 or output_size is not None or self.groups != 1
-                or self.dilation != (1, 1) or self.padding_mode != "zeros"):
+                or self.dilation != (1, 1) or self.padding_mode != "zeros"
+                or x.dtype != self.weight.dtype or _cpu_autocast_enabled()):
+            # under CPU autocast the matrix product would run in bf16 while the
+            # backward kernel gets float32 weights: torch's own layer handles it
             return super().forward(x, output_size)
         return _FoldTransposedConv.apply(x, self.weight, self.bias, self.stride, self.padding,
                                          self.output_padding)

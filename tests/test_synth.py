@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -502,6 +503,28 @@ def test_fold_transposed_convolution_is_torchs():
         for a, b in zip(torch.autograd.grad(out, [x, *fold.parameters()], g),
                         torch.autograd.grad(expected, [x, *ref.parameters()], g)):
             assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_layer_under_cpu_autocast_trains_like_torchs():
+    """Under bf16 CPU autocast the fold layer hands over to torch's own kernel: GeneratorSynth
+    trains with amp="bf16" on the CPU (the fold's backward got mixed dtypes and failed)."""
+    from robustfit.models import _FoldConvTranspose2d
+
+    torch.manual_seed(0)
+    fold = _FoldConvTranspose2d(8, 1, 4, stride=2, padding=1)
+    ref = torch.nn.ConvTranspose2d(8, 1, 4, stride=2, padding=1)
+    ref.load_state_dict(fold.state_dict())
+    x = torch.randn(4, 8, 14, 14, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = fold(x), ref(x)
+    assert out.dtype == expected.dtype and torch.equal(out, expected)
+    out.sum().backward()
+    X = torch.rand(32, 1, 28, 28).numpy()
+    y = (torch.arange(32) % 10).numpy()
+    clf = AdversarialClassifier(MnistCNN, attack=GeneratorSynth(epsilon=0.1, generator_step_mode="train"),
+                                amp="bf16", max_epochs=1, batch_size=16, train_split=None,
+                                random_state=0).fit(X, y)
+    assert np.isfinite(clf.history[-1, "train_loss"])
 
 
 @pytest.mark.parametrize("module", ["robustfit._ot", "robustfit.attacks.synth", "robustfit.models"])
