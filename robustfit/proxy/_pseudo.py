@@ -14,6 +14,17 @@ from .._validation import HasMethods, Interval, check_array
 from ._base import ProxyDistribution
 
 
+def top_per_group(scores, fraction, groups):
+    """Indices of the ``ceil(fraction * n_g)`` highest ``scores`` of every group
+    (ties: the earlier sample), grouped in the order of the sorted group values."""
+    keep = []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        k = int(np.ceil(fraction * len(idx) - 1e-9))
+        keep.append(idx[np.argsort(-scores[idx], kind="stable")[:k]])
+    return np.concatenate(keep) if keep else np.zeros(0, dtype=np.intp)
+
+
 class PseudoLabeledProxy(ProxyDistribution):
     """Label a generator's samples with a teacher classifier and keep the most
     confident ones per class.
@@ -177,12 +188,7 @@ class PseudoLabeledProxy(ProxyDistribution):
         self.validate_params()
         X = check_array(X, allow_tensor=False)
         labels, conf = self._scores(X, y)
-        keep = []
-        for c in range(len(self.classes_)):
-            idx = np.flatnonzero(labels == c)
-            k = int(np.ceil(self.keep_fraction * len(idx) - 1e-9))
-            keep.append(idx[np.argsort(-conf[idx], kind="stable")[:k]])
-        keep = np.concatenate(keep)
+        keep = top_per_group(conf, self.keep_fraction, labels)
         return X[keep], self.classes_[labels[keep]]
 
     def _generate(self, counts, rng):

@@ -14,20 +14,10 @@ from ..attacks._base import NORMS
 from ..metrics import arc_sample_scores
 from ._array import ArrayProxy
 from ._base import ProxyDistribution
-from ._pseudo import PseudoLabeledProxy
+from ._pseudo import PseudoLabeledProxy, top_per_group
 
 #: The values of ``SelectedProxy(selection=...)``.
 SELECTIONS = ("arc", "confidence", "random")
-
-
-def _top(scores, fraction, groups):
-    """Indices of the ``ceil(fraction * n_g)`` highest scores of every group (ties: the earlier sample), sorted."""
-    keep = []
-    for g in np.unique(groups):
-        idx = np.flatnonzero(groups == g)
-        k = int(np.ceil(fraction * len(idx) - 1e-9))
-        keep.append(idx[np.argsort(-scores[idx], kind="stable")[:k]])
-    return np.sort(np.concatenate(keep))
 
 
 class SelectedProxy(ProxyDistribution):
@@ -205,7 +195,7 @@ class SelectedProxy(ProxyDistribution):
         self.teacher_ = None
         self.scores_ = np.asarray(self._scores(X, y, Xc, yc, rng), dtype=float)
         groups = yc if self.per_class else np.zeros(len(yc), dtype=int)
-        self.support_ = _top(self.scores_, self.keep_fraction, groups)
+        self.support_ = np.sort(top_per_group(self.scores_, self.keep_fraction, groups))
         self.X_selected_ = np.ascontiguousarray(Xc[self.support_], dtype=np.float32)
         self.y_selected_ = self.classes_[yc[self.support_]]
         return self
