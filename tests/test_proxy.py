@@ -19,6 +19,7 @@ from robustfit.proxy import (
     ProxyDistribution,
     PseudoLabeledProxy,
 )
+from robustfit.proxy._diffusion import _training_target
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +217,45 @@ def test_diffusion_proxy_tiny_digits(data, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "diffusers", None)
     with pytest.raises(ImportError, match=r"robustfit\[diffusion\]"):
         DiffusionProxy(**kw).fit(X, y)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_diffusion_training_target_is_what_the_samplers_invert(prediction_type):
+    # the target the UNet is trained on must be the output from which diffusers' DDIM step
+    # recovers the clean image exactly (and, for v, diffusers' own velocity)
+    diffusers = pytest.importorskip("diffusers")
+    proxy = DiffusionProxy(prediction_type=prediction_type)
+    scheduler = proxy._make_scheduler(diffusers)
+    assert scheduler.config.prediction_type == prediction_type
+    ddim = diffusers.DDIMScheduler.from_config(scheduler.config, timestep_spacing="trailing")
+    ddim.set_timesteps(10)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand((3, 1, 8, 8), generator=gen) * 2 - 1
+    noise = torch.randn((3, 1, 8, 8), generator=gen)
+    for t in (100, 500, 899):
+        a = scheduler.alphas_cumprod[t]
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = _training_target(prediction_type, x0, noise, a)
+        recovered = ddim.step(target, torch.tensor(t), noisy, eta=0.0).pred_original_sample
+        torch.testing.assert_close(recovered, x0, atol=1e-4, rtol=1e-4)
+        if prediction_type == "v_prediction":
+            v = scheduler.get_velocity(x0, noise, torch.full((3,), t))
+            torch.testing.assert_close(target, v, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_diffusion_proxy_prediction_types_fit_and_sample(data, prediction_type):
+    X, y, _, _ = data
+    proxy = DiffusionProxy(block_out_channels=(16, 32), max_epochs=1, batch_size=100,
+                           sampling_steps=3, prediction_type=prediction_type,
+                           random_state=0).fit(X, y)
+    assert proxy.scheduler_.config.prediction_type == prediction_type
+    assert np.isfinite(proxy.loss_curve_).all()
+    Xs, ys = proxy.sample(20, random_state=0)
+    assert Xs.shape == (20, 1, 8, 8) and np.isfinite(Xs).all()
+    assert Xs.min() >= 0 and Xs.max() <= 1
+    with pytest.raises(ValueError, match="prediction_type"):
+        DiffusionProxy(prediction_type="noise").fit(X, y)
 
 
 # ------------------------------------------- AdversarialClassifier(proxy_data=)

@@ -16,6 +16,7 @@ from .._validation import InstanceOf, Interval, Options, resolve_device
 from ._base import ProxyDistribution
 
 _SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def _import_diffusers():
@@ -23,19 +24,30 @@ def _import_diffusers():
     return optional_import("diffusers", "DiffusionProxy")
 
 
+def _training_target(prediction_type, x0, noise, alpha_bar):
+    """What the UNet learns to output for ``x_t = sqrt(a) x0 + sqrt(1 - a) noise``, ``a = alpha_bar``:
+    the noise, the velocity ``sqrt(a) noise - sqrt(1 - a) x0`` or ``x0`` (diffusers' conventions)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+    return x0
+
+
 class DiffusionProxy(ProxyDistribution):
     """Class-conditional diffusion model (DDPM, Ho et al. 2020) with a DDIM sampler.
 
     The proxy that helps most in Sehwag et al. (2022). A
-    :class:`diffusers.UNet2DModel` with a class embedding learns to predict the
-    noise added by a :class:`diffusers.DDPMScheduler`; sampling runs a
+    :class:`diffusers.UNet2DModel` with a class embedding learns to undo the
+    noise added by a :class:`diffusers.DDPMScheduler` (predicting the noise,
+    the velocity or the clean image, see ``prediction_type``); sampling runs a
     deterministic :class:`diffusers.DDIMScheduler` (Song et al. 2021) with
     ``sampling_steps`` steps ("trailing" spacing, so the chain starts from pure
     noise) from an exponential moving average of the weights.
     With ``label_dropout > 0`` the label is replaced by a "null" class on that
     fraction of training samples, which enables classifier-free guidance
     (Ho & Salimans 2022) at sampling time: ``guidance_scale = w`` combines the
-    noise predictions as ``eps_null + w * (eps_y - eps_null)`` (``w = 1`` is
+    model's outputs as ``out_null + w * (out_y - out_null)`` (``w = 1`` is
     plain conditional sampling and costs half as much).
 
     Images are scaled from ``bounds`` to [-1, 1] and padded (edge values) to a
@@ -67,6 +79,15 @@ class DiffusionProxy(ProxyDistribution):
         Length of the diffusion chain.
     beta_schedule : {"squaredcos_cap_v2", "linear", "scaled_linear"}, default="squaredcos_cap_v2"
         Noise schedule (cosine schedule of Nichol & Dhariwal 2021 by default).
+    prediction_type : {"epsilon", "v_prediction", "sample"}, default="epsilon"
+        What the UNet learns to predict from the noisy image
+        ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise``: the noise (Ho et al.
+        2020), the velocity ``v = sqrt(a_t) noise - sqrt(1 - a_t) x_0``
+        (Salimans & Ho 2022) or the clean image ``x_0``; the training loss is
+        the mean squared error to that target, and the same type is passed to
+        the DDPM and DDIM schedulers. ``"epsilon"`` cannot estimate ``x_0`` at
+        the pure-noise first step of a short chain (``a_t`` near 0), which
+        ``"v_prediction"`` and ``"sample"`` can.
     sampling_steps : int, default=20
         DDIM steps per sample.
     guidance_scale : float, default=1.0
@@ -128,6 +149,7 @@ class DiffusionProxy(ProxyDistribution):
         ema_decay=0.995,
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
         sampling_steps=20,
         guidance_scale=1.0,
         label_dropout=0.1,
@@ -149,6 +171,7 @@ class DiffusionProxy(ProxyDistribution):
         self.ema_decay = ema_decay
         self.num_train_timesteps = num_train_timesteps
         self.beta_schedule = beta_schedule
+        self.prediction_type = prediction_type
         self.sampling_steps = sampling_steps
         self.guidance_scale = guidance_scale
         self.label_dropout = label_dropout
@@ -173,6 +196,7 @@ class DiffusionProxy(ProxyDistribution):
         "ema_decay": [Interval(Real, 0, 1, closed="left")],
         "num_train_timesteps": [Interval(Integral, 2, None)],
         "beta_schedule": [Options(_SCHEDULES)],
+        "prediction_type": [Options(_PREDICTION_TYPES)],
         "sampling_steps": [Interval(Integral, 1, None)],
         "guidance_scale": [Interval(Real, 0, 1e3)],
         "label_dropout": [Interval(Real, 0, 1, closed="left")],
@@ -259,7 +283,7 @@ class DiffusionProxy(ProxyDistribution):
         """The DDPM noise scheduler of ``num_train_timesteps`` and ``beta_schedule``."""
         return diffusers.DDPMScheduler(
             num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
-            prediction_type="epsilon", clip_sample=True,
+            prediction_type=self.prediction_type, clip_sample=True,
         )
 
     def get_fitted_state(self):
@@ -304,7 +328,7 @@ class DiffusionProxy(ProxyDistribution):
         return self
 
     def _train(self, unet, x0, labels):
-        """Train ``unet`` to predict the noise of ``x0``; set ``loss_curve_``; return the EMA model or None."""
+        """Train ``unet`` to denoise ``x0``; set ``loss_curve_``; return the EMA model or None."""
         ema = None
         if self.ema_decay > 0:
             ema = torch.optim.swa_utils.AveragedModel(
@@ -346,7 +370,7 @@ class DiffusionProxy(ProxyDistribution):
         return total_loss
 
     def _denoising_loss(self, unet, xb, yb, alphas):
-        """MSE of the predicted noise at random timesteps (labels dropped to the null class at ``label_dropout``)."""
+        """MSE of the UNet's prediction at random timesteps (labels dropped to the null class at ``label_dropout``)."""
         if self.label_dropout > 0:
             drop = torch.rand(len(yb), device=xb.device) < self.label_dropout
             yb = torch.where(drop, torch.full_like(yb, self.null_class_), yb)
@@ -354,7 +378,8 @@ class DiffusionProxy(ProxyDistribution):
         t = torch.randint(0, self.num_train_timesteps, (len(xb),), device=xb.device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * xb + (1 - a).sqrt() * noise
-        return F.mse_loss(unet(noisy, t, class_labels=yb).sample, noise)
+        target = _training_target(self.prediction_type, xb, noise, a)
+        return F.mse_loss(unet(noisy, t, class_labels=yb).sample, target)
 
     def _to_model_space(self, x):
         lo, hi = self.scale_
@@ -394,11 +419,11 @@ class DiffusionProxy(ProxyDistribution):
                 for t in ddim.timesteps:
                     tt = t.to(device)
                     if guided:
-                        eps_c, eps_u = self.unet_(torch.cat([x, x]), tt, class_labels=y2).sample.chunk(2)
-                        eps = eps_u + self.guidance_scale * (eps_c - eps_u)
+                        out_c, out_u = self.unet_(torch.cat([x, x]), tt, class_labels=y2).sample.chunk(2)
+                        pred = out_u + self.guidance_scale * (out_c - out_u)
                     else:
-                        eps = self.unet_(x, tt, class_labels=yb).sample
-                    x = ddim.step(eps, t, x, eta=0.0).prev_sample
+                        pred = self.unet_(x, tt, class_labels=yb).sample
+                    x = ddim.step(pred, t, x, eta=0.0).prev_sample
                 out.append(self._from_model_space(x).cpu().numpy())
         if not out:
             return np.empty((0, *self.input_shape_), dtype=np.float32)
