@@ -85,9 +85,12 @@ class DiffusionProxy(ProxyDistribution):
         2020), the velocity ``v = sqrt(a_t) noise - sqrt(1 - a_t) x_0``
         (Salimans & Ho 2022) or the clean image ``x_0``; the training loss is
         the mean squared error to that target, and the same type is passed to
-        the DDPM and DDIM schedulers. ``"epsilon"`` cannot estimate ``x_0`` at
-        the pure-noise first step of a short chain (``a_t`` near 0), which
-        ``"v_prediction"`` and ``"sample"`` can.
+        the DDPM and DDIM schedulers. A noise prediction says little about
+        ``x_0`` at the pure-noise first step of a short chain (``a_t`` near 0);
+        the other two targets do not have that weakness. On 1,000 MNIST images
+        ``"sample"`` gave samples that an independent classifier labelled
+        correctly 91% of the time against 48% for ``"epsilon"``, at the same
+        cost (see the "Sample quality as numbers" section of the proxy docs).
     sampling_steps : int, default=20
         DDIM steps per sample.
     guidance_scale : float, default=1.0
@@ -280,7 +283,7 @@ class DiffusionProxy(ProxyDistribution):
         )
 
     def _make_scheduler(self, diffusers):
-        """The DDPM noise scheduler of ``num_train_timesteps`` and ``beta_schedule``."""
+        """The DDPM noise scheduler of ``num_train_timesteps``, ``beta_schedule`` and ``prediction_type``."""
         return diffusers.DDPMScheduler(
             num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
             prediction_type=self.prediction_type, clip_sample=True,
