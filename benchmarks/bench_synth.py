@@ -35,6 +35,7 @@ per method (throughput, clean, PGD-7 and ensemble accuracy, seed, settings).
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 
@@ -91,7 +92,7 @@ def profile_steps(clf, X, y, n_steps, batch_size):
         for batch in batches:
             step(batch)
     table = prof.key_averages(group_by_input_shape=True).table(
-        sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=30, max_shapes_column_width=60)
+        sort_by="self_cpu_time_total", row_limit=int(os.environ.get("PROFILE_ROWS", 12)), max_name_column_width=30, max_shapes_column_width=60)
     print("\n".join("  " + line for line in table.splitlines()), flush=True)
 
 

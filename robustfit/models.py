@@ -378,6 +378,11 @@ class _ImageGenerator(nn.Module):
     def forward(self, z, x=None):
         c, h, w = self.shape
         t = self.fc(z).view(-1, self.c0, self.h0, self.w0)
+        if t.device.type == "cpu":
+            # torch's CPU transposed convolution is faster on channels-last input:
+            # forward and backward of the generator 6.1-6.2 ms against 6.8-7.3
+            # (batch 128, MNIST, one thread); the values agree to float rounding
+            t = t.contiguous(memory_format=torch.channels_last)
         t = self.up1(self._with_image(t, x))
         return self.up2(self._with_image(t, x))[:, :, :h, :w]
 
