@@ -59,8 +59,10 @@ def _logsumexp(x, dim):
 
 
 def _ground_cost(x, y, p):
-    """``|x_i - y_j|^p / p`` for every pair of rows (squared distances by the Gram expansion)."""
-    sq = ((x * x).sum(1, keepdim=True) - 2 * x @ y.T + (y * y).sum(1)).clamp(min=0)
+    """``|x_i - y_j|^p / p`` for every pair of rows of ``x`` (..., n, d) and ``y`` (..., m, d),
+    batched over leading dimensions (squared distances by the Gram expansion)."""
+    sq = ((x * x).sum(-1, keepdim=True) - 2 * x @ y.transpose(-1, -2)
+          + (y * y).sum(-1).unsqueeze(-2)).clamp(min=0)
     return sq / 2 if p == 2 else sq.clamp(min=1e-8).sqrt()
 
 
@@ -175,19 +177,22 @@ def _sinkhorn_divergence(x, y, blur, p, scaling, debias):
     log_a, log_b = log_weights(n), log_weights(m)
     # the second point cloud of each cost is detached: the gradient of the
     # potential on x (on y) flows to x (to y) only, as the envelope theorem gives it
-    costs = [_ground_cost(x, y.detach(), p), _ground_cost(y, x.detach(), p)]
+    rows, cols = [x, y], [y.detach(), x.detach()]
     log_w = [log_b, log_a]
     partner = [1, 0]
     if debias:
-        costs += [_ground_cost(x, x.detach(), p), _ground_cost(y, y.detach(), p)]
+        rows, cols = rows + [x, y], cols + [x.detach(), y.detach()]
         log_w += [log_a, log_b]
         partner += [2, 3]
-    costs = torch.stack([padded(c) for c in costs])
+    if n == m:  # all problems in one batched computation
+        costs = _ground_cost(torch.stack(rows), torch.stack(cols), p)
+    else:
+        costs = torch.stack([padded(_ground_cost(r, c, p)) for r, c in zip(rows, cols)])
     log_w = torch.stack(log_w)
 
     def softmin(eps, cost, h):
         # -eps log sum_j exp(h_j - C_ij / eps), every problem at once
-        return -eps * _logsumexp(h.unsqueeze(1) - cost / eps, dim=2)
+        return -eps * _logsumexp(torch.add(h.unsqueeze(1), cost, alpha=-1 / eps), dim=2)
 
     schedule = _annealing(x, y, p, blur, scaling)
     partner = torch.tensor(partner, device=x.device)

@@ -107,12 +107,13 @@ class GeneratorSynth(Attack):
         Entropic blur of the Sinkhorn divergence, in the units of the
         representations (the entropic regularization is ``ot_blur ** 2``).
     ot_scaling : float, default=0.3
-        Ratio of geomloss's epsilon-scaling annealing, in ``(0, 1)``
+        Ratio of the solver's epsilon-scaling annealing, in ``(0, 1)``
         (``scaling`` of :func:`robustfit.losses.sinkhorn_distance`): the
         entropic regularization is divided by ``1 / ot_scaling ** 2`` per
         Sinkhorn iteration, from the representations' diameter down to
         ``ot_blur``. Smaller is fewer iterations (faster, less converged);
-        geomloss's default is 0.5.
+        :func:`~robustfit.losses.sinkhorn_distance`'s (and geomloss's)
+        default is 0.5.
     feature_layer : str or None, default=None
         Name of the classifier's submodule (as in ``module.named_modules()``,
         e.g. ``"classifier.2"`` for the ReLU after the hidden layer of
@@ -148,13 +149,14 @@ class GeneratorSynth(Attack):
         The input box that synthesized inputs are clipped to; ``None`` for
         unbounded features.
     ot_method : {"divergence", "sinkhorn"}, default="divergence"
-        The OT term: ``"divergence"`` is the debiased Sinkhorn divergence of
-        geomloss (``ot_blur``, ``ot_scaling``; zero for identical batches,
+        The OT term: ``"divergence"`` is the debiased Sinkhorn divergence
+        (:func:`robustfit.losses.sinkhorn_distance`, geomloss's algorithm;
+        ``ot_blur``, ``ot_scaling``; zero for identical batches,
         gradients by the envelope theorem); ``"sinkhorn"`` is the authors'
         transport cost of ``ot_iterations`` log-domain Sinkhorn iterations at
         regularization ``ot_reg`` with the squared Euclidean cost, not
         debiased, differentiated through the iterations
-        (:func:`robustfit.losses.sinkhorn_cost`; about 10x slower at 100
+        (:func:`robustfit.losses.sinkhorn_cost`; about 8x slower at 100
         iterations).
     ot_reg : float, default=0.01
         Entropic regularization of ``ot_method="sinkhorn"`` (the authors' 0.01),
