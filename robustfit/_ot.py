@@ -158,8 +158,9 @@ def _sinkhorn_divergence(x, y, blur, p, scaling, debias):
 
     Problem k computes the potential on the rows of ``costs[k]`` against the
     measure on its columns, whose log-weights are ``log_w[k]`` and whose own
-    potential is ``potentials[partner[k]]``: (a, b) -> f on a, (b, a) -> g on
-    b, then (a, a) and (b, b) when debiased. The problems are stacked in one
+    potential is that of problem k's partner: (a, b) -> f on a and (b, a) -> g
+    on b are each other's partners, then (a, a) and (b, b), when debiased, are
+    their own. The problems are stacked in one
     tensor, padded to ``max(n, m)`` points: a padding column has log-weight
     -inf (no mass), a padding row's potential is never read.
     """
@@ -179,11 +180,9 @@ def _sinkhorn_divergence(x, y, blur, p, scaling, debias):
     # potential on x (on y) flows to x (to y) only, as the envelope theorem gives it
     rows, cols = [x, y], [y.detach(), x.detach()]
     log_w = [log_b, log_a]
-    partner = [1, 0]
     if debias:
         rows, cols = rows + [x, y], cols + [x.detach(), y.detach()]
         log_w += [log_a, log_b]
-        partner += [2, 3]
     if n == m:  # all problems in one batched computation
         costs = _ground_cost(torch.stack(rows), torch.stack(cols), p)
     else:
@@ -194,16 +193,19 @@ def _sinkhorn_divergence(x, y, blur, p, scaling, debias):
         # -eps log sum_j exp(h_j - C_ij / eps), every problem at once
         return -eps * _logsumexp(torch.add(h.unsqueeze(1), cost, alpha=-1 / eps), dim=2)
 
+    def partners(t):
+        # row k of the result: row k's partner, (a, b) <-> (b, a), (a, a) and (b, b) their own
+        return torch.cat((t[1:2], t[:1], t[2:]))
+
     schedule = _annealing(x, y, p, blur, scaling)
-    partner = torch.tensor(partner, device=x.device)
     with torch.no_grad():
         fixed = costs.detach()
         pot = softmin(schedule[0], fixed, log_w)
         for eps in schedule:
-            pot = 0.5 * (pot + softmin(eps, fixed, log_w + pot[partner] / eps))
+            pot = 0.5 * (pot + softmin(eps, fixed, log_w + partners(pot) / eps))
     eps = schedule[-1]
-    pot = softmin(eps, costs, log_w + pot[partner] / eps)  # the gradient flows through costs only
-    weight = log_w.exp()[partner]  # each potential is integrated against its own measure
+    pot = softmin(eps, costs, log_w + partners(pot) / eps)  # the gradient flows through costs only
+    weight = partners(log_w.exp())  # each potential is integrated against its own measure
     value = (weight[:2] * pot[:2]).sum()
     if debias:
         value = value - (weight[2:] * pot[2:]).sum()
