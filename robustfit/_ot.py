@@ -69,9 +69,11 @@ def _ground_cost(x, y, p):
 def _annealing(x, y, p, blur, scaling):
     """The decreasing entropic regularizations of epsilon-scaling: from the diameter of the
     two clouds' bounding box (to the power p) down to ``blur ** p``, each ``scaling ** p``
-    times the previous one (Feydy et al. 2019; Schmitzer 2019)."""
+    times the previous one (Feydy et al. 2019; Schmitzer 2019). A diameter below a millionth
+    of ``blur`` (every point the same, where geomloss fails) counts as that millionth."""
     both = torch.cat([x.detach(), y.detach()])
     diameter = float((both.amax(0) - both.amin(0)).norm())  # one host sync per solve
+    diameter = max(diameter, 1e-6 * blur)
     eps = [diameter ** p]
     if diameter > blur:
         steps = math.ceil(math.log(diameter / blur) / math.log(1 / scaling))

@@ -82,6 +82,9 @@ def test_sinkhorn_zero_for_identical_positive_for_different():
     a = 3 * torch.randn(128, 10)
     assert abs(float(sinkhorn_distance(a, a))) < 1e-5
     assert abs(float(sinkhorn_distance(a, a.clone(), blur=1.0))) < 1e-5
+    zeros = torch.zeros(4, 3)  # every point the same: a zero diameter starts the annealing at the blur
+    assert float(sinkhorn_distance(zeros, zeros)) == 0.0
+    assert float(sinkhorn_distance(zeros[:1], zeros[:3] + 1.0, blur=0.01)) == pytest.approx(1.5, rel=1e-3)
     d = float(sinkhorn_distance(a, a + 0.5 * torch.randn_like(a)))
     assert d > 0.05
     assert float(sinkhorn_distance(a, a + 2.0)) > d  # a shift costs |shift|^2 / 2 per point
