@@ -137,7 +137,7 @@ clean:
 
 # ---------------------------------------------------------------- one GPU: make gpu-check
 # A GPU machine without network access (one H100/H200, Python 3.12, torch and torchvision in its
-# image but not skorch, POT, geomloss, diffusers or dask) gets what it lacks as wheels carried in
+# image but not skorch, POT, diffusers or dask) gets what it lacks as wheels carried in
 # .whl/ (ignored by git). Here, with network access:   make gpu-wheels
 # There, in the repository root:                      make gpu-check
 # gpu-wheels downloads the py3.12 manylinux wheels at the versions of constraints.txt, closing

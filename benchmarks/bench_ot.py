@@ -1,13 +1,18 @@
-"""Speed and memory of two Sinkhorn-divergence implementations: POT and geomloss.
+"""Speed and memory of three Sinkhorn-divergence implementations: robustfit's, POT and geomloss.
 
 Times the forward and backward pass of the debiased entropic OT cost between
 two batches of features (batch 128, feature dims 10 and 100) and reports the
 peak resident memory of a fresh process that runs only that computation.
-Both compute the same quantity: geomloss's ``SamplesLoss("sinkhorn", p=2,
-blur=b)`` (cost ``|x - y|^2 / 2``, entropic ``eps = b^2``) equals half of POT's
-``empirical_sinkhorn_divergence`` with cost ``|x - y|^2`` and ``reg = 2 b^2``.
+All compute the same quantity: robustfit's ``sinkhorn_distance(a, b, blur=b,
+scaling=0.5)`` and geomloss's ``SamplesLoss("sinkhorn", p=2, blur=b)`` (cost
+``|x - y|^2 / 2``, entropic ``eps = b^2``, the same algorithm) equal half of
+POT's ``empirical_sinkhorn_divergence`` with cost ``|x - y|^2`` and ``reg = 2 b^2``.
+``--libs`` picks the implementations (``robustfit-cost`` is robustfit's
+``sinkhorn_cost`` at the authors' settings, 100 iterations at regularization
+0.01: another quantity, timed for its cost).
 
     python benchmarks/bench_ot.py
+    python benchmarks/bench_ot.py --libs robustfit,geomloss,robustfit-cost --noise 3
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ import torch
 
 
 def make_fn(lib, blur):
+    if lib == "robustfit":
+        from robustfit.losses import sinkhorn_distance
+
+        return lambda a, b: sinkhorn_distance(a, b, blur=blur, scaling=0.5)
+    if lib == "robustfit-cost":
+        from robustfit.losses import sinkhorn_cost
+
+        return lambda a, b: sinkhorn_cost(a, b, reg=0.01, n_iter=100)
     if lib == "geomloss":
         from geomloss import SamplesLoss
 
@@ -66,6 +79,7 @@ def main():
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--noise", type=float, default=0.5,
                    help="second batch = first (std 3) + noise * standard normal")
+    p.add_argument("--libs", default="robustfit,pot,geomloss")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -73,18 +87,18 @@ def main():
         print(json.dumps(one(lib, int(n), int(d), float(blur), args.reps, args.noise)))
         return
     print(f"batch {args.n}, noise {args.noise}, threads={torch.get_num_threads()}, forward+backward, median of {args.reps}")
-    print(f"{'blur':>5}{'dim':>5}{'library':>10}{'ms':>9}{'value':>10}{'peak RSS MiB':>14}{'compute MiB':>12}")
+    print(f"{'blur':>5}{'dim':>5}{'library':>15}{'ms':>9}{'value':>10}{'peak RSS MiB':>14}{'compute MiB':>12}")
     for blur in args.blurs.split(","):
         for d in args.dims.split(","):
             res = {}
-            for lib in ("pot", "geomloss"):
+            for lib in args.libs.split(","):
                 out = subprocess.run([sys.executable, __file__, "--reps", str(args.reps),
                                       "--noise", str(args.noise), "--child",
                                       lib, str(args.n), d, blur], capture_output=True, text=True, check=True)
                 res[lib] = json.loads(out.stdout.strip().splitlines()[-1])
-            for lib in ("pot", "geomloss"):
+            for lib in args.libs.split(","):
                 r = res[lib]
-                print(f"{blur:>5}{d:>5}{lib:>10}{r['ms']:9.2f}{r['value']:10.4f}{r['rss']:14.1f}"
+                print(f"{blur:>5}{d:>5}{lib:>15}{r['ms']:9.2f}{r['value']:10.4f}{r['rss']:14.1f}"
                       f"{r['extra']:12.1f}", flush=True)
 
 

@@ -68,7 +68,7 @@ def make_attack(method, args):
     }[method]()
 
 
-def profile_steps(clf, X, y, n_steps, batch_size):
+def profile_steps(clf, X, y, n_steps, batch_size, rows=12):
     """Time ``n_steps`` more training steps of a fitted classifier, then profile as many
     with torch.profiler; print ms per step and the top operators by self CPU time."""
     from torch.profiler import ProfilerActivity, profile
@@ -91,7 +91,8 @@ def profile_steps(clf, X, y, n_steps, batch_size):
         for batch in batches:
             step(batch)
     table = prof.key_averages(group_by_input_shape=True).table(
-        sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=30, max_shapes_column_width=60)
+        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=30,
+        max_shapes_column_width=60)
     print("\n".join("  " + line for line in table.splitlines()), flush=True)
 
 
@@ -146,6 +147,7 @@ def main():
     p.add_argument("--json", default=None, help="append one JSON record per method to this file")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after each fit, profile N more training steps (torch.profiler, top operators)")
+    p.add_argument("--profile-rows", type=int, default=12, help="operators listed by --profile")
     p.add_argument("--summarize", default=None, metavar="FILE",
                    help="print mean +- std over seeds and paired differences to pgd from a --json file")
     args = p.parse_args()
@@ -191,7 +193,7 @@ def main():
         if args.speed_only:
             print(f"{method:<12}{args.epochs * len(Xtr) / train_s:7.0f}{train_s:9.1f}", flush=True)
             if args.profile:
-                profile_steps(clf, Xtr, ytr, args.profile, batch_size)
+                profile_steps(clf, Xtr, ytr, args.profile, batch_size, args.profile_rows)
             continue
         t0 = time.perf_counter()
         clean = clf.score(Xte, yte)

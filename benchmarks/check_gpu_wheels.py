@@ -20,7 +20,7 @@ install --no-index --no-deps --target``. Then the script checks, here:
    folder, for Python 3.12;
 5. imports: with only that folder, the image's packages (taken from this
    environment) and the repository on the path (``python -S``), robustfit,
-   skorch, geomloss, diffusers and dask.distributed import from the wheels,
+   skorch, diffusers and dask.distributed import from the wheels,
    and a one-epoch fit runs. POT's compiled module is imported only when this
    Python is 3.12.
 
@@ -75,7 +75,7 @@ IMAGE = {canonicalize_name(n) for n in IMAGE_PACKAGES.split()}
 #: The extras whose packages the GPU machine gets (plot and vision are in the image).
 EXTRAS = ("ot", "diffusion", "dask")
 #: Modules imported from the wheels in step 5, and whether they hold compiled code.
-IMPORTS = {"skorch": False, "geomloss": False, "diffusers": False, "distributed": False,
+IMPORTS = {"skorch": False, "diffusers": False, "distributed": False,
            "dask": False, "ot": True}
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")

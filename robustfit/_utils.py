@@ -25,7 +25,6 @@ GLOBAL_RNG_LOCK = threading.RLock()
 #: Optional dependencies: top-level import name -> (pip name, robustfit extra).
 #: setup.py's ``extras_require`` lists the same packages under the same extras.
 OPTIONAL = {
-    "geomloss": ("geomloss", "ot"),
     "ot": ("pot", "ot"),
     "matplotlib": ("matplotlib", "plot"),
     "diffusers": ("diffusers", "diffusion"),

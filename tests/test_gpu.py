@@ -5,8 +5,8 @@ gpu-check`` runs them on a GPU machine (``pytest -m gpu tests/test_gpu.py``).
 They cover what the CPU suite cannot: fit/predict/robust_score on CUDA with the
 default bf16 autocast and channels-last memory, attacks under autocast as
 strong as in fp32, a CUDA model pickled and loaded on a CPU-only process, no
-host synchronization inside the attack loop, and a Dask worker pinned to the
-GPU. The unmarked tests at the end run ``benchmarks/bench_gpu.py --smoke`` and
+host synchronization inside the attack loop, robustfit's Sinkhorn solvers and
+GeneratorSynth's shared step on the GPU, and a Dask worker pinned to the GPU. The unmarked tests at the end run ``benchmarks/bench_gpu.py --smoke`` and
 ``benchmarks/bench_amp.py`` on the CPU, so the scripts ``make gpu-check`` runs
 are known to work before a GPU is ever lent.
 """
@@ -27,8 +27,10 @@ import torch
 
 from robustfit import AdversarialClassifier
 from robustfit._utils import random_streams_kept
-from robustfit.attacks import FGSM, PGD, Langevin
+from robustfit.attacks import FGSM, PGD, GeneratorSynth, Langevin
 from robustfit.attacks._base import eval_mode
+from robustfit.losses import sinkhorn_cost, sinkhorn_distance
+from robustfit.models import DigitsCNN
 from robustfit.recipes import CollapseGuard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +169,31 @@ def test_guard_on_the_gpu_leaves_the_training_draws_alone(split):
     with random_streams_kept("cuda"):
         torch.rand(5, device="cuda")
     assert torch.equal(torch.cuda.get_rng_state(), before)
+
+
+@gpu_test
+def test_sinkhorn_solvers_and_generator_synth_on_the_gpu(split):
+    """robustfit's Sinkhorn solvers give the CPU's values and gradients on the GPU, and
+    GeneratorSynth's shared step trains there under the default bf16 autocast, its
+    generator on the GPU."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 10, generator=gen), torch.randn(64, 10, generator=gen) + 1
+    for fn in (lambda x, y: sinkhorn_distance(x, y, blur=0.1, scaling=0.3),
+               lambda x, y: sinkhorn_cost(x, y, reg=0.05, n_iter=50)):
+        values = []
+        for device in ("cpu", "cuda"):
+            x, y = a.to(device).requires_grad_(), b.to(device)
+            value = fn(x, y)
+            (grad,) = torch.autograd.grad(value, x)
+            values.append((float(value), grad.cpu()))
+        (v_cpu, g_cpu), (v_gpu, g_gpu) = values
+        assert v_gpu == pytest.approx(v_cpu, rel=1e-4)
+        assert torch.allclose(g_gpu, g_cpu, rtol=1e-3, atol=1e-4 * float(g_cpu.abs().max()))
+    (X, y), (Xte, yte) = split
+    clf = AdversarialClassifier(DigitsCNN, attack=GeneratorSynth(epsilon=EPS, generator_step_mode="train"),
+                                max_epochs=5, lr=1e-2, random_state=0).fit(X, y)
+    assert next(clf.attack_.generator_.parameters()).is_cuda
+    assert clf.attack_.n_generator_steps_ > 0 and clf.score(Xte, yte) > 0.8
 
 
 @gpu_test

@@ -44,6 +44,21 @@ def test_digits_and_mnist_cnn():
         _out(DigitsCNN(), (1, 1, 28, 28))  # sized for 8x8 only
 
 
+def test_resnet18_is_torchvisions_network():
+    """The class adopts torchvision's layers: the same state_dict keys and the same outputs
+    as torchvision's resnet18 with the CIFAR stem, given the same weights."""
+    models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    ours = ResNet18(n_classes=7, in_channels=1).eval()
+    ref = models.resnet18(weights=None, num_classes=7)
+    ref.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    ref.maxpool = nn.Identity()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.equal(ours(x), ref.eval()(x))
+
+
 def test_resnet18():
     net = ResNet18(n_classes=7).eval()
     assert _out(net, (2, 3, 32, 32)).shape == (2, 7)

@@ -29,7 +29,7 @@ from robustfit.attacks import PGD, GeneratorSynth, Langevin
 from robustfit.callbacks import ResumableCheckpoint
 from robustfit.classifier import training_state_path
 from robustfit.losses import PrimalDual
-from robustfit.models import MLP, DigitsCNN, MnistCNN, SmallCNN
+from robustfit.models import MLP, DigitsCNN, MnistCNN, ResNet18, SmallCNN
 from robustfit.proxy import ArrayProxy, DiffusionProxy, GaussianMixtureProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -392,4 +392,18 @@ def test_library_networks_save_without_pickle(module, shape, tmp_path):
     clf.save(path)
     loaded = AdversarialClassifier.load(path)
     assert type(loaded.module_) is module
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+
+
+def test_resnet18_saves_without_pickle(tmp_path):
+    """ResNet18 is a class too: a classifier trained on it is written and read back safely."""
+    pytest.importorskip("torchvision")
+    rng = np.random.RandomState(0)
+    X, y = rng.rand(8, 3, 16, 16).astype(np.float32), np.arange(8) % 2
+    clf = AdversarialClassifier(ResNet18, max_epochs=1, batch_size=8, train_split=None,
+                                random_state=0).fit(X, y)
+    path = tmp_path / "resnet.pt"
+    clf.save(path)
+    loaded = AdversarialClassifier.load(path)
+    assert type(loaded.module_) is ResNet18 and loaded.module_.fc.out_features == 2
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))

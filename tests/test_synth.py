@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from sklearn.base import clone
 
 from robustfit import AdversarialClassifier
+from robustfit._ot import _logsumexp, _sinkhorn_divergence
 from robustfit.attacks import PGD, GeneratorSynth, perturbation_norm
+from robustfit.attacks._base import project, project_differentiable
 from robustfit.losses import sinkhorn_cost, sinkhorn_distance
 from robustfit.models import MLP, DigitsCNN, MnistCNN, penultimate_layer
 
@@ -80,6 +82,9 @@ def test_sinkhorn_zero_for_identical_positive_for_different():
     a = 3 * torch.randn(128, 10)
     assert abs(float(sinkhorn_distance(a, a))) < 1e-5
     assert abs(float(sinkhorn_distance(a, a.clone(), blur=1.0))) < 1e-5
+    zeros = torch.zeros(4, 3)  # every point the same: a zero diameter starts the annealing at the blur
+    assert float(sinkhorn_distance(zeros, zeros)) == 0.0
+    assert float(sinkhorn_distance(zeros[:1], zeros[:3] + 1.0, blur=0.01)) == pytest.approx(1.5, rel=1e-3)
     d = float(sinkhorn_distance(a, a + 0.5 * torch.randn_like(a)))
     assert d > 0.05
     assert float(sinkhorn_distance(a, a + 2.0)) > d  # a shift costs |shift|^2 / 2 per point
@@ -91,6 +96,102 @@ def test_sinkhorn_zero_for_identical_positive_for_different():
         sinkhorn_distance(a, a, blur=0)
     with pytest.raises(ValueError, match="feature sizes"):
         sinkhorn_distance(a, a[:, :5])
+
+
+def _geomloss_divergence(a, b, **kw):
+    from geomloss import SamplesLoss  # the reference implementation (robustfit[test])
+
+    return SamplesLoss("sinkhorn", backend="tensorized", **kw)(a, b)
+
+
+@pytest.mark.parametrize("n,m,d,spread,shift,blur,p,scaling,debias", [
+    (64, 64, 10, 5.0, 0.3, 0.1, 2, 0.3, True),    # logits-like clouds, GeneratorSynth's settings
+    (64, 64, 10, 5.0, 3.0, 0.1, 2, 0.5, True),    # far apart: many annealing steps
+    (40, 70, 7, 1.0, 1.0, 0.5, 2, 0.5, True),     # unequal sizes (padding)
+    (40, 70, 7, 1.0, 1.0, 0.5, 1, 0.5, True),     # p = 1
+    (30, 30, 3, 2.0, 1.0, 0.05, 2, 0.9, False),   # not debiased
+    (25, 15, 3, 0.01, 0.01, 0.1, 2, 0.5, True),   # diameter below the blur: no annealing
+])
+def test_sinkhorn_distance_is_geomlosss_algorithm(n, m, d, spread, shift, blur, p, scaling, debias):
+    """robustfit's solver runs geomloss's algorithm (annealed symmetric Sinkhorn, last
+    extrapolation, envelope gradients): in float64 the values and gradients agree to
+    1e-9, in float32 to float32's rounding."""
+    gen = torch.Generator().manual_seed(n + m)
+    a0 = spread * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    b0 = spread * torch.randn(m, d, generator=gen, dtype=torch.float64) + shift
+    kw = dict(blur=blur, p=p, scaling=scaling, debias=debias)
+
+    def value_and_grads(fn, dtype):
+        a, b = a0.to(dtype).requires_grad_(), b0.to(dtype).requires_grad_()
+        value = fn(a, b)
+        return (value.detach().double(), *(g.double() for g in torch.autograd.grad(value, [a, b])))
+
+    ref = value_and_grads(lambda a, b: _geomloss_divergence(a, b, **kw), torch.float64)
+    # the solver itself in float64 (sinkhorn_distance computes in float32)
+    ours64 = value_and_grads(lambda a, b: _sinkhorn_divergence(a, b, blur, p, scaling, debias), torch.float64)
+    for r, o in zip(ref, ours64):
+        assert torch.allclose(o, r, rtol=1e-9, atol=1e-9 * float(r.abs().max())), float((o - r).abs().max())
+    ours32 = value_and_grads(lambda a, b: sinkhorn_distance(a, b, **kw), torch.float32)
+    assert float(ours32[0]) == pytest.approx(float(ref[0]), rel=1e-4, abs=1e-5)
+    for r, o in zip(ref[1:], ours32[1:]):
+        assert float((o - r).abs().max()) <= 1e-2 * float(r.abs().max()) + 1e-6
+
+
+def test_sinkhorn_distance_in_autocast_and_with_trailing_dimensions():
+    torch.manual_seed(0)
+    a, b = torch.randn(32, 2, 5), torch.randn(32, 2, 5) + 1
+    flat = sinkhorn_distance(a.flatten(1), b.flatten(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = sinkhorn_distance(a, b)
+    assert value.dtype == torch.float32 and float(value) == pytest.approx(float(flat), rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logsumexp_equals_torchs(scale, dtype):
+    """The Sinkhorn solvers' log-sum-exp (exponents clamped far below the maximum, a
+    saved softmax for the backward pass) is as accurate as torch.logsumexp in value and
+    gradient (against a float64 computation, or for float64 inputs torch's own), also when
+    most terms underflow (large spreads)."""
+    gen = torch.Generator().manual_seed(0)
+    x = (scale * torch.randn(4, 50, 60, generator=gen)).to(dtype)
+    weights = torch.randn(4, 50, generator=gen).to(dtype)
+
+    def value_and_grad(fn, t):
+        t = t.clone().requires_grad_()
+        out = fn(t)
+        return out.detach(), torch.autograd.grad((out * weights.to(t.dtype)).sum(), t)[0]
+
+    truth = value_and_grad(lambda t: torch.logsumexp(t, dim=2), x.double())
+    torchs = value_and_grad(lambda t: torch.logsumexp(t, dim=2), x)
+    ours = value_and_grad(lambda t: _logsumexp(t, dim=2), x)
+    assert ours[0].dtype == dtype
+    for o, t, r in zip(ours, torchs, truth):
+        err, torch_err = float((o.double() - r).abs().max()), float((t.double() - r).abs().max())
+        assert err <= 2 * torch_err + 1e-12 * float(r.abs().max()), (err, torch_err)
+    assert _logsumexp(x.half(), dim=2).dtype == torch.float32  # half precision: computed in float32
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), None])
+def test_project_differentiable_is_project_with_its_gradient(bounds):
+    """The generator's projection: project's values, and its gradient (1 where neither
+    clamp acts, else 0) without autograd through two clamps."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 8, 8, generator=gen)
+    weights = torch.randn(16, 1, 8, 8, generator=gen)
+    for scale in (0.05, 0.5):
+        delta0 = scale * torch.randn(16, 1, 8, 8, generator=gen)
+        outs = []
+        for fn in (project, project_differentiable):
+            delta = delta0.clone().requires_grad_()
+            out = fn(x, delta, 0.1, "linf", bounds)
+            (grad,) = torch.autograd.grad((out * weights).sum(), delta)
+            outs.append((out.detach(), grad))
+        assert torch.equal(outs[0][0], outs[1][0])
+        assert torch.equal(outs[0][1], outs[1][1])
+        assert 0 < float((outs[1][1] == 0).float().mean()) < 1  # some entries clamped, some not
+    l2 = project_differentiable(x, delta0.requires_grad_(), 1.0, "l2", bounds)  # l2: autograd's
+    assert torch.equal(l2, project(x, delta0, 1.0, "l2", bounds))
 
 
 def test_pickle_keeps_generator_and_clone_is_fresh(std_module, digits_t):

@@ -35,8 +35,8 @@ from ._base import (
     _as_tensors,
     _module_device,
     eval_mode,
-    project,
     project_ball,
+    project_differentiable,
     random_init,
 )
 
@@ -107,12 +107,13 @@ class GeneratorSynth(Attack):
         Entropic blur of the Sinkhorn divergence, in the units of the
         representations (the entropic regularization is ``ot_blur ** 2``).
     ot_scaling : float, default=0.3
-        Ratio of geomloss's epsilon-scaling annealing, in ``(0, 1)``
+        Ratio of the solver's epsilon-scaling annealing, in ``(0, 1)``
         (``scaling`` of :func:`robustfit.losses.sinkhorn_distance`): the
         entropic regularization is divided by ``1 / ot_scaling ** 2`` per
         Sinkhorn iteration, from the representations' diameter down to
         ``ot_blur``. Smaller is fewer iterations (faster, less converged);
-        geomloss's default is 0.5.
+        :func:`~robustfit.losses.sinkhorn_distance`'s (and geomloss's)
+        default is 0.5.
     feature_layer : str or None, default=None
         Name of the classifier's submodule (as in ``module.named_modules()``,
         e.g. ``"classifier.2"`` for the ReLU after the hidden layer of
@@ -148,13 +149,14 @@ class GeneratorSynth(Attack):
         The input box that synthesized inputs are clipped to; ``None`` for
         unbounded features.
     ot_method : {"divergence", "sinkhorn"}, default="divergence"
-        The OT term: ``"divergence"`` is the debiased Sinkhorn divergence of
-        geomloss (``ot_blur``, ``ot_scaling``; zero for identical batches,
+        The OT term: ``"divergence"`` is the debiased Sinkhorn divergence
+        (:func:`robustfit.losses.sinkhorn_distance`, geomloss's algorithm;
+        ``ot_blur``, ``ot_scaling``; zero for identical batches,
         gradients by the envelope theorem); ``"sinkhorn"`` is the authors'
         transport cost of ``ot_iterations`` log-domain Sinkhorn iterations at
         regularization ``ot_reg`` with the squared Euclidean cost, not
         debiased, differentiated through the iterations
-        (:func:`robustfit.losses.sinkhorn_cost`; about 10x slower at 100
+        (:func:`robustfit.losses.sinkhorn_cost`; about 8x slower at 100
         iterations).
     ot_reg : float, default=0.01
         Entropic regularization of ``ot_method="sinkhorn"`` (the authors' 0.01),
@@ -407,12 +409,13 @@ class GeneratorSynth(Attack):
             )
         eps, bounds = float(self.epsilon), self._bounds
         if self.norm == "linf":
-            delta = eps * torch.tanh(raw) if self.squash == "tanh" else raw.clamp(-eps, eps)
+            delta = (eps * torch.tanh(raw) if self.squash == "tanh"
+                     else project_differentiable(x, raw, eps, "linf", None))
         else:
             delta = project_ball(raw, eps, "l2")
         if self.random_start:
             delta = random_init(x, eps, self.norm, None) + delta
-        return x + project(x, delta, eps, self.norm, bounds)
+        return x + project_differentiable(x, delta, eps, self.norm, bounds)
 
     def _features(self, module, x):
         """``(features, logits)`` of ``module`` on ``x``, in one forward pass."""
@@ -506,13 +509,15 @@ class GeneratorSynth(Attack):
             broadcast_tensors_(list(self.generator_.buffers()))
         self.n_generator_steps_ += 1
 
-    def _shared_generator_step(self, pending, f_clean, f_adv, logits_adv, ot):
+    def _shared_generator_step(self, pending, f_adv, g_adv, logits_adv):
         """The generator step of ``generator_step_mode="train"`` inside the
         classifier's step: its gradient comes from the classifier's own training
         forward pass of the synthesized batch and from the OT term computed for
-        the classifier's loss (one forward pass and one OT solve serve both)."""
+        the classifier's loss (one forward pass and one OT solve serve both).
+        ``g_adv`` is the OT term's gradient with respect to ``f_adv``."""
         x_gen, x_leaf, y = pending
-        objective = ot
+        # <g_adv, f_adv> has the OT term's gradient with respect to everything below f_adv
+        objective = (g_adv * f_adv).sum()
         if self.generator_ce_weight:
             objective = objective + self.generator_ce_weight * F.cross_entropy(logits_adv.float(), y)
         # d objective / d x_adv through the classifier (its weights get no gradient
@@ -645,7 +650,15 @@ class GeneratorSynth(Attack):
             f_clean, _ = self._features(module, x)
             ot = self._ot(f_clean, f_adv)
             if pending is not None:
-                self._shared_generator_step(pending, f_clean, f_adv, logits_adv, ot)
+                # one backward pass through the OT solve serves both players: its
+                # gradients with respect to the two representations go to the
+                # generator step and, as a linear term with the same value and
+                # gradient as the OT term, into the classifier's loss
+                reps = [f for f in (f_clean, f_adv) if f.requires_grad]
+                grads = torch.autograd.grad(ot, reps)
+                self._shared_generator_step(pending, f_adv, grads[-1], logits_adv)
+                linear = sum((g * f).sum() for g, f in zip(grads, reps))
+                ot = ot.detach() + (linear - linear.detach())
             if self.ot_weight:
                 term = self.ot_weight * ot
         if self.label_smoothing:
