@@ -940,7 +940,12 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
 
     def infer(self, x, **fit_params):
         with self._autocast():
-            return super().infer(x, **fit_params)
+            out = super().infer(x, **fit_params)
+        # logits come out of autocast in bfloat16 (float16): predict_proba would hand them
+        # to numpy, which has no such type, and the loss is better taken in float32
+        if torch.is_tensor(out) and out.dtype in (torch.bfloat16, torch.float16):
+            out = out.float()
+        return out
 
     def train_step_single(self, batch, **fit_params):
         """One training step on the adversarial version of ``batch``.

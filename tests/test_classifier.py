@@ -499,3 +499,16 @@ def test_accelerate_mixin_is_refused_with_a_reason():
     hf = pytest.importorskip("skorch.hf")
     with pytest.raises(TypeError, match="AccelerateMixin.*clean data.*torchrun"):
         type("AcceleratedNet", (hf.AccelerateMixin, AdversarialClassifier), {})
+
+
+def test_bf16_autocast_logits_reach_numpy_as_float32(digits_small):
+    """amp="bf16" (the default on a GPU): the module's logits come out of autocast in bfloat16;
+    the validation score, predict_proba and robust_score still work, in float32 (the first
+    GPU run found predict_proba failing on bfloat16 logits)."""
+    Xtr, ytr, Xte, yte = digits_small
+    clf = AdversarialClassifier(attack=PGD(epsilon=0.1, steps=2), amp="bf16", max_epochs=2,
+                                lr=1e-2, random_state=0).fit(Xtr, ytr)
+    assert np.isfinite(clf.history[-1, "valid_acc"])
+    proba = clf.predict_proba(Xte)
+    assert proba.dtype == np.float32 and np.allclose(proba.sum(axis=1), 1, atol=1e-3)
+    assert 0 <= clf.robust_score(Xte[:50], yte[:50], attack=PGD(epsilon=0.1, steps=3)) <= 1
