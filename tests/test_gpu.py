@@ -4,7 +4,7 @@ Tests marked ``gpu`` need a CUDA GPU and are skipped without one; ``make
 gpu-check`` runs them on a GPU machine (``pytest -m gpu tests/test_gpu.py``).
 They cover what the CPU suite cannot: fit/predict/robust_score on CUDA with the
 default bf16 autocast and channels-last memory, the fp32 evaluation at least as
-strong as in fp32, a CUDA model pickled and loaded on a CPU-only process, no
+strong as under bf16 autocast, a CUDA model pickled and loaded on a CPU-only process, no
 host synchronization inside the attack loop, robustfit's Sinkhorn solvers and
 GeneratorSynth's shared step on the GPU, and a Dask worker pinned to the GPU. The unmarked tests at the end run ``benchmarks/bench_gpu.py --smoke`` and
 ``benchmarks/bench_amp.py`` on the CPU, so the scripts ``make gpu-check`` runs
