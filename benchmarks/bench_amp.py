@@ -15,6 +15,19 @@ precision differs. The target: robust accuracy within 0.5 point.
 Prints, per seed, the clean accuracy and both robust accuracies, then the mean
 and standard deviation of the difference (bf16 - fp32, in points). With
 ``--out`` the lines also go to a file, written as they come.
+
+``--train`` adds the question that matters for training: does a weaker
+attack under bf16 make a less robust model? Per seed it trains three models
+with the same seed, evaluated alike (fp32 ensemble, same random starts):
+
+  bf16      the default on CUDA: attack and training step under bf16 autocast;
+  attack32  the attack in fp32, the training step under bf16;
+  fp32      everything in fp32 (``amp=None``);
+
+and prints each model's clean and robust accuracy, its training time, and the
+paired differences from ``bf16``.
+
+    python benchmarks/bench_amp.py --train --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -24,12 +37,23 @@ import statistics
 import sys
 import time
 
+import torch
+
 from robustfit import AdversarialClassifier
 from robustfit._utils import autocast, random_source
 from robustfit._validation import resolve_device
 from robustfit.attacks import PGD, AutoAttack
 from robustfit.datasets import load_digits_images
 from robustfit.metrics import robust_accuracy
+
+
+class FP32PGD(PGD):
+    """PGD with autocast turned off while it runs: the training attack in fp32
+    inside a bf16 fit."""
+
+    def perturb(self, module, x, y):
+        with torch.autocast(x.device.type, enabled=False):
+            return super().perturb(module, x, y)
 
 
 class AutocastAttack:
@@ -46,10 +70,31 @@ class AutocastAttack:
             return self.attack.perturb(module, x, y)
 
 
-def train(seed, device, epochs, epsilon, X, y):
-    clf = AdversarialClassifier(attack=PGD(epsilon=epsilon, steps=7), max_epochs=epochs,
-                                batch_size=128, device=device, random_state=seed)
+ARMS = {"bf16": (PGD, "bf16"), "attack32": (FP32PGD, "bf16"), "fp32": (PGD, None)}
+
+
+def train(seed, device, epochs, epsilon, X, y, attack=PGD, amp="auto"):
+    clf = AdversarialClassifier(attack=attack(epsilon=epsilon, steps=7), max_epochs=epochs,
+                                batch_size=128, device=device, random_state=seed, amp=amp)
     return clf.fit(X, y)
+
+
+def train_arms(seed, device, args, Xtr, ytr, Xte, yte, line):
+    """The three models of ``--train`` for one seed; returns {arm: robust %}."""
+    robust = {}
+    for name, (attack, amp) in ARMS.items():
+        t = time.perf_counter()
+        clf = train(seed, device, args.epochs, args.epsilon, Xtr, ytr, attack, amp)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        fit_s = time.perf_counter() - t
+        with random_source(seed):
+            acc = robust_accuracy(clf, Xte, yte,
+                                  attack=AutoAttack(epsilon=args.epsilon, steps=args.steps))
+        robust[name] = 100 * acc
+        line(f"seed {seed} trained {name:8s}: clean {100 * clf.score(Xte, yte):.2f}%  robust "
+             f"(fp32 ensemble) {100 * acc:.2f}%  fit {fit_s:.1f} s")
+    return robust
 
 
 def compare(clf, X, y, epsilon, device, seed, amp="bf16", steps=100):
@@ -72,6 +117,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=100, help="iterations of each APGD run")
     p.add_argument("--budget", type=float, default=600.0, help="seconds; later seeds are skipped")
     p.add_argument("--out", default=None)
+    p.add_argument("--train", action="store_true",
+                   help="also train with the attack in bf16 / fp32 and compare the models")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     out = open(args.out, "w", buffering=1) if args.out else None
@@ -105,6 +152,23 @@ def main(argv=None):
         line(f"bf16 - fp32 over {len(diffs)} seed(s): {statistics.mean(diffs):+.2f} +- {std:.2f} "
              f"points (largest {worst:+.2f}); within 0.5 point: "
              f"{'yes' if max(abs(d) for d in diffs) <= 0.5 else 'NO'}")
+    if args.train:
+        line(f"--train: PGD-7 training three ways ({', '.join(ARMS)}), robust accuracy under the "
+             "fp32 ensemble")
+        gains = {name: [] for name in ARMS if name != "bf16"}
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            if time.perf_counter() - start > args.budget:
+                line(f"seed {seed} (--train): skipped (time budget of {args.budget:.0f} s spent)")
+                continue
+            robust = train_arms(seed, device, args, Xtr, ytr, Xte, yte, line)
+            for name in gains:
+                gains[name].append(robust[name] - robust["bf16"])
+        for name, diffs in gains.items():
+            if diffs:
+                std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+                line(f"trained {name} - trained bf16, robust accuracy over {len(diffs)} seed(s): "
+                     f"{statistics.mean(diffs):+.2f} +- {std:.2f} points "
+                     f"({', '.join(f'{d:+.2f}' for d in diffs)})")
     line(f"total {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -5,7 +5,9 @@ depend on the pixels), PGD-10 at l_inf epsilon 8/255 (step 2/255, random
 start), batch 512, Adam, the script measures in one run:
 
   (a) a plain fp32 PyTorch loop (attack in eval mode, projection after each
-      step, one optimizer step per batch, no per-batch host readout);
+      step, one optimizer step per batch, no per-batch host readout), with
+      PyTorch's default math: cuDNN convolutions in TF32;
+  (a32) the same loop in strict fp32 (TF32 off for cuDNN and matmuls);
   (b) the same loop under bf16 autocast with channels-last model and input;
   (e) clean training (no attack) with the loop of (b): PGD-10 costs about
       11 forward+backward passes per step, so (e) / 11 is the limit for (a)-(d);
@@ -13,9 +15,13 @@ start), batch 512, Adam, the script measures in one run:
       with ``amp="auto"`` (bf16 autocast and channels-last on CUDA), the
       default TensorLoader, schedules and callbacks; ``partial_fit`` over a
       tensor already on the device, one epoch per timed pass;
+  (c0) (c) with ``cuda_graphs=False``: the training attack launched kernel
+      by kernel instead of replayed from a CUDA graph (passes alternate
+      with (c)'s);
   (d) the same with ``compile=True`` (``torch.compile``; the first pass,
       compilation included, is reported apart);
-  attack: the PGD-10 attack alone on the modules of (c) and (d);
+  attack: the PGD-10 attack alone on the modules of (c), replayed from a
+      CUDA graph, alternating with the eager attack; and on the module of (d);
   AutoAttack: evaluation images/s of the APGD-CE + APGD-T ensemble through
       ``robust_accuracy`` (fp32, as ``robust_score`` runs it), on points the
       model classifies correctly; and the cost per image of a robust model,
@@ -54,17 +60,20 @@ import torch.nn.functional as F
 from robustfit import AdversarialClassifier
 from robustfit._validation import resolve_device
 from robustfit.attacks import APGD, PGD, AutoAttack
+from robustfit.attacks._graph import cuda_graphs
 from robustfit.metrics import robust_accuracy
 from robustfit.models import MnistCNN, ResNet18
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("a", "b", "e", "c", "atk", "aa", "d", "atk_d")
+CASES = ("a", "a32", "b", "e", "c", "c0", "atk", "aa", "d", "atk_d")
 TITLES = {
     "a": "(a) plain PyTorch PGD-{steps} loop, fp32",
+    "a32": "(a32) plain PyTorch PGD-{steps} loop, strict fp32 (TF32 off)",
     "b": "(b) plain PyTorch PGD-{steps} loop, bf16 autocast + channels_last",
     "e": "(e) clean training (no attack), loop of (b)",
-    "c": "(c) robustfit AdversarialClassifier, defaults (amp='auto')",
-    "atk": "attack alone: robustfit PGD-{steps} on the module of (c)",
+    "c": "(c) robustfit AdversarialClassifier, defaults (amp='auto', cuda_graphs='auto')",
+    "c0": "(c0) robustfit AdversarialClassifier, cuda_graphs=False",
+    "atk": "attack alone: robustfit PGD-{steps} on the module of (c), as (c) runs it",
     "aa": "fast-ensemble evaluation (APGD-CE + APGD-T x3, robust_score's default), fp32",
     "d": "(d) robustfit AdversarialClassifier, compile=True",
     "atk_d": "attack alone: robustfit PGD-{steps} on the compiled module of (d)",
@@ -258,11 +267,10 @@ def plain_case(args, device, *, bf16, channels_last, attack):
     return timed_passes(one_pass, n, args.passes, device), {}
 
 
-def robustfit_classifier(args, device, compile_):
+def robustfit_classifier(args, device, compile_, **kwargs):
     factory = MODELS[args.model][0]
-    kwargs = {}
     if compile_:
-        kwargs = {"compile": True}
+        kwargs["compile"] = True
         if args.compile_backend != "inductor":
             kwargs["compile__backend"] = args.compile_backend
     return AdversarialClassifier(
@@ -272,22 +280,22 @@ def robustfit_classifier(args, device, compile_):
     )
 
 
-def robustfit_case(args, device, state, *, compile_):
+def robustfit_case(args, device, state, *, compile_, key="c", **kwargs):
     n = args.batch * args.batches
     X, y = make_data(args, device, n)
     y = y.cpu().numpy()
-    clf = robustfit_classifier(args, device, compile_)
+    clf = robustfit_classifier(args, device, compile_, **kwargs)
     t = time.perf_counter()
     # initialize (all 10 classes, whichever the first batches hold), warm up, compile
     clf.partial_fit(X[: 2 * args.batch], y[: 2 * args.batch], classes=CLASSES)
     sync(device)
     first = time.perf_counter() - t
     extra = {"first_pass_s": round(first, 2)}
-    state["d" if compile_ else "c"] = clf
-    eager = state.get("c") if compile_ else None
+    state[key] = clf
+    eager = state.get("c") if key != "c" else None
     if eager is None:
         return timed_passes(lambda: clf.partial_fit(X, y), n, args.passes, device), extra
-    # compiled against eager, pass by pass; the peak memory of a compiled pass alone
+    # compiled (or graph-less) against the defaults, pass by pass; the peak memory of a pass alone
     extra["peak_memory_gib"] = peak_of(lambda: clf.partial_fit(X, y), device)
     rates, ref, ratio = interleaved(lambda: clf.partial_fit(X, y), lambda: eager.partial_fit(X, y),
                                     n, args.passes, device)
@@ -304,19 +312,30 @@ def attack_case(args, device, state, key):
     if device.type == "cuda" and X.dim() == 4:
         X = X.contiguous(memory_format=torch.channels_last)  # as TensorLoader keeps it
 
-    def one_pass(c=clf, batches=args.batches):
-        with c._autocast():
+    def one_pass(c=clf, batches=args.batches, graphs=None):
+        graphs = c._graphs_on() if graphs is None else graphs
+        with c._autocast(), cuda_graphs(graphs):
             for i in range(batches):
                 sl = slice(i * args.batch, (i + 1) * args.batch)
                 c.attack_.perturb(c.module_, X[sl], y[sl])
 
     one_pass(clf, min(2, args.batches))
+    one_pass(clf, min(2, args.batches))  # a CUDA graph is recorded on the second sighting
     eager = state.get("c") if key == "d" else None
     if eager is None:
-        return timed_passes(one_pass, n, args.passes, device), {}
+        if not clf._graphs_on():
+            return timed_passes(one_pass, n, args.passes, device), {}
+        # replayed from the CUDA graph against launched kernel by kernel, pass by pass
+        one_pass(clf, min(2, args.batches), graphs=False)
+        peak = peak_of(one_pass, device)
+        rates, ref, ratio = interleaved(one_pass, lambda: one_pass(graphs=False), n, args.passes,
+                                        device)
+        return rates, {"peak_memory_gib": peak, "eager_alongside": [round(r, 1) for r in ref],
+                       "ratio_to_eager": round(ratio, 3)}
     # the compiled module's attack against the eager one's, pass by pass
     peak = peak_of(one_pass, device)
-    rates, ref, ratio = interleaved(one_pass, lambda: one_pass(eager), n, args.passes, device)
+    rates, ref, ratio = interleaved(one_pass, lambda: one_pass(eager, graphs=False), n,
+                                    args.passes, device)
     return rates, {"peak_memory_gib": peak, "eager_alongside": [round(r, 1) for r in ref],
                    "ratio_to_eager": round(ratio, 3)}
 
@@ -363,8 +382,17 @@ def run_case(key, args, device, state):
     if key in ("a", "b", "e"):
         return plain_case(args, device, bf16=key != "a", channels_last=key != "a",
                           attack=key != "e")
+    if key == "a32":
+        flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return plain_case(args, device, bf16=False, channels_last=False, attack=True)
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
     if key in ("c", "d"):
-        return robustfit_case(args, device, state, compile_=key == "d")
+        return robustfit_case(args, device, state, compile_=key == "d", key=key)
+    if key == "c0":
+        return robustfit_case(args, device, state, compile_=False, key=key, cuda_graphs=False)
     if key in ("atk", "atk_d"):
         return attack_case(args, device, state, "c" if key == "atk" else "d")
     if key == "aa":
@@ -457,16 +485,20 @@ def main(argv=None):
     report.line("summary:")
     ratios = [
         ("(c) / (a): robustfit defaults against the plain fp32 loop (target >= 3)", "c", "a", 1),
+        ("(c) / (a32): robustfit defaults against the plain loop in strict fp32 (TF32 off)",
+         "c", "a32", 1),
+        ("(c) / (c0): CUDA graphs against kernel-by-kernel launches, training", "c0", "c", -1),
         (f"(c) / ((e) / {args.steps + 1}): robustfit defaults against the limit (target >= 0.8)",
          "c", "e", args.steps + 1),
         ("(b) / (a): bf16 + channels_last against fp32, plain loops", "b", "a", 1),
         ("(d) / (c): compile=True against the defaults, training", "d", "c", 1),
+        ("attack alone, CUDA graph / kernel by kernel", "atk", None, 1),
         ("attack alone, compiled / eager", "atk_d", "atk", 1),
     ]
     summary = {}
     for text, num, den, div in ratios:
         if num in ratio_to_eager:  # measured in alternation with the eager contender
-            value = ratio_to_eager[num]
+            value = ratio_to_eager[num] if div > 0 else 1 / ratio_to_eager[num]
             text += " (interleaved passes, median of the ratios)"
         elif num in rates and den in rates:
             value = rates[num] / (rates[den] / div)

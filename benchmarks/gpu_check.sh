@@ -15,9 +15,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 GPU_PYTHON=${GPU_PYTHON:-python3}
 GPU_SITE=${GPU_SITE:-/tmp/robustfit-site}
 GPU_RESULTS=${GPU_RESULTS:-${OUT:-benchmarks/results}}
-GPU_CHECK_SECONDS=${GPU_CHECK_SECONDS:-340}
+GPU_CHECK_SECONDS=${GPU_CHECK_SECONDS:-360}
 GPU_TEST_SECONDS=${GPU_TEST_SECONDS:-120}
-GPU_AMP_SECONDS=${GPU_AMP_SECONDS:-60}
+GPU_AMP_SECONDS=${GPU_AMP_SECONDS:-150}
 
 start=$SECONDS
 status=0
@@ -52,7 +52,7 @@ timeout -k 10 "$GPU_TEST_SECONDS" "$GPU_PYTHON" -m pytest -m gpu -v -rs tests/te
 
 echo "== bench_amp.py (at most $GPU_AMP_SECONDS s)"
 timeout -k 10 "$GPU_AMP_SECONDS" "$GPU_PYTHON" benchmarks/bench_amp.py \
-    --budget $((GPU_AMP_SECONDS - 30)) --out "$GPU_RESULTS/bench_amp.txt" \
+    --train --budget $((GPU_AMP_SECONDS - 40)) --out "$GPU_RESULTS/bench_amp.txt" \
     || { echo "gpu-check: bench_amp.py FAILED or timed out"; status=1; }
 
 left=$((GPU_CHECK_SECONDS - (SECONDS - start)))

@@ -78,6 +78,7 @@ from ._validation import (
 )
 from .attacks import AutoAttack, resolve_attack
 from .attacks._base import Attack
+from .attacks._graph import cuda_graphs
 from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
 from .losses import AdversarialCE, Objective
 from .models import default_module, fill_module_arguments
@@ -250,6 +251,17 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         hook that compiled code does not run, so it needs ``compile=False``.
         Whether compiling pays depends on the model and device: see the
         "Scaling out" docs page.
+    cuda_graphs : {"auto", True, False}, default="auto"
+        Record the training attack's ascent loop (PGD and FGSM on the
+        cross-entropy) as a CUDA graph and replay it with one launch per
+        batch, instead of launching each kernel of each step from Python.
+        The random start is drawn outside the graph, so the examples are
+        those of the eager loop up to floating-point reordering. A graph is
+        recorded the second time a batch shape is seen; a module that cannot
+        be recorded runs eagerly after one warning. ``"auto"`` is on for a
+        CUDA device unless ``compile=True``; ``True`` needs a CUDA device.
+        Langevin, GeneratorSynth, TRADES' KL attack and the evaluation
+        attacks always run eagerly.
     iterator_train, iterator_valid : class, default=TensorLoader
         Batch iterators. :class:`~robustfit._loader.TensorLoader` keeps the data
         on the device and slices batches; pass
@@ -329,6 +341,7 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         random_state=None,
         device="auto",
         amp="auto",
+        cuda_graphs="auto",
         iterator_train=TensorLoader,
         iterator_valid=TensorLoader,
         verbose=0,
@@ -363,6 +376,7 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         self.guard = guard
         self.random_state = random_state
         self.amp = amp
+        self.cuda_graphs = cuda_graphs
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -394,6 +408,7 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         "batch_size": [Interval(Integral, 1, None), Options((-1,))],
         "random_state": ["random_state"],
         "amp": [None, Options(("auto", "bf16", False))],
+        "cuda_graphs": [Options(("auto",)), "boolean"],
         "device": [None, str, torch.device],
         "compile": ["boolean"],
         "train_split": [None, "callable"],
@@ -496,7 +511,11 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
                 "max_epochs", "= 0 trains nothing; use max_epochs >= 1 (0 is allowed only with "
                 "warm_start=True, where fit then leaves a fitted model unchanged)")
         proxy_kind(self.proxy_data)
-        check_device(self.__dict__.get("device"))
+        device = check_device(self.__dict__.get("device"))
+        if self.cuda_graphs is True and (device is None or torch.device(device).type != "cuda"):
+            raise self._param_error(
+                "cuda_graphs", f"needs a CUDA device (device={self.device!r}): use "
+                "cuda_graphs='auto' (on for CUDA, off elsewhere) or False")
         if self.compile and getattr(self.attack, "feature_layer", None) is not None:
             raise self._param_error(
                 "compile", "cannot be True together with the attack's feature_layer="
@@ -938,6 +957,12 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
     def _autocast(self):
         return autocast(self.amp, self.device)
 
+    def _graphs_on(self):
+        """Whether the training attack runs through CUDA graphs (``cuda_graphs``)."""
+        if self.cuda_graphs == "auto":
+            return not self.compile and torch.device(self.device).type == "cuda"
+        return bool(self.cuda_graphs)
+
     def infer(self, x, **fit_params):
         with self._autocast():
             out = super().infer(x, **fit_params)
@@ -981,7 +1006,7 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
             if attack is not None:
                 # the unwrapped module, on this rank's shard: attacks take
                 # gradients w.r.t. the input only, so nothing is all-reduced
-                with self._autocast():
+                with self._autocast(), cuda_graphs(self._graphs_on()):
                     if isinstance(attack, Attack):
                         X_adv = attack.train_perturb(self.module_, Xi, yi)
                     else:

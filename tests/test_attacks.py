@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.base import clone
 from torch import nn
 
-from robustfit.attacks import FGSM, PGD, Attack
+from robustfit.attacks import FGSM, PGD, Attack, Langevin
 
 TOL = 1e-5
 
@@ -412,3 +414,82 @@ def test_seeded_attacks_repeat(tiny_cnn, digits_batch):
     torch.manual_seed(3)
     b = PGD(epsilon=0.1, steps=2)(tiny_cnn, X[:16], y[:16])
     assert torch.equal(a, b)
+
+
+# ------------------------------------------------- CUDA graphs: the recording policy
+def test_cuda_graph_policy_records_on_the_second_call_and_falls_back_once(monkeypatch):
+    """The policy of attacks._graph, run on the CPU with a stand-in for the CUDA
+    graph: the first call of a setting runs eagerly, the second records, later ones
+    replay; settings are told apart by batch shape and step parameters; at most
+    MAX_GRAPHS are kept; a failed recording warns once and runs eagerly after."""
+    from robustfit.attacks import _graph
+
+    made = []
+
+    class Recorded:
+        def __init__(self, module, x, y, delta, loop, options, state):
+            if getattr(module, "broken", False):
+                raise RuntimeError("operation not permitted when stream is capturing")
+            self.run = lambda x, y, d: loop(module, x, y, d, **options)
+            self.calls = 0
+            made.append(self)
+
+        def __call__(self, x, y, delta):
+            self.calls += 1
+            return self.run(x, y, delta)
+
+    monkeypatch.setattr(_graph, "_Graph", Recorded)
+    monkeypatch.setattr(_graph, "_recordable", lambda x: True)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    X, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    attack = PGD(epsilon=0.1, steps=3, random_start=False)
+    eager = attack.perturb(net, X, y)
+    with _graph.cuda_graphs(True):
+        outs = [attack.perturb(net, X, y) for _ in range(3)]
+    assert len(made) == 1 and made[0].calls == 2
+    assert all(torch.equal(o, eager) for o in outs)
+    with _graph.cuda_graphs(True):  # a new shape, new steps: new settings
+        attack.perturb(net, X[:4], y[:4]), attack.perturb(net, X[:4], y[:4])
+        attack.set_params(steps=2)
+        for _ in range(2):
+            attack.perturb(net, X, y)
+        assert len(made) == 3 and len(_graph._GRAPHS[net]) <= _graph.MAX_GRAPHS
+        for n in (1, 2, 3, 5):  # more settings than are kept: the oldest go
+            attack.perturb(net, X[:n], y[:n])
+    assert len(_graph._GRAPHS[net]) == _graph.MAX_GRAPHS
+    assert not any(isinstance(e, Recorded) for e in _graph._GRAPHS[net].values())
+    with _graph.cuda_graphs(False):
+        attack.perturb(net, X, y)
+    assert len(made) == 3  # off: no call reaches the policy
+    net.broken = True
+    _graph.clear_graphs(net)
+    with _graph.cuda_graphs(True):
+        attack.perturb(net, X, y)
+        with pytest.warns(RuntimeWarning, match="could not record"):
+            second = attack.perturb(net, X, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            third = attack.perturb(net, X, y)
+    reference = attack.perturb(net, X, y)
+    assert torch.equal(second, reference) and torch.equal(third, reference)
+    _graph.clear_graphs()
+
+
+def test_cuda_graphs_run_only_the_noiseless_cross_entropy_loop(monkeypatch):
+    """Langevin's noisy steps and TRADES' KL attack never reach the recording."""
+    from robustfit.attacks import _graph
+
+    seen = []
+    monkeypatch.setattr(_graph, "run_graphed", lambda *a, **k: seen.append(a) or None)
+    from robustfit.attacks import _steps
+    monkeypatch.setattr(_steps, "run_graphed", _graph.run_graphed)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    X, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    with _graph.cuda_graphs(True):
+        Langevin(epsilon=0.1, steps=2)(net, X, y)
+        PGD(epsilon=0.1, steps=2, loss="kl")(net, X, y)
+        assert not seen
+        PGD(epsilon=0.1, steps=2)(net, X, y)
+        FGSM(epsilon=0.1)(net, X, y)
+    assert len(seen) == 2

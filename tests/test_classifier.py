@@ -284,6 +284,8 @@ def test_fit_rejects_bad_data(digits_small, case):
     ({"lr_schedule": "step"}, r"lr_schedule.*'step'"),
     ({"amp": "fp16"}, r"amp.*'fp16'"),
     ({"attack_warmup": -1}, r"attack_warmup.*-1"),
+    ({"cuda_graphs": "yes"}, r"cuda_graphs.*'yes'"),
+    ({"cuda_graphs": True, "device": "cpu"}, r"cuda_graphs needs a CUDA device \(device='cpu'\)"),
 ])
 def test_fit_rejects_bad_parameters(digits_small, params, pattern):
     Xtr, ytr, _, _ = digits_small

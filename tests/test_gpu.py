@@ -19,6 +19,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,85 @@ def test_sinkhorn_solvers_and_generator_synth_on_the_gpu(split):
     assert clf.attack_.n_generator_steps_ > 0 and clf.score(Xte, yte) > 0.8
 
 
+def _graph_entries(module):
+    from robustfit.attacks._graph import _GRAPHS, _Graph
+    return [e for e in _GRAPHS.get(module, {}).values() if isinstance(e, _Graph)]
+
+
+@gpu_test
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_cuda_graph_attack_equals_the_eager_attack_as_weights_change(split, amp):
+    """The recorded PGD loop gives the eager loop's examples from the same random
+    start, call after call, while an optimizer changes the weights in between (a
+    graph that kept the recording's weights, or autocast's cached casts of them,
+    would drift from the eager examples)."""
+    from robustfit._utils import autocast, random_source
+    from robustfit.attacks._graph import cuda_graphs
+
+    (X, y), _ = split
+    x = torch.as_tensor(X[:256], device="cuda")
+    t = torch.as_tensor(y[:256], device="cuda")
+    torch.manual_seed(0)
+    module = DigitsCNN().cuda()
+    opt = torch.optim.SGD(module.parameters(), lr=0.5)
+    attack = PGD(epsilon=EPS, steps=7)
+    agree = []
+    for step in range(6):
+        runs = []
+        for graphs in (False, True):
+            with random_source(step), autocast(amp, "cuda"), cuda_graphs(graphs):
+                runs.append(attack.perturb(module, x, t))
+        agree.append(float((runs[0] == runs[1]).float().mean()))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(module(runs[0]), t).backward()
+        opt.step()
+    assert len(_graph_entries(module)) == 1  # recorded on the second call, replayed since
+    assert min(agree) > 0.999, agree
+
+
+@gpu_test
+def test_fit_with_cuda_graphs_matches_the_eager_fit(split):
+    (X, y), (Xte, yte) = split
+    fits = []
+    for graphs in (False, True):
+        clf = AdversarialClassifier(attack=PGD(epsilon=EPS, steps=5), max_epochs=4, amp=None,
+                                    cuda_graphs=graphs, random_state=0, device="cuda")
+        fits.append(clf.fit(X, y))
+    assert not _graph_entries(fits[0].module_) and _graph_entries(fits[1].module_)
+    losses = [np.array(f.history[:, "train_loss"]) for f in fits]
+    # GPU arithmetic is not deterministic (cuDNN's atomics), and sign steps
+    # amplify the last bits: close, not equal
+    np.testing.assert_allclose(losses[1], losses[0], rtol=2e-2)
+    assert abs(fits[1].score(Xte, yte) - fits[0].score(Xte, yte)) <= 0.02
+
+
+@gpu_test
+def test_a_module_that_cannot_be_recorded_runs_eagerly_after_one_warning(split):
+    from robustfit.attacks._graph import cuda_graphs
+
+    class Syncing(DigitsCNN):
+        def forward(self, x):
+            if float(x.amax()) > 2:  # a read-back: not allowed while recording
+                x = x / 2
+            return super().forward(x)
+
+    (X, y), _ = split
+    x = torch.as_tensor(X[:128], device="cuda")
+    t = torch.as_tensor(y[:128], device="cuda")
+    module = Syncing().cuda()
+    attack = PGD(epsilon=EPS, steps=3, random_start=False)
+    eager = attack.perturb(module, x, t)
+    with cuda_graphs(True):
+        attack.perturb(module, x, t)
+        with pytest.warns(RuntimeWarning, match="CUDA graph"):
+            second = attack.perturb(module, x, t)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # one warning only
+            third = attack.perturb(module, x, t)
+    assert torch.equal(second, eager) and torch.equal(third, eager)
+    assert not _graph_entries(module)
+
+
 @gpu_test
 def test_dask_worker_pinned_to_the_gpu_trains_there(split):
     distributed = pytest.importorskip("distributed")
@@ -233,12 +313,12 @@ def test_bench_gpu_smoke_runs_every_case(tmp_path):
     data = json.loads(out.with_suffix(".json").read_text())
     cases = data["cases"]
     assert data["cases"].pop("_done") is True
-    assert set(cases) == {"a", "b", "e", "c", "atk", "aa", "d", "atk_d"}, text
+    assert set(cases) == {"a", "a32", "b", "e", "c", "c0", "atk", "aa", "d", "atk_d"}, text
     for key, entry in cases.items():
         assert entry["status"] == "ok" and entry["images_per_s"] > 0, (key, entry)
     assert "robust_model_images_per_s" in cases["aa"] and "first_pass_s" in cases["d"]
-    assert text.count("images/s (passes:") == 8 and "summary:" in text
-    assert len(data["summary"]) == 5
+    assert text.count("images/s (passes:") == 10 and "summary:" in text
+    assert len(data["summary"]) == 7  # the CUDA-graph attack ratio needs a GPU
 
 
 def test_bench_gpu_stops_within_its_budget(tmp_path):

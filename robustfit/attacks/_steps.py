@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .._utils import randn_like
 from ._base import normalize_gradient, project, random_init
+from ._graph import run_graphed
 
 
 def ce_potential(logits, y):
@@ -80,6 +81,20 @@ def ascent_steps(module, x, y, delta, *, steps, step_size, epsilon, norm, bounds
         the direction is taken (Laplace-in-the-sign sampler), or to the
         iterate after the step (Gaussian Langevin sampler).
     """
+    if grad_noise is None and step_noise is None and potential is ce_potential:
+        # inside a cuda_graphs() block on CUDA: one replay of a recorded loop
+        out = run_graphed(module, x, y, delta, _ascent_loop, dict(
+            steps=steps, step_size=step_size, epsilon=epsilon, norm=norm, bounds=bounds))
+        if out is not None:
+            return out
+    return _ascent_loop(module, x, y, delta, steps=steps, step_size=step_size, epsilon=epsilon,
+                        norm=norm, bounds=bounds, potential=potential, grad_noise=grad_noise,
+                        step_noise=step_noise)
+
+
+def _ascent_loop(module, x, y, delta, *, steps, step_size, epsilon, norm, bounds,
+                 potential=ce_potential, grad_noise=None, step_noise=None):
+    """The loop of :func:`ascent_steps` (the one a CUDA graph records)."""
     for _ in range(steps):
         delta.requires_grad_(True)
         loss = potential(module(x + delta), y)

@@ -1,0 +1,183 @@
+"""CUDA graphs for the fixed-step ascent loop of the training attack.
+
+On a GPU, PGD-10 on a small network at a moderate batch size is bound by the
+host, not the device: one ascent step is a forward and a backward pass of a
+few hundred small kernels, each launched from Python. A CUDA graph records the
+kernels of all ``steps`` ascent steps once and replays them with one launch.
+
+:func:`cuda_graphs` switches the graphs on for the calls inside its block
+(:class:`~robustfit.AdversarialClassifier` does it around the training attack
+when ``cuda_graphs`` is on); :func:`~robustfit.attacks._steps.ascent_steps`
+then asks :func:`run_graphed` first. What is graphed, and when:
+
+- the ascent loop of PGD and FGSM on the cross-entropy (not Langevin's noisy
+  steps, not TRADES' KL potential), on CUDA tensors;
+- the random start is drawn outside the graph, by the usual seeded
+  generators, so graphed and eager runs draw the same numbers;
+- a graph is recorded the second time the same call is seen (same module,
+  batch shape, dtypes, autocast setting, step parameters and parameter
+  storage), so a batch shape seen once per epoch (the last, smaller batch)
+  runs eagerly in the first epoch; at most :data:`MAX_GRAPHS` graphs are kept
+  per module, the least recently used dropped first;
+- autocast runs with its weight-cast cache off inside the graph, so every
+  replay casts the current weights (a cached cast would freeze the weights
+  of the recording);
+- a module that cannot be recorded (one that reads a value back to the host
+  in ``forward``, say) runs eagerly from then on, after one warning.
+
+The graph reads the module's parameters and buffers where they live, so
+optimizer steps (in place) are seen by the next replay; a module whose
+parameters move to new storage (``module.to(...)``, ``load_state_dict`` with
+``assign=True``) gets a new graph.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import itertools
+import warnings
+import weakref
+
+import torch
+
+#: Graphs kept per module (one per batch shape and setting).
+MAX_GRAPHS = 3
+
+_ENABLED = contextvars.ContextVar("robustfit_cuda_graphs", default=False)
+_GRAPHS = weakref.WeakKeyDictionary()  # module -> OrderedDict(key -> _SEEN | _FAILED | _Graph)
+_SEEN, _FAILED = "seen", "failed"
+
+
+@contextlib.contextmanager
+def cuda_graphs(enabled=True):
+    """Record and replay the ascent loops inside the block as CUDA graphs.
+
+    Parameters
+    ----------
+    enabled : bool, default=True
+        ``False`` runs every loop eagerly (the default outside the block).
+    """
+    token = _ENABLED.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def graphs_enabled():
+    """Whether the current block asked for CUDA graphs."""
+    return _ENABLED.get()
+
+
+def _autocast_state(device):
+    try:
+        return torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+    except (TypeError, AttributeError):  # torch < 2.4
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+
+
+def _recordable(x):
+    return x.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+
+def _key(module, x, y, autocast_state, options):
+    storage = tuple(
+        (t.data_ptr(), t.requires_grad)
+        for t in itertools.chain(module.parameters(), module.buffers())
+    )
+    flags = tuple(m.training for m in module.modules())
+    return (tuple(x.shape), x.dtype, x.device, tuple(y.shape), y.dtype, autocast_state,
+            tuple(sorted(options.items())), storage, flags,
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+
+
+class _Graph:
+    """``loop(module, x, y, delta, **options)`` recorded for static tensors."""
+
+    def __init__(self, module, x, y, delta, loop, options, autocast_state):
+        self.x = x.detach().clone()
+        self.y = y.detach().clone()
+        self.delta = delta.detach().clone()
+        enabled, dtype = autocast_state
+
+        def run(delta):
+            with torch.autocast(x.device.type, dtype=dtype, enabled=enabled, cache_enabled=False):
+                return loop(module, self.x, self.y, delta, **options)
+
+        # one run on a side stream first, as torch.cuda.graph asks: lazy
+        # initializations (cuDNN plans, the autograd engine's device thread)
+        # happen outside the recording. It runs with host synchronizations
+        # turned into errors, so a module that reads values back to the host
+        # fails here, before a recording starts
+        current = torch.cuda.current_stream(x.device)
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(current)
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.cuda.stream(side):
+                run(self.delta.clone())
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+        current.wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = run(self.delta)
+
+    @torch.no_grad()
+    def __call__(self, x, y, delta):
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.delta.copy_(delta)
+        self.graph.replay()
+        return self.out.clone()
+
+
+def run_graphed(module, x, y, delta, loop, options):
+    """``loop(module, x, y, delta, **options)`` through a CUDA graph, or None.
+
+    None means "run it eagerly": graphs are off, the tensors are not on CUDA,
+    this call is seen for the first time, or the module could not be
+    recorded. ``options`` must be hashable values (they are part of the key).
+    """
+    if not (_ENABLED.get() and _recordable(x)):
+        return None
+    state = _autocast_state(x.device)
+    key = _key(module, x, y, state, options)
+    cache = _GRAPHS.get(module)
+    if cache is None:
+        cache = _GRAPHS[module] = collections.OrderedDict()
+    entry = cache.get(key)
+    if entry is None:
+        cache[key] = _SEEN
+        while len(cache) > MAX_GRAPHS:
+            cache.popitem(last=False)
+        return None
+    cache.move_to_end(key)
+    if entry is _FAILED:
+        return None
+    if entry is _SEEN:
+        try:
+            entry = _Graph(module, x, y, delta, loop, options, state)
+        except Exception as exc:  # noqa: BLE001 - any failure to record means "run eagerly"
+            cache[key] = _FAILED
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            warnings.warn(
+                f"robustfit could not record the attack on {type(module).__name__} as a CUDA "
+                f"graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "it runs eagerly instead. cuda_graphs=False skips the attempt.",
+                RuntimeWarning, stacklevel=4)
+            return None
+        cache[key] = entry
+    return entry(x, y, delta)
+
+
+def clear_graphs(module=None):
+    """Drop the recorded graphs of ``module`` (of every module when None)."""
+    if module is None:
+        _GRAPHS.clear()
+    else:
+        _GRAPHS.pop(module, None)
