@@ -125,6 +125,12 @@ def parse_args(argv=None):
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend of (d) (inductor; eager/aot_eager test the plumbing)")
     p.add_argument("--budget", type=float, default=200.0, help="total seconds for all cases")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark = True for every case (cuDNN times its "
+                        "algorithms for each shape and keeps the fastest)")
+    p.add_argument("--profile-attack", type=int, default=0, metavar="N",
+                   help="after the cases, profile one PGD batch on a fresh model and print the "
+                        "N kernels of most GPU time")
     p.add_argument("--out", default=None, help="text file for the figures (JSON beside it)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes, eager compile backend: checks that every case runs")
@@ -378,6 +384,36 @@ def autoattack_case(args, device, state):
     return [ensemble], extra
 
 
+def profile_attack(args, device, report):
+    """The kernels of one PGD batch (robustfit's attack, eager, as (c) runs it
+    without a graph), by total GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    clf = robustfit_classifier(args, device, False)
+    X, y = make_data(args, device, args.batch)
+    clf.partial_fit(X, y.cpu().numpy(), classes=CLASSES)
+    if device.type == "cuda" and X.dim() == 4:
+        X = X.contiguous(memory_format=torch.channels_last)
+
+    attack = PGD(epsilon=args.epsilon, steps=args.steps, step_size=args.step_size)
+
+    def batch():
+        with clf._autocast():
+            attack.perturb(clf.module_, X, y)
+
+    batch()
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        batch()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    report.line(f"profile of one PGD-{args.steps} batch ({args.batch} images), top "
+                f"{args.profile_attack} by {key}:")
+    for line in prof.key_averages().table(sort_by=key, row_limit=args.profile_attack).splitlines():
+        report.line("  " + line)
+
+
 def run_case(key, args, device, state):
     if key in ("a", "b", "e"):
         return plain_case(args, device, bf16=key != "a", channels_last=key != "a",
@@ -424,6 +460,8 @@ def main(argv=None):
     device = torch.device(resolve_device(args.device))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     report = Report(args.out)
     env = environment(device)
     report.data.update(env=env, args=vars(args))
@@ -510,6 +548,8 @@ def main(argv=None):
         else:
             report.line(f"  {text}: not measured")
     report.data["summary"] = summary
+    if args.profile_attack:
+        profile_attack(args, device, report)
     report.data["total_s"] = round(time.perf_counter() - start, 1)
     report.record("_done", not failed)
     report.line(f"total {time.perf_counter() - start:.1f} s; figures in {report.path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -493,3 +494,75 @@ def test_cuda_graphs_run_only_the_noiseless_cross_entropy_loop(monkeypatch):
         PGD(epsilon=0.1, steps=2)(net, X, y)
         FGSM(epsilon=0.1)(net, X, y)
     assert len(seen) == 2
+
+
+# ------------------------------------------ batch norm: the input's gradient only
+@pytest.mark.parametrize("kind", ["1d", "2d", "2d-channels-last", "2d-no-affine", "3d"])
+def test_input_grads_only_batchnorm_gives_torch_values_and_input_gradients(kind):
+    from robustfit.attacks._base import input_grads_only
+
+    torch.manual_seed(0)
+    shapes = {"1d": (6, 5), "2d": (4, 5, 3, 3), "3d": (3, 5, 2, 3, 2)}
+    dim = kind[:2]
+    layer = {"1d": nn.BatchNorm1d, "2d": nn.BatchNorm2d, "3d": nn.BatchNorm3d}[dim](
+        5, affine=kind != "2d-no-affine").double()
+    with torch.no_grad():  # running statistics and weights away from 0 and 1
+        layer.running_mean.uniform_(-1, 1)
+        layer.running_var.uniform_(0.5, 2)
+        if layer.weight is not None:
+            layer.weight.uniform_(-2, 2)
+            layer.bias.uniform_(-1, 1)
+    layer.eval()
+    x = torch.randn(shapes[dim], dtype=torch.float64)
+    if kind == "2d-channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    results = []
+    for fast in (False, True):
+        xi = x.clone().requires_grad_(True)
+        with input_grads_only(layer) if fast else contextlib.nullcontext():
+            out = layer(xi)
+            (grad,) = torch.autograd.grad(out, xi, g)
+        results.append((out, grad))
+    (out0, grad0), (out1, grad1) = results
+    torch.testing.assert_close(out1, out0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad1, grad0, rtol=1e-12, atol=1e-12)
+    if kind == "2d-channels-last":
+        assert grad1.is_contiguous(memory_format=torch.channels_last)
+    assert "forward" not in vars(layer)  # the switch is gone after the block
+
+
+def test_input_grads_only_leaves_training_layers_and_custom_forwards_alone():
+    from robustfit.attacks._base import input_grads_only
+
+    class Custom(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    net = nn.Sequential(nn.BatchNorm2d(3), Custom(3), nn.BatchNorm2d(3))
+    net[0].eval(), net[1].eval()  # net[2] stays in train mode
+    with input_grads_only(net):
+        assert "forward" in vars(net[0])
+        assert "forward" not in vars(net[1]) and "forward" not in vars(net[2])
+    assert all("forward" not in vars(m) for m in net)
+
+
+def test_pgd_on_a_batchnorm_network_is_unchanged_by_the_input_gradient_layers():
+    """PGD's examples on a network with batch norm equal those of torch's own
+    batch-norm backward (float64, same random start)."""
+    from robustfit._utils import random_source
+    from robustfit.attacks import _base
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 16, 3)).double()
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    X, y = torch.rand(16, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    attack = PGD(epsilon=0.2, steps=5)
+    with random_source(0):
+        fast = attack(net, X, y)
+    with random_source(0), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_base, "input_grads_only", contextlib.nullcontext)
+        native = attack(net, X, y)
+    torch.testing.assert_close(fast, native, rtol=0, atol=1e-12)
+    assert net.training and all("forward" not in vars(m) for m in net)

@@ -8,10 +8,13 @@ place, so that every attack keeps its iterate feasible in the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 from numbers import Real
 
 import torch
+import torch.nn.functional as F
 from sklearn.base import BaseEstimator
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._utils import rand, rand_like, randn_like
 from .._validation import (
@@ -150,6 +153,70 @@ def eval_mode(module):
             m.training = training
 
 
+class _InputGradBatchNorm(torch.autograd.Function):
+    """Batch norm with running statistics whose backward pass computes the
+    input's gradient only: ``grad * weight / sqrt(running_var + eps)``, one
+    elementwise product that keeps the gradient's memory format.
+
+    torch's own backward of eval-mode batch norm also computes what the weights
+    would need and, on channels-last bfloat16 input on CUDA, copies between
+    layouts: on ResNet-18 (H200, batch 512) it took a quarter of a PGD step's
+    GPU time, and the layout copies most of another fifth.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps):
+        dtype = torch.promote_types(var.dtype, torch.float32)  # float32 at least
+        scale = torch.rsqrt(var.to(dtype) + eps)
+        if weight is not None:
+            scale = scale * weight.to(dtype)
+        ctx.save_for_backward(scale)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        shape = (1, -1) + (1,) * (grad.dim() - 2)
+        return grad * scale.to(grad.dtype).view(shape), None, None, None, None, None
+
+
+def _input_grad_batchnorm_forward(m, x):
+    if m.training or m.running_mean is None:
+        return type(m).forward(m, x)
+    m._check_input_dim(x)
+    return _InputGradBatchNorm.apply(x, m.running_mean, m.running_var, m.weight, m.bias, m.eps)
+
+
+_BATCHNORM_FORWARDS = (_BatchNorm.forward, torch.nn.SyncBatchNorm.forward)
+
+
+@contextlib.contextmanager
+def input_grads_only(module):
+    """Inside the block, ``module``'s batch-norm layers in eval mode give
+    gradients with respect to their input only (see :class:`_InputGradBatchNorm`).
+
+    For attacks, which differentiate with respect to the input: the values and
+    the input's gradients are unchanged, and no gradient reaches the
+    batch-norm weights. Layers of torch's batch-norm classes (or subclasses
+    that keep their ``forward``) are switched, by an instance attribute that
+    the block removes on exit; a module compiled by :func:`torch.compile` is
+    left alone.
+    """
+    patched = []
+    if not hasattr(module, "_orig_mod"):
+        for m in module.modules():
+            if (isinstance(m, _BatchNorm) and not m.training and m.running_mean is not None
+                    and type(m).forward in _BATCHNORM_FORWARDS and "forward" not in vars(m)):
+                m.forward = functools.partial(_input_grad_batchnorm_forward, m)
+                patched.append(m)
+    try:
+        yield module
+    finally:
+        for m in patched:
+            vars(m).pop("forward", None)
+
+
 class Attack(ParamsValidationMixin, BaseEstimator):
     """Base class of robustfit's attacks.
 
@@ -164,7 +231,8 @@ class Attack(ParamsValidationMixin, BaseEstimator):
     running statistics and does not update them; dropout is off) and restored
     to its previous mode afterwards. Gradients are taken with respect to the
     input only, through :func:`torch.autograd.grad`, so parameters' ``.grad``
-    fields are never touched.
+    fields are never touched; batch-norm layers compute their input's gradient
+    alone (:func:`input_grads_only`).
 
     Subclasses implement :meth:`_perturb` and declare their parameters'
     constraints in ``_parameter_constraints`` (checked by
@@ -223,7 +291,7 @@ class Attack(ParamsValidationMixin, BaseEstimator):
         x_adv : torch.Tensor
             Detached adversarial inputs.
         """
-        with eval_mode(module), torch.enable_grad():
+        with eval_mode(module), input_grads_only(module), torch.enable_grad():
             x_adv = self._perturb(module, x, y)
         return x_adv.detach()
 
