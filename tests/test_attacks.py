@@ -427,17 +427,25 @@ def test_cuda_graph_policy_records_on_the_second_call_and_falls_back_once(monkey
 
     made = []
 
-    class Recorded:
-        def __init__(self, module, x, y, delta, loop, options, state):
+    class Recorded(_graph._Graph):
+        """The real class with the CUDA parts replaced: recording keeps the
+        loop, replaying runs it on the static tensors (epsilon and the step
+        size as 0-dim tensors, as in a graph)."""
+
+        def __init__(self, module, *args):
             if getattr(module, "broken", False):
                 raise RuntimeError("operation not permitted when stream is capturing")
-            self.run = lambda x, y, d: loop(module, x, y, d, **options)
             self.calls = 0
+            super().__init__(module, *args)
             made.append(self)
 
-        def __call__(self, x, y, delta):
+        def _record(self, run):
+            self.run = run
+
+        def _replay(self):
             self.calls += 1
-            return self.run(x, y, delta)
+            with torch.enable_grad():
+                self.out = self.run(self.delta)
 
     monkeypatch.setattr(_graph, "_Graph", Recorded)
     monkeypatch.setattr(_graph, "_recordable", lambda x: True)
@@ -450,19 +458,32 @@ def test_cuda_graph_policy_records_on_the_second_call_and_falls_back_once(monkey
         outs = [attack.perturb(net, X, y) for _ in range(3)]
     assert len(made) == 1 and made[0].calls == 2
     assert all(torch.equal(o, eager) for o in outs)
+    # the epsilon warm-up: a new epsilon and step size every call replay one graph,
+    # with the eager loop's examples (l_inf and l_2)
+    for norm in ("linf", "l2"):
+        attack.set_params(norm=norm)
+        for eps in (0.05, 0.07, 0.2, 0.3):
+            attack.set_params(epsilon=eps, step_size=eps / 2)
+            with _graph.cuda_graphs(True):
+                graphed = attack.perturb(net, X, y)
+            assert torch.equal(graphed, attack.perturb(net, X, y)), (norm, eps)
+    assert len(made) == 2 and made[0].calls == 2 + 4 and made[1].calls == 3
+    attack.set_params(norm="linf", epsilon=0.1, step_size=None)
+    _graph.clear_graphs(net)
+    made.clear()
     with _graph.cuda_graphs(True):  # a new shape, new steps: new settings
         attack.perturb(net, X[:4], y[:4]), attack.perturb(net, X[:4], y[:4])
         attack.set_params(steps=2)
         for _ in range(2):
             attack.perturb(net, X, y)
-        assert len(made) == 3 and len(_graph._GRAPHS[net]) <= _graph.MAX_GRAPHS
+        assert len(made) == 2 and len(_graph._GRAPHS[net]) <= _graph.MAX_GRAPHS
         for n in (1, 2, 3, 5):  # more settings than are kept: the oldest go
             attack.perturb(net, X[:n], y[:n])
     assert len(_graph._GRAPHS[net]) == _graph.MAX_GRAPHS
     assert not any(isinstance(e, Recorded) for e in _graph._GRAPHS[net].values())
     with _graph.cuda_graphs(False):
         attack.perturb(net, X, y)
-    assert len(made) == 3  # off: no call reaches the policy
+    assert len(made) == 2  # off: no call reaches the policy
     net.broken = True
     _graph.clear_graphs(net)
     with _graph.cuda_graphs(True):

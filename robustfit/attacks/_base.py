@@ -54,7 +54,9 @@ def project_ball(delta, epsilon, norm):
     """Project perturbations onto the ``norm`` ball of radius ``epsilon``."""
     if norm == "linf":
         return delta.clamp(-epsilon, epsilon)
-    factor = (epsilon / _flat_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
+    # reciprocal times epsilon is what ``float / tensor`` computes: a 0-dim tensor
+    # epsilon (a CUDA graph's input) then gives the same numbers as a float
+    factor = (_flat_norm(delta, "l2").clamp_min(1e-12).reciprocal() * epsilon).clamp(max=1.0)
     return delta * factor
 
 

@@ -15,10 +15,12 @@ then asks :func:`run_graphed` first. What is graphed, and when:
 - the random start is drawn outside the graph, by the usual seeded
   generators, so graphed and eager runs draw the same numbers;
 - a graph is recorded the second time the same call is seen (same module,
-  batch shape, dtypes, autocast setting, step parameters and parameter
-  storage), so a batch shape seen once per epoch (the last, smaller batch)
-  runs eagerly in the first epoch; at most :data:`MAX_GRAPHS` graphs are kept
-  per module, the least recently used dropped first;
+  batch shape, dtypes, autocast setting, number of steps, norm, box and
+  parameter storage), so a batch shape seen once per epoch (the last, smaller
+  batch) runs eagerly in the first epoch; at most :data:`MAX_GRAPHS` graphs
+  are kept per module, the least recently used dropped first;
+- ``epsilon`` and the step size are inputs of the graph, like the batch, so
+  the epsilon warm-up (a new epsilon every batch) replays one graph;
 - autocast runs with its weight-cast cache off inside the graph, so every
   replay casts the current weights (a cached cast would freeze the weights
   of the recording);
@@ -82,37 +84,46 @@ def _recordable(x):
     return x.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
-def _key(module, x, y, autocast_state, options):
+def _key(module, x, y, autocast_state, options, scalar_names):
     storage = tuple(
         (t.data_ptr(), t.requires_grad)
         for t in itertools.chain(module.parameters(), module.buffers())
     )
     flags = tuple(m.training for m in module.modules())
     return (tuple(x.shape), x.dtype, x.device, tuple(y.shape), y.dtype, autocast_state,
-            tuple(sorted(options.items())), storage, flags,
+            tuple(sorted(options.items())), scalar_names, storage, flags,
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
 
 
 class _Graph:
     """``loop(module, x, y, delta, **options)`` recorded for static tensors."""
 
-    def __init__(self, module, x, y, delta, loop, options, autocast_state):
+    def __init__(self, module, x, y, delta, loop, options, scalars, autocast_state):
         self.x = x.detach().clone()
         self.y = y.detach().clone()
         self.delta = delta.detach().clone()
+        self.scalars = {k: torch.tensor(float(v), dtype=x.dtype, device=x.device)
+                        for k, v in scalars.items()}
         enabled, dtype = autocast_state
 
         def run(delta):
             with torch.autocast(x.device.type, dtype=dtype, enabled=enabled, cache_enabled=False):
-                return loop(module, self.x, self.y, delta, **options)
+                return loop(module, self.x, self.y, delta, **options, **self.scalars)
 
+        self._record(run)
+
+    def _record(self, run):
+        """Record ``run(self.delta)`` as a CUDA graph; ``self.out`` is its output.
+        (``run`` holds the module: it is not kept, so that the cache, weakly
+        keyed by the module, does not keep the module alive.)"""
+        device = self.x.device
         # one run on a side stream first, as torch.cuda.graph asks: lazy
         # initializations (cuDNN plans, the autograd engine's device thread)
         # happen outside the recording. It runs with host synchronizations
         # turned into errors, so a module that reads values back to the host
         # fails here, before a recording starts
-        current = torch.cuda.current_stream(x.device)
-        side = torch.cuda.Stream(device=x.device)
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device=device)
         side.wait_stream(current)
         mode = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("error")
@@ -126,26 +137,33 @@ class _Graph:
         with torch.cuda.graph(self.graph):
             self.out = run(self.delta)
 
+    def _replay(self):
+        self.graph.replay()
+
     @torch.no_grad()
-    def __call__(self, x, y, delta):
+    def __call__(self, x, y, delta, scalars):
         self.x.copy_(x)
         self.y.copy_(y)
         self.delta.copy_(delta)
-        self.graph.replay()
+        for k, v in scalars.items():
+            self.scalars[k].fill_(float(v))
+        self._replay()
         return self.out.clone()
 
 
-def run_graphed(module, x, y, delta, loop, options):
-    """``loop(module, x, y, delta, **options)`` through a CUDA graph, or None.
+def run_graphed(module, x, y, delta, loop, options, scalars):
+    """``loop(module, x, y, delta, **options, **scalars)`` through a CUDA graph, or None.
 
     None means "run it eagerly": graphs are off, the tensors are not on CUDA,
     this call is seen for the first time, or the module could not be
-    recorded. ``options`` must be hashable values (they are part of the key).
+    recorded. ``options`` must be hashable values (they are part of the key);
+    ``scalars`` (floats) reach the loop as 0-dim tensors of ``x``'s dtype, set
+    before each replay, so the loop must use them only in tensor arithmetic.
     """
     if not (_ENABLED.get() and _recordable(x)):
         return None
     state = _autocast_state(x.device)
-    key = _key(module, x, y, state, options)
+    key = _key(module, x, y, state, options, tuple(sorted(scalars)))
     cache = _GRAPHS.get(module)
     if cache is None:
         cache = _GRAPHS[module] = collections.OrderedDict()
@@ -160,7 +178,7 @@ def run_graphed(module, x, y, delta, loop, options):
         return None
     if entry is _SEEN:
         try:
-            entry = _Graph(module, x, y, delta, loop, options, state)
+            entry = _Graph(module, x, y, delta, loop, options, scalars, state)
         except Exception as exc:  # noqa: BLE001 - any failure to record means "run eagerly"
             cache[key] = _FAILED
             if x.is_cuda:
@@ -172,7 +190,7 @@ def run_graphed(module, x, y, delta, loop, options):
                 RuntimeWarning, stacklevel=4)
             return None
         cache[key] = entry
-    return entry(x, y, delta)
+    return entry(x, y, delta, scalars)
 
 
 def clear_graphs(module=None):

@@ -83,8 +83,9 @@ def ascent_steps(module, x, y, delta, *, steps, step_size, epsilon, norm, bounds
     """
     if grad_noise is None and step_noise is None and potential is ce_potential:
         # inside a cuda_graphs() block on CUDA: one replay of a recorded loop
-        out = run_graphed(module, x, y, delta, _ascent_loop, dict(
-            steps=steps, step_size=step_size, epsilon=epsilon, norm=norm, bounds=bounds))
+        out = run_graphed(module, x, y, delta, _ascent_loop,
+                          dict(steps=steps, norm=norm, bounds=bounds),
+                          dict(step_size=step_size, epsilon=epsilon))
         if out is not None:
             return out
     return _ascent_loop(module, x, y, delta, steps=steps, step_size=step_size, epsilon=epsilon,
