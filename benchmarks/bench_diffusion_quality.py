@@ -33,11 +33,13 @@ import torch
 from _common import mnist_split, parser, quality_judge
 
 from robustfit import AdversarialClassifier
+from robustfit._persist import decode, encode, load_payload, save_payload
 from robustfit.datasets import load_mnist
 from robustfit.metrics import sample_quality
 from robustfit.proxy import DiffusionProxy
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CACHE_KIND = "bench-diffusion-state"
 
 
 def parse_fit(spec):
@@ -76,6 +78,22 @@ def state_path(spec, seed):
     return RESULTS / f"diffusion_state_{name}_s{seed}.pt"
 
 
+def cached_state(spec, seed):
+    """The cached fitted state of ``spec`` and ``seed`` (DiffusionProxy's
+    ``get_fitted_state()`` plus ``cpu_s_`` and ``snapshots_``), or None. Read with
+    ``torch.load(weights_only=True)``, never unpickled; a cache in an older format
+    is reported and ignored."""
+    path = state_path(spec, seed)
+    if not path.is_file():
+        return None
+    try:
+        spec_, tensors = load_payload(path, CACHE_KIND, "cached diffusion state")
+    except ValueError as exc:
+        print(f"  ignoring {path.name}: {exc}")
+        return None
+    return decode(spec_, tensors)
+
+
 def fitted(spec, X, y, seed, reuse=True, snapshots=()):
     """A DiffusionProxy of ``spec`` fitted on (X, y), its state cached in results/; with the fit's
     wall-clock and CPU seconds (CPU: None for a state cached before CPU time was recorded) and
@@ -83,9 +101,8 @@ def fitted(spec, X, y, seed, reuse=True, snapshots=()):
     channels, epochs, batch, extra = parse_fit(spec)
     gen = SnapshotDiffusionProxy(block_out_channels=channels, max_epochs=epochs, batch_size=batch,
                                  **{"lr": 2e-3, **extra}, random_state=seed, verbose=1)
-    path = state_path(spec, seed)
-    if reuse and path.is_file():
-        saved = torch.load(path, weights_only=False)
+    saved = cached_state(spec, seed) if reuse else None
+    if saved is not None:
         cpu_s = saved.pop("cpu_s_", None)
         snaps = saved.pop("snapshots_", {})
         gen.set_fitted_state(saved)
@@ -96,7 +113,9 @@ def fitted(spec, X, y, seed, reuse=True, snapshots=()):
     cpu_s = time.process_time() - t0
     snaps = gen._snapshots
     RESULTS.mkdir(parents=True, exist_ok=True)
-    torch.save({**gen.get_fitted_state(), "cpu_s_": cpu_s, "snapshots_": snaps}, path)
+    tensors = {}
+    spec_ = encode({**gen.get_fitted_state(), "cpu_s_": cpu_s, "snapshots_": snaps}, tensors)
+    save_payload(CACHE_KIND, spec_, tensors, state_path(spec, seed))
     return gen, gen.fit_time_, cpu_s, snaps
 
 
