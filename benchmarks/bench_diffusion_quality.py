@@ -100,7 +100,8 @@ def fitted(spec, X, y, seed, reuse=True, snapshots=()):
     the EMA weights after the epochs in ``snapshots`` (cached with the state)."""
     channels, epochs, batch, extra = parse_fit(spec)
     gen = SnapshotDiffusionProxy(block_out_channels=channels, max_epochs=epochs, batch_size=batch,
-                                 **{"lr": 2e-3, **extra}, random_state=seed, verbose=1)
+                                 **{"lr": 2e-3, "prediction_type": "epsilon", **extra},
+                                 random_state=seed, verbose=1)
     saved = cached_state(spec, seed) if reuse else None
     if saved is not None:
         cpu_s = saved.pop("cpu_s_", None)

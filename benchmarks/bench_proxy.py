@@ -62,7 +62,7 @@ def make_generator(name, args):
     return DiffusionProxy(
         block_out_channels=channels, max_epochs=args.diff_epochs, batch_size=128,
         lr=args.diff_lr, sampling_steps=args.sampling_steps, guidance_scale=args.guidance,
-        random_state=args.seed, verbose=1,
+        prediction_type=args.prediction_type, random_state=args.seed, verbose=1,
     )
 
 
@@ -158,6 +158,11 @@ def main():
     p.add_argument("--diff-lr", type=float, default=2e-3)
     p.add_argument("--sampling-steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--prediction-type", default="epsilon",
+                   choices=("epsilon", "sample", "v_prediction"),
+                   help="DiffusionProxy's target; 'epsilon' (the recorded figures' setting, "
+                        "DiffusionProxy's default then) unless given; the library's default is "
+                        "'sample'"),
     p.add_argument("--keep-fraction", type=float, default=0.5,
                    help="fraction kept per class by the '+filter' runs")
     p.add_argument("--n-eval", type=int, default=2000)

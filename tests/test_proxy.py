@@ -243,7 +243,7 @@ def test_diffusion_training_target_is_what_the_samplers_invert(prediction_type):
             torch.testing.assert_close(target, v, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_diffusion_proxy_prediction_types_fit_and_sample(data, prediction_type):
     X, y, _, _ = data
     proxy = DiffusionProxy(block_out_channels=(16, 32), max_epochs=1, batch_size=100,

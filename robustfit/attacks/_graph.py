@@ -68,11 +68,6 @@ def cuda_graphs(enabled=True):
         _ENABLED.reset(token)
 
 
-def graphs_enabled():
-    """Whether the current block asked for CUDA graphs."""
-    return _ENABLED.get()
-
-
 def _autocast_state(device):
     try:
         return torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
@@ -102,7 +97,9 @@ class _Graph:
         self.x = x.detach().clone()
         self.y = y.detach().clone()
         self.delta = delta.detach().clone()
-        self.scalars = {k: torch.tensor(float(v), dtype=x.dtype, device=x.device)
+        # float32 at least: a half-precision epsilon would round where a float does not
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        self.scalars = {k: torch.tensor(float(v), dtype=dtype, device=x.device)
                         for k, v in scalars.items()}
         enabled, dtype = autocast_state
 
@@ -157,7 +154,7 @@ def run_graphed(module, x, y, delta, loop, options, scalars):
     None means "run it eagerly": graphs are off, the tensors are not on CUDA,
     this call is seen for the first time, or the module could not be
     recorded. ``options`` must be hashable values (they are part of the key);
-    ``scalars`` (floats) reach the loop as 0-dim tensors of ``x``'s dtype, set
+    ``scalars`` (floats) reach the loop as 0-dim float32 (or float64) tensors, set
     before each replay, so the loop must use them only in tensor arithmetic.
     """
     if not (_ENABLED.get() and _recordable(x)):
