@@ -18,6 +18,8 @@ start), batch 512, Adam, the script measures in one run:
   (c0) (c) with ``cuda_graphs=False``: the training attack launched kernel
       by kernel instead of replayed from a CUDA graph (passes alternate
       with (c)'s);
+  (c1) (c) with ``fold_batchnorm=False``: the training attack on the
+      network with its batch-norm layers (passes alternate with (c)'s);
   (d) the same with ``compile=True`` (``torch.compile``; the first pass,
       compilation included, is reported apart);
   attack: the PGD-10 attack alone on the modules of (c), replayed from a
@@ -65,7 +67,7 @@ from robustfit.metrics import robust_accuracy
 from robustfit.models import MnistCNN, ResNet18
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("a", "a32", "b", "e", "c", "c0", "atk", "aa", "d", "atk_d")
+CASES = ("a", "a32", "b", "e", "c", "c0", "c1", "atk", "aa", "d", "atk_d")
 TITLES = {
     "a": "(a) plain PyTorch PGD-{steps} loop, fp32",
     "a32": "(a32) plain PyTorch PGD-{steps} loop, strict fp32 (TF32 off)",
@@ -73,6 +75,7 @@ TITLES = {
     "e": "(e) clean training (no attack), loop of (b)",
     "c": "(c) robustfit AdversarialClassifier, defaults (amp='auto', cuda_graphs='auto')",
     "c0": "(c0) robustfit AdversarialClassifier, cuda_graphs=False",
+    "c1": "(c1) robustfit AdversarialClassifier, fold_batchnorm=False",
     "atk": "attack alone: robustfit PGD-{steps} on the module of (c), as (c) runs it",
     "aa": "fast-ensemble evaluation (APGD-CE + APGD-T x3, robust_score's default), fp32",
     "d": "(d) robustfit AdversarialClassifier, compile=True",
@@ -399,7 +402,7 @@ def profile_attack(args, device, report):
 
     def batch():
         with clf._autocast():
-            attack.perturb(clf.module_, X, y)
+            attack.perturb(clf._attack_module(attack), X, y)
 
     batch()
     sync(device)
@@ -429,6 +432,8 @@ def run_case(key, args, device, state):
         return robustfit_case(args, device, state, compile_=key == "d", key=key)
     if key == "c0":
         return robustfit_case(args, device, state, compile_=False, key=key, cuda_graphs=False)
+    if key == "c1":
+        return robustfit_case(args, device, state, compile_=False, key=key, fold_batchnorm=False)
     if key in ("atk", "atk_d"):
         return attack_case(args, device, state, "c" if key == "atk" else "d")
     if key == "aa":
@@ -526,6 +531,8 @@ def main(argv=None):
         ("(c) / (a32): robustfit defaults against the plain loop in strict fp32 (TF32 off)",
          "c", "a32", 1),
         ("(c) / (c0): CUDA graphs against kernel-by-kernel launches, training", "c0", "c", -1),
+        ("(c) / (c1): batch norm folded into the convolutions against not, training", "c1", "c",
+         -1),
         (f"(c) / ((e) / {args.steps + 1}): robustfit defaults against the limit (target >= 0.8)",
          "c", "e", args.steps + 1),
         ("(b) / (a): bf16 + channels_last against fp32, plain loops", "b", "a", 1),

@@ -78,6 +78,7 @@ from ._validation import (
 )
 from .attacks import AutoAttack, resolve_attack
 from .attacks._base import Attack
+from .attacks._fold import folded
 from .attacks._graph import cuda_graphs
 from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
 from .losses import AdversarialCE, Objective
@@ -265,6 +266,17 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         ``"auto"`` is on for a CUDA device unless ``compile=True``; ``True``
         needs a CUDA device. Langevin, GeneratorSynth, TRADES' KL attack and
         the evaluation attacks always run eagerly.
+    fold_batchnorm : {"auto", True, False}, default="auto"
+        Run the training attack (PGD, FGSM, Langevin, which differentiate
+        with respect to the input only) on the module with each batch-norm
+        layer that follows a convolution folded into it: in eval mode batch
+        norm is a per-channel affine map, so the pair is one convolution,
+        and batch norm's memory-bound forward and backward passes are
+        skipped. The module is traced with :mod:`torch.fx` once; one that
+        cannot be traced, has forward hooks or is compiled is attacked as it
+        is. The examples are those of the unfolded network up to float
+        rounding; evaluation attacks always run on the module itself.
+        ``"auto"`` is on for a CUDA device.
     iterator_train, iterator_valid : class, default=TensorLoader
         Batch iterators. :class:`~robustfit._loader.TensorLoader` keeps the data
         on the device and slices batches; pass
@@ -345,6 +357,7 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         device="auto",
         amp="auto",
         cuda_graphs="auto",
+        fold_batchnorm="auto",
         iterator_train=TensorLoader,
         iterator_valid=TensorLoader,
         verbose=0,
@@ -380,6 +393,7 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         self.random_state = random_state
         self.amp = amp
         self.cuda_graphs = cuda_graphs
+        self.fold_batchnorm = fold_batchnorm
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -412,6 +426,7 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         "random_state": ["random_state"],
         "amp": [None, Options(("auto", "bf16", False))],
         "cuda_graphs": [Options(("auto",)), "boolean"],
+        "fold_batchnorm": [Options(("auto",)), "boolean"],
         "device": [None, str, torch.device],
         "compile": ["boolean"],
         "train_split": [None, "callable"],
@@ -960,6 +975,16 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
     def _autocast(self):
         return autocast(self.amp, self.device)
 
+    def _attack_module(self, attack):
+        """The module the training attack runs on: ``module_``, or it with batch
+        norm folded (``fold_batchnorm``) for an input-gradient attack."""
+        fold = self.fold_batchnorm
+        if fold == "auto":
+            fold = torch.device(self.device).type == "cuda"
+        if fold and getattr(attack, "_input_gradients_only", False):
+            return folded(self.module_)
+        return self.module_
+
     def _graphs_on(self):
         """Whether the training attack runs through CUDA graphs (``cuda_graphs``)."""
         if self.cuda_graphs == "auto":
@@ -1011,7 +1036,7 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
                 # gradients w.r.t. the input only, so nothing is all-reduced
                 with self._autocast(), cuda_graphs(self._graphs_on()):
                     if isinstance(attack, Attack):
-                        X_adv = attack.train_perturb(self.module_, Xi, yi)
+                        X_adv = attack.train_perturb(self._attack_module(attack), Xi, yi)
                     else:
                         X_adv = attack(self.module_, Xi, yi)
             self._set_training(True)

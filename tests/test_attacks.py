@@ -587,3 +587,98 @@ def test_pgd_on_a_batchnorm_network_is_unchanged_by_the_input_gradient_layers():
         native = attack(net, X, y)
     torch.testing.assert_close(fast, native, rtol=0, atol=1e-12)
     assert net.training and all("forward" not in vars(m) for m in net)
+
+
+# ------------------------------------------------ batch norm folded into convolutions
+class _ConvBNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4, affine=False)
+        self.conv3 = nn.Conv2d(4, 4, 1)
+        self.bn3 = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        y = self.conv3(x)
+        x = self.bn3(y) + y  # conv3's output has two users: not folded
+        return self.head(x.flatten(1))
+
+
+def _randomize_batchnorm(net):
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+                if m.weight is not None:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+
+
+def test_folded_batchnorm_gives_the_networks_values_and_input_gradients():
+    from robustfit.attacks._base import eval_mode
+    from robustfit.attacks._fold import _FoldedConvBN, folded
+
+    torch.manual_seed(0)
+    net = _ConvBNNet().double()
+    _randomize_batchnorm(net)
+    fast = folded(net)
+    assert fast is not net and sum(isinstance(m, _FoldedConvBN) for m in fast.modules()) == 2
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for m in (net, fast):
+        with eval_mode(m):
+            out = m(x)
+            (grad,) = torch.autograd.grad(out.square().sum(), x)
+        outs.append((out, grad))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-12, atol=1e-12)
+    # parameters are shared, and the folded weights follow updates of the originals
+    with torch.no_grad():
+        net.conv1.weight.mul_(1.5)
+        net.bn1.running_var.mul_(2)
+    assert folded(net) is fast
+    with eval_mode(net):
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-12, atol=1e-12)
+    assert net.training  # tracing and attacking left the module's mode alone
+
+
+def test_folding_leaves_untraceable_hooked_and_plain_modules_alone():
+    from robustfit.attacks._fold import folded
+
+    class Branchy(_ConvBNNet):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: symbolic tracing fails
+                x = x * 2
+            return super().forward(x)
+
+    branchy = Branchy()
+    assert folded(branchy) is branchy
+    hooked = _ConvBNNet()
+    hooked.conv1.register_forward_hook(lambda m, i, o: None)
+    assert folded(hooked) is hooked
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    assert folded(plain) is plain
+    net = _ConvBNNet()
+    first = folded(net)
+    net.conv1.weight = nn.Parameter(net.conv1.weight.detach().clone())  # new storage: traced again
+    assert folded(net) is not first
+
+
+def test_pgd_on_the_folded_network_matches_pgd_on_the_network():
+    from robustfit._utils import random_source
+    from robustfit.attacks._fold import folded
+
+    torch.manual_seed(0)
+    net = _ConvBNNet().double()
+    _randomize_batchnorm(net)
+    X, y = torch.rand(16, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    attack = PGD(epsilon=0.2, steps=5)
+    runs = []
+    for m in (net, folded(net)):
+        with random_source(0):
+            runs.append(attack(m, X, y))
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-12)

@@ -15,7 +15,7 @@ from sklearn.exceptions import NotFittedError
 from skorch.exceptions import DeviceWarning
 
 from robustfit import AdversarialClassifier
-from robustfit.attacks import FGSM, PGD, AutoAttack
+from robustfit.attacks import FGSM, PGD, AutoAttack, GeneratorSynth
 from robustfit.classifier import resolve_device
 from robustfit.models import MLP, SmallCNN
 
@@ -285,6 +285,7 @@ def test_fit_rejects_bad_data(digits_small, case):
     ({"amp": "fp16"}, r"amp.*'fp16'"),
     ({"attack_warmup": -1}, r"attack_warmup.*-1"),
     ({"cuda_graphs": "yes"}, r"cuda_graphs.*'yes'"),
+    ({"fold_batchnorm": "on"}, r"fold_batchnorm.*'on'"),
     ({"cuda_graphs": True, "device": "cpu"}, r"cuda_graphs needs a CUDA device \(device='cpu'\)"),
 ])
 def test_fit_rejects_bad_parameters(digits_small, params, pattern):
@@ -514,3 +515,46 @@ def test_bf16_autocast_logits_reach_numpy_as_float32(digits_small):
     proba = clf.predict_proba(Xte)
     assert proba.dtype == np.float32 and np.allclose(proba.sum(axis=1), 1, atol=1e-3)
     assert 0 <= clf.robust_score(Xte[:50], yte[:50], attack=PGD(epsilon=0.1, steps=3)) <= 1
+
+
+class _BNDigitsNet(torch.nn.Module):
+    """conv-bn-relu twice, for the 8x8 digits."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(), torch.nn.Flatten())
+        self.head = torch.nn.Linear(8 * 64, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("attack", [PGD(epsilon=0.1, steps=3), GeneratorSynth(epsilon=0.1)],
+                         ids=["PGD", "GeneratorSynth"])
+def test_fold_batchnorm_runs_the_training_attack_on_the_folded_network(digits_small, attack,
+                                                                     monkeypatch):
+    """fold_batchnorm=True: PGD runs on the traced module with conv-bn pairs folded (and
+    trains as without folding, up to rounding); GeneratorSynth, which needs the network's
+    weight gradients, runs on the module itself."""
+    from robustfit.attacks import _fold
+
+    calls = []
+    original = _fold._FoldedConvBN.forward
+    monkeypatch.setattr(_fold._FoldedConvBN, "forward",
+                        lambda self, x: calls.append(1) or original(self, x))
+    Xtr, ytr, _, _ = digits_small
+    fits = [AdversarialClassifier(_BNDigitsNet, attack=clone(attack), fold_batchnorm=fold,
+                                  max_epochs=2, lr=1e-2, train_split=None,
+                                  random_state=0).fit(Xtr, ytr)
+            for fold in (False, True)]
+    losses = [np.array(f.history[:, "train_loss"]) for f in fits]
+    if isinstance(attack, PGD):
+        assert calls  # the folded convolutions ran
+        np.testing.assert_allclose(losses[1], losses[0], rtol=2e-2)
+    else:
+        assert not calls
+        np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+    assert not any("forward" in vars(m) for m in fits[1].module_.modules())

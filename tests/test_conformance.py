@@ -154,7 +154,7 @@ def test_every_parameter_is_constrained():
         params = set(make(cls).get_params(deep=False))
         if cls is AdversarialClassifier:  # skorch's own parameters are skorch's to check
             params &= {"attack", "objective", "proxy_ratio", "proxy_samples", "lr", "lr_schedule",
-                       "attack_warmup", "max_epochs", "batch_size", "random_state", "amp", "cuda_graphs", "device",
+                       "attack_warmup", "max_epochs", "batch_size", "random_state", "amp", "cuda_graphs", "fold_batchnorm", "device",
                        "valid_attack", "verbose", "ema", "awp", "guard"}
         gap = params - set(table)
         if gap:

@@ -282,6 +282,38 @@ def test_a_module_that_cannot_be_recorded_runs_eagerly_after_one_warning(split):
 
 
 @gpu_test
+def test_folded_batchnorm_attack_on_the_gpu_matches_the_network(split):
+    """PGD on ResNet-18 with batch norm folded, replayed from a CUDA graph, gives the
+    examples of PGD on the network itself (float32, TF32 off: rounding alone differs)."""
+    from robustfit._utils import random_source
+    from robustfit.attacks._fold import folded
+    from robustfit.attacks._graph import cuda_graphs
+    from robustfit.models import ResNet18
+
+    torch.manual_seed(0)
+    net = ResNet18(n_classes=10, in_channels=3).cuda()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.rand(64, 3, 16, 16, device="cuda")
+    y = torch.randint(0, 10, (64,), device="cuda")
+    attack = PGD(epsilon=8 / 255, steps=5)
+    flags = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        runs = []
+        for fold, graphs in ((False, False), (True, True), (True, True), (True, True)):
+            with random_source(0), cuda_graphs(graphs):
+                runs.append(attack.perturb(folded(net) if fold else net, x, y))
+    finally:
+        torch.backends.cudnn.allow_tf32 = flags
+    assert _graph_entries(folded(net))  # recorded on the folded module, replayed after
+    for run in runs[1:]:
+        assert float((run == runs[0]).float().mean()) > 0.99
+
+
+@gpu_test
 def test_dask_worker_pinned_to_the_gpu_trains_there(split):
     distributed = pytest.importorskip("distributed")
     example = _load(ROOT / "examples" / "dask_grid_search.py", "dask_grid_search")
@@ -313,12 +345,12 @@ def test_bench_gpu_smoke_runs_every_case(tmp_path):
     data = json.loads(out.with_suffix(".json").read_text())
     cases = data["cases"]
     assert data["cases"].pop("_done") is True
-    assert set(cases) == {"a", "a32", "b", "e", "c", "c0", "atk", "aa", "d", "atk_d"}, text
+    assert set(cases) == {"a", "a32", "b", "e", "c", "c0", "c1", "atk", "aa", "d", "atk_d"}, text
     for key, entry in cases.items():
         assert entry["status"] == "ok" and entry["images_per_s"] > 0, (key, entry)
     assert "robust_model_images_per_s" in cases["aa"] and "first_pass_s" in cases["d"]
-    assert text.count("images/s (passes:") == 10 and "summary:" in text
-    assert len(data["summary"]) == 7  # the CUDA-graph attack ratio needs a GPU
+    assert text.count("images/s (passes:") == 11 and "summary:" in text
+    assert len(data["summary"]) == 8  # the CUDA-graph attack ratio needs a GPU
 
 
 def test_bench_gpu_stops_within_its_budget(tmp_path):

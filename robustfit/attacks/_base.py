@@ -241,6 +241,11 @@ class Attack(ParamsValidationMixin, BaseEstimator):
     :meth:`validate_params`; see :mod:`robustfit._validation`).
     """
 
+    #: True for attacks whose training examples depend on the module's function
+    #: alone (gradients with respect to the input only): the classifier may then
+    #: run them on the module with batch norm folded into the convolutions.
+    _input_gradients_only = False
+
     #: What each constructor argument may be; subclasses extend this table.
     _parameter_constraints = {
         "epsilon": [Interval(Real, 0, None, closed="left")],

@@ -146,6 +146,9 @@ class Langevin(Attack):
     5e-06
     """
 
+    #: Differentiates with respect to the input only (see PGD).
+    _input_gradients_only = True
+
     _parameter_constraints = {
         **Attack._parameter_constraints,
         "steps": [Interval(Integral, 1, None)],

@@ -72,6 +72,10 @@ class PGD(Attack):
     True
     """
 
+    #: Differentiates with respect to the input only, so the classifier may run the
+    #: training attack on a network with batch norm folded (``fold_batchnorm``).
+    _input_gradients_only = True
+
     _parameter_constraints = {
         **Attack._parameter_constraints,
         "steps": [Interval(Integral, 1, None)],
@@ -162,6 +166,10 @@ class FGSM(Attack):
     >>> X_adv.shape
     torch.Size([5, 1, 2, 2])
     """
+
+    #: Differentiates with respect to the input only, so the classifier may run the
+    #: training attack on a network with batch norm folded (``fold_batchnorm``).
+    _input_gradients_only = True
 
     _parameter_constraints = {
         **Attack._parameter_constraints,
