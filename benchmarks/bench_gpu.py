@@ -408,7 +408,7 @@ def profile_attack(args, device, report):
 
     def batch():
         with clf._autocast():
-            attack.perturb(clf._attack_module(attack), X, y)
+            attack.perturb(clf._attack_module(attack, X), X, y)
 
     batch()
     sync(device)

@@ -78,8 +78,8 @@ from ._validation import (
 )
 from .attacks import AutoAttack, resolve_attack
 from .attacks._base import Attack
-from .attacks._fold import folded
-from .attacks._graph import cuda_graphs
+from .attacks._fold import folded, release_folded
+from .attacks._graph import clear_graphs, cuda_graphs
 from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
 from .losses import AdversarialCE, Objective
 from .models import default_module, fill_module_arguments
@@ -264,8 +264,9 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         one warning. On an H200 the attack ran 12.6x faster on a small CNN
         (launch-bound) and 1.3x on ResNet-18 (see the "Scaling out" page).
         ``"auto"`` is on for a CUDA device unless ``compile=True``; ``True``
-        needs a CUDA device. Langevin, GeneratorSynth, TRADES' KL attack and
-        the evaluation attacks always run eagerly.
+        needs a CUDA device. Langevin's noisy steps, GeneratorSynth, TRADES'
+        KL attack, the restarts of ``PGD(restarts=k)`` and the evaluation
+        attacks always run eagerly. The graphs are dropped when ``fit`` ends.
     fold_batchnorm : {"auto", True, False}, default="auto"
         Run the training attack (PGD, FGSM, Langevin, which differentiate
         with respect to the input only) on the module with each batch-norm
@@ -727,6 +728,17 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
                 return super().fit(X, y, **fit_params)
         finally:
             self._end_distributed()
+            self._release_attack_caches()
+
+    def _release_attack_caches(self):
+        """Drop the CUDA graphs and the folded copy of ``module_`` that the training
+        attack used (``partial_fit`` keeps them for the next call)."""
+        module = getattr(self, "module_", None)
+        if isinstance(module, torch.nn.Module):
+            traced = release_folded(module)
+            if traced is not None:
+                clear_graphs(traced)
+            clear_graphs(module)
 
     def partial_fit(self, X, y=None, classes=None, **fit_params):
         """Continue training for ``max_epochs`` epochs without re-initializing.
@@ -975,14 +987,14 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
     def _autocast(self):
         return autocast(self.amp, self.device)
 
-    def _attack_module(self, attack):
+    def _attack_module(self, attack, x):
         """The module the training attack runs on: ``module_``, or it with batch
         norm folded (``fold_batchnorm``) for an input-gradient attack."""
         fold = self.fold_batchnorm
         if fold == "auto":
             fold = torch.device(self.device).type == "cuda"
         if fold and getattr(attack, "_input_gradients_only", False):
-            return folded(self.module_)
+            return folded(self.module_, example=x)
         return self.module_
 
     def _graphs_on(self):
@@ -1036,7 +1048,7 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
                 # gradients w.r.t. the input only, so nothing is all-reduced
                 with self._autocast(), cuda_graphs(self._graphs_on()):
                     if isinstance(attack, Attack):
-                        X_adv = attack.train_perturb(self._attack_module(attack), Xi, yi)
+                        X_adv = attack.train_perturb(self._attack_module(attack, Xi), Xi, yi)
                     else:
                         X_adv = attack(self.module_, Xi, yi)
             self._set_training(True)

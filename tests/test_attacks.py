@@ -476,14 +476,16 @@ def test_cuda_graph_policy_records_on_the_second_call_and_falls_back_once(monkey
         attack.set_params(steps=2)
         for _ in range(2):
             attack.perturb(net, X, y)
-        assert len(made) == 2 and len(_graph._GRAPHS[net]) <= _graph.MAX_GRAPHS
-        for n in (1, 2, 3, 5):  # more settings than are kept: the oldest go
+        assert len(made) == 2 and len(_graph._GRAPHS[net]) == 2
+        for n in (1, 2, 3, 5):  # settings seen once are remembered apart: the graphs stay
             attack.perturb(net, X[:n], y[:n])
-    assert len(_graph._GRAPHS[net]) == _graph.MAX_GRAPHS
-    assert not any(isinstance(e, Recorded) for e in _graph._GRAPHS[net].values())
+        assert len(_graph._GRAPHS[net]) == 2 and len(_graph._SEEN[net]) == 4
+        for n in (1, 2):  # seen twice: recorded; the least recently used graph goes
+            attack.perturb(net, X[:n], y[:n])
+    assert len(made) == 4 and len(_graph._GRAPHS[net]) == _graph.MAX_GRAPHS
     with _graph.cuda_graphs(False):
         attack.perturb(net, X, y)
-    assert len(made) == 2  # off: no call reaches the policy
+    assert len(made) == 4  # off: no call reaches the policy
     net.broken = True
     _graph.clear_graphs(net)
     with _graph.cuda_graphs(True):
@@ -514,7 +516,10 @@ def test_cuda_graphs_run_only_the_noiseless_cross_entropy_loop(monkeypatch):
         assert not seen
         PGD(epsilon=0.1, steps=2)(net, X, y)
         FGSM(epsilon=0.1)(net, X, y)
-    assert len(seen) == 2
+        # restarts attack data-dependent subsets: only the first run may be graphed
+        PGD(epsilon=0.1, steps=2, restarts=4)(torch.nn.Sequential(torch.nn.Flatten(),
+                                                                  torch.nn.Linear(16, 3)), X, y)
+    assert len(seen) == 3
 
 
 # ------------------------------------------ batch norm: the input's gradient only
@@ -660,6 +665,12 @@ def test_folding_leaves_untraceable_hooked_and_plain_modules_alone():
     hooked = _ConvBNNet()
     hooked.conv1.register_forward_hook(lambda m, i, o: None)
     assert folded(hooked) is hooked
+    late = _ConvBNNet()
+    assert folded(late) is not late
+    handle = late.bn1.register_forward_hook(lambda m, i, o: None)  # a hook added later
+    assert folded(late) is late
+    handle.remove()
+    assert folded(late) is not late
     plain = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
     assert folded(plain) is plain
     net = _ConvBNNet()
@@ -682,3 +693,27 @@ def test_pgd_on_the_folded_network_matches_pgd_on_the_network():
         with random_source(0):
             runs.append(attack(m, X, y))
     torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-12)
+
+
+def test_a_trace_that_disagrees_with_the_module_on_the_batch_is_not_used(monkeypatch):
+    from robustfit.attacks import _fold
+
+    net = _ConvBNNet()
+    wrong = _ConvBNNet()  # other weights: what a trace that baked the wrong branch computes
+    monkeypatch.setattr(_fold, "_trace", lambda module: wrong)
+    assert _fold.folded(net, example=torch.rand(8, 1, 4, 4)) is net
+    _fold.release_folded(net)
+    monkeypatch.setattr(_fold, "_trace", lambda module: module)
+    assert _fold.folded(net, example=torch.rand(8, 1, 4, 4)) is net  # agrees: used
+    assert _fold.release_folded(net) is net and _fold.release_folded(net) is None
+
+
+def test_graph_key_changes_with_forward_hooks():
+    from robustfit.attacks._graph import hook_state
+
+    net = _ConvBNNet()
+    before = hook_state(net)
+    handle = net.conv2.register_forward_pre_hook(lambda m, i: None)
+    assert hook_state(net) != before
+    handle.remove()
+    assert hook_state(net) == before

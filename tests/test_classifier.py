@@ -558,3 +558,5 @@ def test_fold_batchnorm_runs_the_training_attack_on_the_folded_network(digits_sm
         assert not calls
         np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
     assert not any("forward" in vars(m) for m in fits[1].module_.modules())
+    from robustfit.attacks._fold import _FOLDED
+    assert fits[1].module_ not in _FOLDED  # released when fit ended

@@ -18,6 +18,13 @@ buffers). Modules that cannot be traced, that have forward hooks (a traced
 module would not run the hooks of the modules it inlines), that are compiled,
 or that have no convolution followed by batch norm are returned unchanged.
 
+The traced module is checked once, when it is built, against the module's
+logits on the batch about to be attacked, and dropped if they differ beyond
+rounding (a trace that baked in a data-dependent branch). It is rebuilt when
+the module's structure, parameter storage or forward hooks change; what
+``forward`` reads besides its input, parameters and buffers (plain Python
+attributes) is frozen at the trace, as in any traced or compiled module.
+
 Folding changes the rounding, not the function: the examples are those of the
 unfolded network up to float rounding. robustfit folds the training attack
 only (``AdversarialClassifier(fold_batchnorm=...)``); evaluation attacks run on
@@ -33,6 +40,7 @@ import torch
 from torch import nn
 
 from ._base import _BATCHNORM_FORWARDS, eval_mode
+from ._graph import hook_state
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _FOLDED = weakref.WeakKeyDictionary()  # module -> (fingerprint, traced module or None)
@@ -80,7 +88,21 @@ def _hooked(module):
 
 def _fingerprint(module):
     return (tuple((id(m), type(m)) for m in module.modules()),
-            tuple(t.data_ptr() for t in itertools.chain(module.parameters(), module.buffers())))
+            tuple(t.data_ptr() for t in itertools.chain(module.parameters(), module.buffers())),
+            hook_state(module))
+
+
+@torch.no_grad()
+def _agrees(module, traced, example):
+    """Whether ``traced`` computes ``module``'s logits on ``example`` (a check of
+    the trace, run once per build: a wrong trace differs by far more than rounding)."""
+    with eval_mode(module):
+        want = module(example).float()
+        got = traced(example).float()
+    if want.shape != got.shape:
+        return False
+    scale = float(want.abs().max()) + 1e-6
+    return float((want - got).abs().max()) <= 0.05 * scale
 
 
 def _trace(module):
@@ -120,13 +142,17 @@ def _trace(module):
     return traced
 
 
-def folded(module):
+def folded(module, example=None):
     """``module`` with its conv-bn pairs folded, weights current; or ``module``.
 
     Parameters
     ----------
     module : torch.nn.Module
         The network an input-gradient attack is about to run on.
+    example : torch.Tensor, optional
+        A batch of inputs: when the folded module is built, its logits on it
+        are compared with ``module``'s, and a disagreement beyond rounding
+        keeps ``module`` unfolded.
 
     Returns
     -------
@@ -138,7 +164,10 @@ def folded(module):
     fingerprint = _fingerprint(module)
     cached = _FOLDED.get(module)
     if cached is None or cached[0] != fingerprint:
-        cached = (fingerprint, _trace(module))
+        traced = _trace(module)
+        if traced is not None and example is not None and not _agrees(module, traced, example):
+            traced = None
+        cached = (fingerprint, traced)
         _FOLDED[module] = cached
     traced = cached[1]
     if traced is None:
@@ -147,3 +176,9 @@ def folded(module):
         if isinstance(m, _FoldedConvBN):
             m.refresh()
     return traced
+
+
+def release_folded(module):
+    """Forget the folded copy of ``module``; return it (None if there was none)."""
+    cached = _FOLDED.pop(module, None)
+    return None if cached is None else cached[1]

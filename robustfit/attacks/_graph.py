@@ -15,10 +15,13 @@ then asks :func:`run_graphed` first. What is graphed, and when:
 - the random start is drawn outside the graph, by the usual seeded
   generators, so graphed and eager runs draw the same numbers;
 - a graph is recorded the second time the same call is seen (same module,
-  batch shape, dtypes, autocast setting, number of steps, norm, box and
-  parameter storage), so a batch shape seen once per epoch (the last, smaller
-  batch) runs eagerly in the first epoch; at most :data:`MAX_GRAPHS` graphs
-  are kept per module, the least recently used dropped first;
+  batch shape, dtypes, autocast setting, number of steps, norm, box,
+  parameter storage and forward hooks), so a batch shape seen once per epoch
+  (the last, smaller batch) runs eagerly in the first epoch; at most
+  :data:`MAX_GRAPHS` graphs are kept per module, the least recently used
+  dropped first (settings seen once are remembered apart, so they never push
+  a graph out); the restarts of ``PGD(restarts=k)``, which attack
+  data-dependent subsets, run eagerly;
 - ``epsilon`` and the step size are inputs of the graph, like the batch, so
   the epsilon warm-up (a new epsilon every batch) replays one graph;
 - autocast runs with its weight-cast cache off inside the graph, so every
@@ -30,7 +33,12 @@ then asks :func:`run_graphed` first. What is graphed, and when:
 The graph reads the module's parameters and buffers where they live, so
 optimizer steps (in place) are seen by the next replay; a module whose
 parameters move to new storage (``module.to(...)``, ``load_state_dict`` with
-``assign=True``) gets a new graph.
+``assign=True``) gets a new graph. What ``forward`` reads besides its input,
+parameters and buffers (plain Python attributes, tensors that are not
+buffers) is frozen at the recording, as with any CUDA graph: the module's
+function must not change through them during a fit.
+:class:`~robustfit.AdversarialClassifier` drops a module's graphs when
+``fit`` ends, so a fitted estimator holds no graph memory.
 """
 
 from __future__ import annotations
@@ -46,10 +54,13 @@ import torch
 
 #: Graphs kept per module (one per batch shape and setting).
 MAX_GRAPHS = 3
+#: Settings seen once, remembered per module (apart from the graphs).
+MAX_SEEN = 16
 
 _ENABLED = contextvars.ContextVar("robustfit_cuda_graphs", default=False)
-_GRAPHS = weakref.WeakKeyDictionary()  # module -> OrderedDict(key -> _SEEN | _FAILED | _Graph)
-_SEEN, _FAILED = "seen", "failed"
+_GRAPHS = weakref.WeakKeyDictionary()  # module -> OrderedDict(key -> _FAILED | _Graph)
+_SEEN = weakref.WeakKeyDictionary()  # module -> OrderedDict(key -> None), settings seen once
+_FAILED = "failed"
 
 
 @contextlib.contextmanager
@@ -79,12 +90,23 @@ def _recordable(x):
     return x.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
+def hook_state(module):
+    """The forward hooks that can run in ``module`` (global ones included), by identity."""
+    from torch.nn.modules import module as nn_module
+
+    hooks = tuple(
+        (id(m), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
+        for m in module.modules() if m._forward_hooks or m._forward_pre_hooks
+    )
+    return hooks, tuple(nn_module._global_forward_hooks), tuple(nn_module._global_forward_pre_hooks)
+
+
 def _key(module, x, y, autocast_state, options, scalar_names):
     storage = tuple(
         (t.data_ptr(), t.requires_grad)
         for t in itertools.chain(module.parameters(), module.buffers())
     )
-    flags = tuple(m.training for m in module.modules())
+    flags = tuple(m.training for m in module.modules()), hook_state(module)
     return (tuple(x.shape), x.dtype, x.device, tuple(y.shape), y.dtype, autocast_state,
             tuple(sorted(options.items())), scalar_names, storage, flags,
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
@@ -119,23 +141,28 @@ class _Graph:
         # happen outside the recording. It runs with host synchronizations
         # turned into errors, so a module that reads values back to the host
         # fails here, before a recording starts
-        current = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(current)
-        mode = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            with torch.cuda.stream(side):
-                run(self.delta.clone())
-        finally:
-            torch.cuda.set_sync_debug_mode(mode)
-        current.wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = run(self.delta)
+        with torch.cuda.device(device):  # the batch's device, whichever is current
+            current = torch.cuda.current_stream(device)
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(current)
+            mode = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                with torch.cuda.stream(side):
+                    run(self.delta.clone())
+            finally:
+                torch.cuda.set_sync_debug_mode(mode)
+            current.wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: unsafe calls of other threads (a DataLoader's pin-memory
+            # thread, NCCL's watchdog) do not break the recording or fail there
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device=device),
+                                  capture_error_mode="thread_local"):
+                self.out = run(self.delta)
 
     def _replay(self):
-        self.graph.replay()
+        with torch.cuda.device(self.x.device):
+            self.graph.replay()
 
     @torch.no_grad()
     def __call__(self, x, y, delta, scalars):
@@ -166,14 +193,15 @@ def run_graphed(module, x, y, delta, loop, options, scalars):
         cache = _GRAPHS[module] = collections.OrderedDict()
     entry = cache.get(key)
     if entry is None:
-        cache[key] = _SEEN
-        while len(cache) > MAX_GRAPHS:
-            cache.popitem(last=False)
-        return None
-    cache.move_to_end(key)
-    if entry is _FAILED:
-        return None
-    if entry is _SEEN:
+        seen = _SEEN.get(module)
+        if seen is None:
+            seen = _SEEN[module] = collections.OrderedDict()
+        if key not in seen:  # first sighting: remember it apart, run eagerly
+            seen[key] = None
+            while len(seen) > MAX_SEEN:
+                seen.popitem(last=False)
+            return None
+        del seen[key]
         try:
             entry = _Graph(module, x, y, delta, loop, options, scalars, state)
         except Exception as exc:  # noqa: BLE001 - any failure to record means "run eagerly"
@@ -187,6 +215,12 @@ def run_graphed(module, x, y, delta, loop, options, scalars):
                 RuntimeWarning, stacklevel=4)
             return None
         cache[key] = entry
+        while len(cache) > MAX_GRAPHS:
+            cache.popitem(last=False)
+    elif entry is _FAILED:
+        cache.move_to_end(key)
+        return None
+    cache.move_to_end(key)
     return entry(x, y, delta, scalars)
 
 
@@ -194,5 +228,7 @@ def clear_graphs(module=None):
     """Drop the recorded graphs of ``module`` (of every module when None)."""
     if module is None:
         _GRAPHS.clear()
+        _SEEN.clear()
     else:
         _GRAPHS.pop(module, None)
+        _SEEN.pop(module, None)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .._utils import randn_like
 from ._base import normalize_gradient, project, random_init
-from ._graph import run_graphed
+from ._graph import cuda_graphs, run_graphed
 
 
 def ce_potential(logits, y):
@@ -131,7 +131,8 @@ def best_of_restarts(module, x, y, run, restarts):
         todo = torch.isfinite(best_score).nonzero().flatten()
         if todo.numel() == 0:
             break
-        cand = run(module, x[todo], y[todo])
+        with cuda_graphs(False):  # subsets of data-dependent size: not worth a graph each
+            cand = run(module, x[todo], y[todo])
         cand_score = attack_score(module, cand, y[todo])
         better = cand_score > best_score[todo]
         idx = todo[better]
