@@ -239,14 +239,21 @@ def test_cuda_graph_attack_equals_the_eager_attack_as_weights_change(split, amp)
 
 
 @gpu_test
-def test_fit_with_cuda_graphs_matches_the_eager_fit(split):
+def test_fit_with_cuda_graphs_matches_the_eager_fit(split, monkeypatch):
+    from robustfit.attacks import _graph
+
+    replays = []
+    original = _graph._Graph._replay
+    monkeypatch.setattr(_graph._Graph, "_replay", lambda self: replays.append(1) or original(self))
     (X, y), (Xte, yte) = split
-    fits = []
+    fits, counts = [], []
     for graphs in (False, True):
         clf = AdversarialClassifier(attack=PGD(epsilon=EPS, steps=5), max_epochs=4, amp=None,
                                     cuda_graphs=graphs, random_state=0, device="cuda")
         fits.append(clf.fit(X, y))
-    assert not _graph_entries(fits[0].module_) and _graph_entries(fits[1].module_)
+        counts.append(len(replays))
+    assert counts[0] == 0 and counts[1] > 0  # replayed in the second fit only
+    assert not _graph_entries(fits[1].module_)  # and released when fit ended
     losses = [np.array(f.history[:, "train_loss"]) for f in fits]
     # GPU arithmetic is not deterministic (cuDNN's atomics), and sign steps
     # amplify the last bits: close, not equal
