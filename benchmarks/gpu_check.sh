@@ -5,9 +5,13 @@
 # each under a time limit so that the whole ends within about $GPU_CHECK_SECONDS seconds:
 #   1. the tests marked gpu (tests/test_gpu.py), at most $GPU_TEST_SECONDS s;
 #   2. benchmarks/bench_amp.py: attacks under bf16 autocast against fp32, at most $GPU_AMP_SECONDS s;
-#   3. benchmarks/bench_gpu.py with the time that is left (it stops itself within its budget).
+#   3. benchmarks/bench_gpu.py with the time that is left but $GPU_DDP_SECONDS (it stops itself
+#      within its budget);
+#   4. benchmarks/bench_ddp_gpu.py: data-parallel training under torchrun on every GPU (on a
+#      machine with one GPU, 2 ranks sharing it with gloo), at most $GPU_DDP_SECONDS s.
 # Every output is written, as it comes, to $GPU_RESULTS ($OUT when set, else benchmarks/results):
-# gpu_env.txt, gpu_tests.txt, bench_amp.txt, bench_gpu.txt and bench_gpu.json. All three parts run
+# gpu_env.txt, gpu_tests.txt, bench_amp.txt, bench_gpu.txt, bench_gpu.json, bench_ddp_gpu.txt and
+# bench_ddp_gpu.json. All parts run
 # even if one fails; the exit status is 1 if any failed, 2 if the check could not start.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,6 +22,7 @@ GPU_RESULTS=${GPU_RESULTS:-${OUT:-benchmarks/results}}
 GPU_CHECK_SECONDS=${GPU_CHECK_SECONDS:-360}
 GPU_TEST_SECONDS=${GPU_TEST_SECONDS:-120}
 GPU_AMP_SECONDS=${GPU_AMP_SECONDS:-150}
+GPU_DDP_SECONDS=${GPU_DDP_SECONDS:-90}
 
 start=$SECONDS
 status=0
@@ -55,7 +60,7 @@ timeout -k 10 "$GPU_AMP_SECONDS" "$GPU_PYTHON" benchmarks/bench_amp.py \
     --train --budget $((GPU_AMP_SECONDS - 40)) --out "$GPU_RESULTS/bench_amp.txt" \
     || { echo "gpu-check: bench_amp.py FAILED or timed out"; status=1; }
 
-left=$((GPU_CHECK_SECONDS - (SECONDS - start)))
+left=$((GPU_CHECK_SECONDS - GPU_DDP_SECONDS - (SECONDS - start)))
 if [ "$left" -lt 60 ]; then
     echo "gpu-check: only $left s left, bench_gpu.py not run"
     status=1
@@ -64,5 +69,9 @@ else
     timeout -k 10 "$left" "$GPU_PYTHON" benchmarks/bench_gpu.py --budget $((left - 20)) \
         --out "$GPU_RESULTS/bench_gpu.txt" || { echo "gpu-check: bench_gpu.py FAILED or timed out"; status=1; }
 fi
+
+echo "== bench_ddp_gpu.py (at most $GPU_DDP_SECONDS s)"
+timeout -k 10 "$GPU_DDP_SECONDS" "$GPU_PYTHON" benchmarks/bench_ddp_gpu.py \
+    --out "$GPU_RESULTS/bench_ddp_gpu.txt" || { echo "gpu-check: bench_ddp_gpu.py FAILED or timed out"; status=1; }
 echo "== gpu-check done in $((SECONDS - start)) s, status $status; results in $GPU_RESULTS"
 exit $status

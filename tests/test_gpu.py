@@ -383,3 +383,19 @@ def test_bench_amp_runs_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert "seed 0: clean" in text and "robust bf16" in text and "bf16 - fp32 over 1 seed" in text
+
+
+def test_bench_ddp_gpu_smoke_trains_two_gloo_ranks_like_one_process(tmp_path):
+    """bench_ddp_gpu.py (run by make gpu-check) on the CPU: one process at the rank batch,
+    one at the global batch, and 2 gloo ranks under torchrun. The run and its report are
+    checked (ResNet-18's batch norm normalizes per rank, so its losses differ from the one
+    process's; tests/test_distributed.py checks the exact equality on a network without)."""
+    out = tmp_path / "bench_ddp_gpu.txt"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_ddp_gpu.py"), "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(data) == {"single 8", "single 16", "k=2"}
+    assert data["k=2"]["world_size"] == 2 and data["k=2"]["backend"] == "gloo"
+    assert data["single 16"]["world_size"] == 1 and data["single 16"]["n"] == data["k=2"]["n"]
+    assert "weak-scaling efficiency" in out.read_text()
