@@ -149,7 +149,8 @@ gpu-wheels: | $(BIN)/python
 	$(BIN)/python benchmarks/check_gpu_wheels.py --download .whl
 
 # gpu-check (there, with .whl/ carried along) installs the wheels and runs the tests marked gpu,
-# benchmarks/bench_amp.py and benchmarks/bench_gpu.py within about 6 minutes, writing every output
+# benchmarks/bench_amp.py, benchmarks/bench_gpu.py and benchmarks/bench_ddp_gpu.py (torchrun on
+# every GPU) within about 6 minutes, writing every output
 # to $$OUT when set, else benchmarks/results: see benchmarks/gpu_check.sh, which it runs (and
 # which runs the same where make is missing). It does not need $(VENV): it uses the machine's
 # python3 (GPU_PYTHON=...).
