@@ -155,6 +155,14 @@ def eval_mode(module):
             m.training = training
 
 
+def batchnorm_scale(var, weight, eps):
+    """Eval-mode batch norm's per-channel factor ``weight / sqrt(var + eps)``, in
+    float32 at least (``weight`` None: no affine part)."""
+    dtype = torch.promote_types(var.dtype, torch.float32)
+    scale = torch.rsqrt(var.to(dtype) + eps)
+    return scale if weight is None else scale * weight.to(dtype)
+
+
 class _InputGradBatchNorm(torch.autograd.Function):
     """Batch norm with running statistics whose backward pass computes the
     input's gradient only: ``grad * weight / sqrt(running_var + eps)``, one
@@ -168,11 +176,7 @@ class _InputGradBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mean, var, weight, bias, eps):
-        dtype = torch.promote_types(var.dtype, torch.float32)  # float32 at least
-        scale = torch.rsqrt(var.to(dtype) + eps)
-        if weight is not None:
-            scale = scale * weight.to(dtype)
-        ctx.save_for_backward(scale)
+        ctx.save_for_backward(batchnorm_scale(var, weight, eps))
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
     @staticmethod

@@ -33,14 +33,13 @@ the module itself.
 
 from __future__ import annotations
 
-import itertools
 import weakref
 
 import torch
 from torch import nn
 
-from ._base import _BATCHNORM_FORWARDS, eval_mode
-from ._graph import hook_state
+from ._base import _BATCHNORM_FORWARDS, batchnorm_scale, eval_mode
+from ._graph import hook_state, storage_state
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _FOLDED = weakref.WeakKeyDictionary()  # module -> (fingerprint, traced module or None)
@@ -65,9 +64,7 @@ class _FoldedConvBN(nn.Module):
     @torch.no_grad()
     def refresh(self):
         conv, bn = self.conv, self.bn
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight
+        scale = batchnorm_scale(bn.running_var, bn.weight, bn.eps)
         self.weight.copy_(conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))))
         shift = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
         shift = shift * scale
@@ -79,17 +76,8 @@ class _FoldedConvBN(nn.Module):
         return self.conv._conv_forward(x, self.weight, self.bias)
 
 
-def _hooked(module):
-    if (nn.modules.module._global_forward_hooks
-            or nn.modules.module._global_forward_pre_hooks):
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
-
-
 def _fingerprint(module):
-    return (tuple((id(m), type(m)) for m in module.modules()),
-            tuple(t.data_ptr() for t in itertools.chain(module.parameters(), module.buffers())),
-            hook_state(module))
+    return tuple((id(m), type(m)) for m in module.modules()), storage_state(module), hook_state(module)
 
 
 @torch.no_grad()
@@ -107,7 +95,7 @@ def _agrees(module, traced, example):
 
 def _trace(module):
     """The traced module with its conv-bn pairs folded, or None."""
-    if hasattr(module, "_orig_mod") or _hooked(module):
+    if hasattr(module, "_orig_mod") or any(hook_state(module)):
         return None
     try:
         with eval_mode(module):

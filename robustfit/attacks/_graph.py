@@ -101,14 +101,17 @@ def hook_state(module):
     return hooks, tuple(nn_module._global_forward_hooks), tuple(nn_module._global_forward_pre_hooks)
 
 
+def storage_state(module):
+    """Where ``module``'s parameters and buffers live (and which take gradients): what a
+    recording or a trace reads, so a change means recording or tracing again."""
+    return tuple((t.data_ptr(), t.requires_grad)
+                 for t in itertools.chain(module.parameters(), module.buffers()))
+
+
 def _key(module, x, y, autocast_state, options, scalar_names):
-    storage = tuple(
-        (t.data_ptr(), t.requires_grad)
-        for t in itertools.chain(module.parameters(), module.buffers())
-    )
     flags = tuple(m.training for m in module.modules()), hook_state(module)
     return (tuple(x.shape), x.dtype, x.device, tuple(y.shape), y.dtype, autocast_state,
-            tuple(sorted(options.items())), scalar_names, storage, flags,
+            tuple(sorted(options.items())), scalar_names, storage_state(module), flags,
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
 
 
