@@ -72,6 +72,7 @@ def worker(args):
         print(json.dumps({"durs": durs, "cpu": cpu, "n": len(X),
                           "train_loss": float(clf.history[-1, "train_loss"])}))
     if dist.is_initialized():
+        dist.barrier()  # destroyed together: see examples/ddp_train.py
         dist.destroy_process_group()
 
 

@@ -74,15 +74,14 @@ def worker(args):
         random_state=0, device=args.device)
     clf.fit(X, y)
     dist = torch.distributed
-    if dist.is_initialized() and dist.get_rank() != 0:
-        dist.destroy_process_group()
-        return 0
-    print(json.dumps({"durs": [float(d) for d in clf.history[:, "dur"]], "n": n,
-                      "world_size": world_size(),
-                      "device": str(next(clf.module_.parameters()).device),
-                      "backend": dist.get_backend() if dist.is_initialized() else None,
-                      "train_loss": [float(v) for v in clf.history[:, "train_loss"]]}))
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(json.dumps({"durs": [float(d) for d in clf.history[:, "dur"]], "n": n,
+                          "world_size": world_size(),
+                          "device": str(next(clf.module_.parameters()).device),
+                          "backend": dist.get_backend() if dist.is_initialized() else None,
+                          "train_loss": [float(v) for v in clf.history[:, "train_loss"]]}))
     if dist.is_initialized():
+        dist.barrier()  # destroyed together: see examples/ddp_train.py
         dist.destroy_process_group()
     return 0
 

@@ -94,6 +94,9 @@ def main(argv=None):
             pickle.dump(clf, f)
         print(f"saved {args.out}")
     if dist.is_initialized():
+        # wait for rank 0's pickle: a gloo group destroyed while a peer is still
+        # at work can abort the process, and torchrun then reports a failed run
+        dist.barrier()
         dist.destroy_process_group()
 
 

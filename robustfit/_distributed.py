@@ -25,6 +25,8 @@ import atexit
 import contextlib
 import contextvars
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -92,10 +94,13 @@ def init_from_env(device="cpu"):
         Whether a process group of more than one process is now active.
     """
     cuda = device is not None and torch.device(device).type == "cuda"
+    if launched_by_torchrun():
+        _warn_restarts_on_shared_store()
     if not is_initialized() and launched_by_torchrun():
         if cuda:
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+        _watch_for_uncaught_exceptions()
         atexit.register(_destroy)
     if not is_initialized():
         return False
@@ -105,15 +110,68 @@ def init_from_env(device="cpu"):
     return world_size() > 1
 
 
+_RESTART_WARNING = (
+    "torchrun restarts workers (--max-restarts={restarts}) and shares its rendezvous store "
+    "with them: a restarted worker can read a peer's address from the attempt before and "
+    "fail with 'Connection refused' or hang while joining the group (pytorch/pytorch#135712, "
+    "#167288). Export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun so that every "
+    "attempt joins through a fresh store; see 'Resuming a data-parallel run' in the docs.")
+_warned_restarts = False
+
+
+def _warn_restarts_on_shared_store():
+    """Warn once, on rank 0, when torchrun both restarts workers and shares its store."""
+    global _warned_restarts
+    restarts = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if (_warned_restarts or os.environ.get("RANK") != "0" or restarts in ("", "0")
+            or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"):
+        return
+    _warned_restarts = True
+    frame, level = sys._getframe(1), 2  # point at the first caller outside robustfit
+    package = os.path.dirname(os.path.abspath(__file__))
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(_RESTART_WARNING.format(restarts=restarts), RuntimeWarning, stacklevel=level)
+
+
 def barrier():
     """Wait until every rank gets here (no-op on one process)."""
     if world_size() > 1:
         dist.barrier()
 
 
+_uncaught = []
+
+
+def _watch_for_uncaught_exceptions():
+    """Remember an uncaught exception, so that exiting after it does not wait for the peers."""
+    previous = sys.excepthook
+
+    def hook(*exc_info):
+        _uncaught.append(exc_info[0])
+        previous(*exc_info)
+
+    sys.excepthook = hook
+
+
 def _destroy():
-    if is_initialized():
-        dist.destroy_process_group()
+    """Destroy the group robustfit created, at exit.
+
+    After a normal exit the ranks first wait for each other: a gloo group
+    destroyed while a peer is still at work (rank 0 pickling the model) can
+    abort the process ("terminate called without an active exception"), which
+    torchrun reports as a failed run. After an uncaught exception the rank
+    leaves at once, so that its peers fail fast instead of waiting.
+    """
+    if not is_initialized():
+        return
+    if not _uncaught and world_size() > 1:
+        with contextlib.suppress(RuntimeError):  # a peer already gone: nothing to wait for
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier()  # point to point: never matched with a peer's collective
+            else:
+                dist.barrier()
+    dist.destroy_process_group()
 
 
 def comm_device():

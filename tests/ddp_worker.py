@@ -1,7 +1,8 @@
 """Scenarios of the data-parallel tests (tests/test_distributed.py).
 
 Run under ``torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py OUT``
-each rank runs every scenario and writes ``OUT/rank{r}.pt``; imported by the
+(or two ``torchrun --nnodes=2 --nproc_per_node=1`` agents meeting at one
+rendezvous point, as two nodes would) each rank runs every scenario and writes ``OUT/rank{r}.pt``; imported by the
 tests, the same functions give the one-process reference. Kept small: 2 CPU
 cores, a few hundred digits, 2 epochs.
 """
@@ -149,7 +150,8 @@ def main(out):
     # torchrun's variables (a script that calls it itself takes the same path)
     pgd = fit_pgd()
     rank = torch.distributed.get_rank()
-    result = {"world_size": torch.distributed.get_world_size()}
+    result = {"world_size": torch.distributed.get_world_size(),
+              "local_rank": int(os.environ["LOCAL_RANK"])}
     result["pgd"] = summary(pgd)
     result["eval"] = evaluate(pgd)
     dale = fit_dale()
@@ -164,6 +166,7 @@ def main(out):
         with open(os.path.join(out, "pgd.pkl"), "wb") as f:
             pickle.dump(pgd, f)
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.barrier()  # destroyed together: see examples/ddp_train.py
     torch.distributed.destroy_process_group()
 
 

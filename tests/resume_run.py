@@ -1,15 +1,21 @@
 """A training script resumed the documented way; tests/test_resume.py runs it as a subprocess.
 
-    python tests/resume_run.py METHODS DIRNAME [--hang EPOCH BATCH READY_FILE]
+    python tests/resume_run.py METHODS DIRNAME [--hang EPOCH BATCH READY_FILE] [--resumable]
+    torchrun --standalone --nproc_per_node=2 --max-restarts=1 tests/resume_run.py ...
 
 trains a digits classifier for each of METHODS (comma-separated: pgd, dale,
 synth) with skorch's ``Checkpoint`` (every epoch, into DIRNAME/<method>) and
-``LoadInitState``. Started again with the same arguments it resumes from the
+``LoadInitState`` (``--resumable``: robustfit's ``ResumableCheckpoint``). Started again with the same arguments it resumes from the
 last checkpoint. ``--hang`` makes the run create READY_FILE after BATCH
 training batches of epoch EPOCH and then wait, so that the test can kill it in
 the middle of that epoch. At the end of each method the weights, optimizer,
 history and attack/objective state are written to DIRNAME/<method>/final.pt and
 the epochs this process trained to DIRNAME/<method>/trained.json.
+
+Under torchrun every rank hangs at the same batch (READY_FILE gets the rank
+and the process id: ``READY_FILE.rank<r>``), only in the first attempt
+(``TORCHELASTIC_RESTART_COUNT`` 0), so that the agent's restart resumes; each
+rank writes ``final<r>.pt`` and ``trained<r>.json``.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from skorch.callbacks import Callback, Checkpoint, LoadInitState
 
 from robustfit import AdversarialClassifier
 from robustfit.attacks import PGD, GeneratorSynth, Langevin
+from robustfit.callbacks import ResumableCheckpoint
 from robustfit.datasets import load_digits_images
 from robustfit.losses import PrimalDual
 from robustfit.proxy import GaussianMixtureProxy
 
 MAX_EPOCHS = 4
+_RANK = int(os.environ["RANK"]) if "WORLD_SIZE" in os.environ else None  # under torchrun
 
 
 class Hang(Callback):
@@ -40,10 +48,14 @@ class Hang(Callback):
         self.ready = ready
 
     def on_batch_end(self, net, training=False, **kwargs):
+        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+            return  # restarted by torchrun's agent: resume, do not hang again
         batches = [b for b in net.history[-1]["batches"] if "train_batch_size" in b]
         if training and len(net.history) == self.epoch and len(batches) == self.batch:
-            with open(self.ready, "w") as f:
-                f.write("ready")
+            ready = self.ready + (f".rank{_RANK}" if _RANK is not None else "")
+            with open(ready + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(ready + ".tmp", ready)
             time.sleep(300)
 
 
@@ -64,10 +76,13 @@ class CountEpochs(Callback):
         self.trained_.append(len(net.history))
 
 
-def make(method, dirname, hang=None):
-    cp = Checkpoint(dirname=dirname, monitor=None)
+def make(method, dirname, hang=None, resumable=False):
     counter = CountEpochs()
-    callbacks = [cp, LoadInitState(cp), counter, RecordEpsilon()]
+    if resumable:  # robustfit's one-callback form
+        callbacks = [ResumableCheckpoint(dirname), counter, RecordEpsilon()]
+    else:
+        cp = Checkpoint(dirname=dirname, monitor=None)
+        callbacks = [cp, LoadInitState(cp), counter, RecordEpsilon()]
     callbacks += [hang] if hang is not None else []
     common = dict(max_epochs=MAX_EPOCHS, batch_size=32, lr=3e-3, random_state=0, device="cpu",
                   callbacks=callbacks)
@@ -94,6 +109,7 @@ def main():
     parser.add_argument("methods")
     parser.add_argument("dirname")
     parser.add_argument("--hang", nargs=3, default=None)
+    parser.add_argument("--resumable", action="store_true", help="ResumableCheckpoint instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
     X, y = load_digits_images()
@@ -101,7 +117,7 @@ def main():
     hang = None if args.hang is None else Hang(int(args.hang[0]), int(args.hang[1]), args.hang[2])
     for method in args.methods.split(","):
         dirname = os.path.join(args.dirname, method)
-        clf, counter = make(method, dirname, hang)
+        clf, counter = make(method, dirname, hang, args.resumable)
         clf.fit(X, y)
         final = {
             "module": clf.module_.state_dict(),
@@ -111,8 +127,9 @@ def main():
             "nu": torch.tensor(getattr(clf.objective_, "nu_", float("nan"))),
             "proba": torch.as_tensor(clf.predict_proba(X)),
         }
-        torch.save(final, os.path.join(dirname, "final.pt"))
-        with open(os.path.join(dirname, "trained.json"), "w") as f:
+        suffix = "" if _RANK is None else str(_RANK)
+        torch.save(final, os.path.join(dirname, f"final{suffix}.pt"))
+        with open(os.path.join(dirname, f"trained{suffix}.json"), "w") as f:
             json.dump(counter.trained_, f)
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,31 @@ def two_ranks(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     return ranks[0], ranks[1], out
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """The worker on 2 "nodes" of one process each: two torchrun agents meeting at a c10d
+    rendezvous point on this machine, as Slurm starts them (docs: "Several nodes")."""
+    out = tmp_path_factory.mktemp("ddp_nodes")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=robustfit-test",
+           str(HERE / "ddp_worker.py"), str(out)]
+    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    try:
+        logs = [node.communicate(timeout=600)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert all(node.returncode == 0 for node in nodes), "\n".join(log[-3000:] for log in logs)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +368,79 @@ def test_no_host_device_synchronization_per_batch():
         return sum("synchroniz" in str(w.message) for w in caught)
 
     assert syncs(128) == syncs(32)  # 4 batches or 16: the same reads
+
+
+@pytest.mark.parametrize("shared, restarts, rank, warns", [
+    ("True", "1", "0", True),     # restarts through the shared store: the torch bug
+    ("False", "1", "0", False),   # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    ("True", "0", "0", False),    # no restarts
+    ("True", "3", "1", False),    # said once, by rank 0
+])
+def test_restarts_through_the_shared_store_are_warned_about(monkeypatch, shared, restarts, rank,
+                                                            warns):
+    from robustfit import _distributed
+    monkeypatch.setattr(_distributed, "_warned_restarts", False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", shared)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", restarts)
+    monkeypatch.setenv("RANK", rank)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _distributed._warn_restarts_on_shared_store()
+        _distributed._warn_restarts_on_shared_store()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == int(warns)
+    if warns:
+        assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in messages[0] and "#135712" in messages[0]
+
+
+@pytest.mark.parametrize("backend, uncaught, calls", [
+    ("gloo", False, ["monitored_barrier", "destroy"]),  # normal exit: wait for the peers first
+    ("nccl", False, ["barrier", "destroy"]),
+    ("gloo", True, ["destroy"]),  # after an uncaught exception: leave at once
+])
+def test_a_group_robustfit_created_is_destroyed_together_at_exit(monkeypatch, backend, uncaught,
+                                                                 calls):
+    from robustfit import _distributed
+    seen = []
+    dist = _distributed.dist
+    monkeypatch.setattr(_distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(_distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda: backend)
+    monkeypatch.setattr(dist, "monitored_barrier", lambda: seen.append("monitored_barrier"))
+    monkeypatch.setattr(dist, "barrier", lambda: seen.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: seen.append("destroy"))
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: None)
+    monkeypatch.setattr(_distributed, "_uncaught", [])
+    _distributed._watch_for_uncaught_exceptions()
+    if uncaught:
+        sys.excepthook(ValueError, ValueError("on this rank only"), None)
+    _distributed._destroy()
+    assert seen == calls
+
+
+@needs_gloo
+def test_two_nodes_train_what_one_node_with_two_ranks_trains(two_nodes, two_ranks):
+    # every process is local rank 0 of its node: files are written by global rank 0 only
+    assert [r["local_rank"] for r in two_nodes] == [0, 0]
+    assert [r["local_rank"] for r in two_ranks[:2]] == [0, 1]
+    for node, rank in zip(two_nodes, two_ranks[:2]):
+        assert node.keys() == rank.keys()
+        for key in node.keys() - {"local_rank"}:
+            _assert_identical(node[key], rank[key], key)
+    assert two_nodes[0]["checkpoint_files"] and not two_nodes[1]["checkpoint_files"]
+
+
+def _assert_identical(a, b, where):
+    """Nested results equal bit for bit (tensors, numbers, strings, containers)."""
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, z) in enumerate(zip(a, b)):
+            _assert_identical(x, z, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"

@@ -6,6 +6,10 @@ validation score), DALE (Langevin + PrimalDual: the dual variable) and Generator
 generator and its optimizer), an uninterrupted run and a run killed in epoch 3 of 4 start
 together; the killed run is then started again and finishes. Weights, optimizer state,
 history, the attack's and the objective's state must agree with the uninterrupted run.
+
+The same under ``torchrun --nproc_per_node=2`` (gloo), with ResumableCheckpoint: one rank is killed in the middle
+of epoch 3, torchrun's agent (``--max-restarts=1``) restarts both ranks, and they resume
+from rank 0's checkpoint; each rank must end where the uninterrupted 2-rank run ends.
 """
 
 from __future__ import annotations
@@ -21,17 +25,54 @@ from pathlib import Path
 import pytest
 import torch
 
+needs_gloo = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with gloo is not available")
+
 SCRIPT = Path(__file__).with_name("resume_run.py")
 METHODS = ("pgd", "dale", "synth")
 KILL_EPOCH, KILL_BATCH = 3, 5
 IGNORED = {"dur"}  # wall-clock time differs from run to run
 
 
-def _start(method, dirname, *extra):
+_STARTED = []
+
+
+def _start(method, dirname, *extra, torchrun=()):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONPATH=str(SCRIPT.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, str(SCRIPT), method, str(dirname), *extra], env=env,
+    launcher = [sys.executable]
+    if torchrun:  # restarted workers join through a fresh store (pytorch/pytorch#135712)
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+        launcher += ["-m", "torch.distributed.run", *torchrun]
+    proc = subprocess.Popen([*launcher, str(SCRIPT), method, str(dirname), *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_process_left():
+    """A failed run leaves no worker behind (hanging workers would slow every later test)."""
+    yield
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.terminate()  # torchrun's agent stops its workers on SIGTERM
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+    _STARTED.clear()
+
+
+def _wait_for(paths, proc):
+    """Wait until every file in ``paths`` exists (the run reached the kill point)."""
+    deadline = time.monotonic() + 240
+    while not all(p.exists() for p in paths):
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the run never reached the kill point"
+        time.sleep(0.05)
 
 
 def _finish(proc, timeout=240):
@@ -79,12 +120,7 @@ def runs(tmp_path_factory):
                         str(root / f"{m}.ready")) for m in METHODS}
     resumed = {}
     for method, proc in killed.items():
-        ready = root / f"{method}.ready"
-        deadline = time.monotonic() + 240
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "the run never reached the kill point"
-            time.sleep(0.05)
+        _wait_for([root / f"{method}.ready"], proc)
         os.kill(proc.pid, signal.SIGKILL)  # mid-epoch: epoch 3 has run 5 of its batches
         proc.wait()
         assert proc.returncode == -signal.SIGKILL
@@ -104,7 +140,10 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_resumed_run_ends_where_the_uninterrupted_run_ends(runs, method):
-    reference, resumed, trained = runs[method]
+    _check_resumed(method, *runs[method])
+
+
+def _check_resumed(method, reference, resumed, trained):
     # the second process trained the epochs that remained, not max_epochs more
     assert trained == [KILL_EPOCH, KILL_EPOCH + 1]
     h_ref, h_res = json.loads(reference["history"]), json.loads(resumed["history"])
@@ -131,3 +170,48 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(runs, method):
         # the epsilon warm-up was under way at the kill and continued where it stopped
         eps = [b["attack_epsilon"] for b in h_res[KILL_EPOCH - 1]["batches"] if "attack_epsilon" in b]
         assert 0 < eps[0] < eps[-1] < 0.1
+
+
+TORCHRUN = ("--standalone", "--nproc_per_node=2")
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """Per method and rank: (uninterrupted result, resumed result, epochs trained after the restart).
+
+    With robustfit's ResumableCheckpoint (the one-process runs use skorch's Checkpoint and
+    LoadInitState). One 2-rank torchrun trains all methods uninterrupted; alongside, one 2-rank torchrun
+    per method with ``--max-restarts=1``: both ranks wait in the middle of epoch 3, rank 1
+    is killed, the agent stops rank 0 and starts both again, and they resume.
+    """
+    root = tmp_path_factory.mktemp("resume_ddp")
+    reference = _start(",".join(METHODS), root / "reference", "--resumable", torchrun=TORCHRUN)
+    killed = {m: _start(m, root / "killed", "--hang", str(KILL_EPOCH), str(KILL_BATCH),
+                        str(root / f"{m}.ready"), "--resumable",
+                        torchrun=(*TORCHRUN, "--max-restarts=1"))
+              for m in METHODS}
+    for method, proc in killed.items():
+        ready = [root / f"{method}.ready.rank{r}" for r in (0, 1)]
+        _wait_for(ready, proc)
+        os.kill(int(ready[1].read_text()), signal.SIGKILL)
+    out = {}
+    for method, proc in killed.items():
+        _finish(proc)
+        for r in (0, 1):
+            final = [torch.load(root / d / method / f"final{r}.pt", weights_only=True)
+                     for d in ("reference", "killed")]
+            trained = json.loads((root / "killed" / method / f"trained{r}.json").read_text())
+            out[method, r] = (*final, trained)
+    _finish(reference)
+    return out
+
+
+@needs_gloo
+@pytest.mark.parametrize("method", METHODS)
+def test_a_data_parallel_run_restarted_by_torchrun_resumes_exactly(ddp_runs, method):
+    for rank in (0, 1):
+        _check_resumed(method, *ddp_runs[method, rank])
+    # and the ranks agree with each other
+    first, second = ddp_runs[method, 0][1], ddp_runs[method, 1][1]
+    assert _max_diff(first["module"], second["module"]) == 0.0
+    assert _max_diff(_rows(json.loads(first["history"])), _rows(json.loads(second["history"]))) == 0.0
