@@ -13,6 +13,7 @@ from ._distributed import (
     all_gather_object,
     barrier,
     broadcast_object,
+    global_rng_state,
     init_from_env,
     is_main,
     silent,
@@ -92,8 +93,7 @@ class DataParallelMixin:
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         run.ddp = DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
-        if not is_main():
-            run.silence([cb for _, cb in self.callbacks_])
+        run.wrap_checkpoints([cb for _, cb in self.callbacks_], write=is_main())
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
         super().on_train_end(net, X=X, y=y, **kwargs)
@@ -110,24 +110,41 @@ class DataParallelMixin:
 
 class _DistributedRun:
     """What one data-parallel ``fit`` holds: the DistributedDataParallel
-    wrapper and the callbacks silenced on this rank. Never pickled (an empty
+    wrapper and the callbacks patched on this rank. Never pickled (an empty
     one is), so a fitted estimator carries no process-group state."""
 
     def __init__(self):
         self.active = False
         self.ddp = None
         self.patched = []
+        self.rank_rngs = None  # every rank's global generator states, while a checkpoint saves
 
-    def silence(self, callbacks):
-        """Turn off file writes and printing of ``callbacks`` for this fit."""
+    def wrap_checkpoints(self, callbacks, write):
+        """Make every checkpoint of ``callbacks`` gather the ranks' generator states.
+
+        Every rank saves at the same points (the history, which decides, is
+        the same on every rank), so the gather is a collective all ranks
+        join. With ``write=False`` (ranks other than 0) nothing is written and
+        nothing printed.
+        """
         for cb in callbacks:
             for target in (cb, getattr(cb, "checkpoint_", None)):
                 if target is None:
                     continue
                 if hasattr(target, "save_model"):  # skorch's Checkpoint, TrainEndCheckpoint
-                    self._patch(target, "save_model", silent)
-                if callable(getattr(target, "sink", None)):  # PrintLog, Checkpoint messages
+                    self._patch(target, "save_model", self._gathering(target.save_model, write))
+                if not write and callable(getattr(target, "sink", None)):  # PrintLog, messages
                     self._patch(target, "sink", silent)
+
+    def _gathering(self, save_model, write):
+        def save(net):
+            self.rank_rngs = all_gather_object(global_rng_state())
+            try:
+                if write:
+                    save_model(net)
+            finally:
+                self.rank_rngs = None
+        return save
 
     def _patch(self, obj, name, value):
         had = name in obj.__dict__

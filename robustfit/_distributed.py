@@ -236,6 +236,14 @@ def broadcast_object(obj, src=0):
     return box[0]
 
 
+def global_rng_state():
+    """This process's state of torch's global generators: the CPU one and, once CUDA is in use,
+    every GPU's."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": (list(torch.cuda.get_rng_state_all())
+                     if torch.cuda.is_available() and torch.cuda.is_initialized() else [])}
+
+
 def all_gather_object(obj):
     """The list of every rank's ``obj``, indexed by rank."""
     if world_size() == 1:

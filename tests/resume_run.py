@@ -4,7 +4,7 @@
     torchrun --standalone --nproc_per_node=2 --max-restarts=1 tests/resume_run.py ...
 
 trains a digits classifier for each of METHODS (comma-separated: pgd, dale,
-synth) with skorch's ``Checkpoint`` (every epoch, into DIRNAME/<method>) and
+synth, dropout) with skorch's ``Checkpoint`` (every epoch, into DIRNAME/<method>) and
 ``LoadInitState`` (``--resumable``: robustfit's ``ResumableCheckpoint``). Started again with the same arguments it resumes from the
 last checkpoint. ``--hang`` makes the run create READY_FILE after BATCH
 training batches of epoch EPOCH and then wait, so that the test can kill it in
@@ -76,6 +76,19 @@ class CountEpochs(Callback):
         self.trained_.append(len(net.history))
 
 
+class DropoutCNN(torch.nn.Module):
+    """The digits CNN with dropout before its last layer."""
+
+    def __init__(self, n_classes=10, in_channels=1):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+            torch.nn.Dropout(0.3), torch.nn.Linear(16 * 64, n_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 def make(method, dirname, hang=None, resumable=False):
     counter = CountEpochs()
     if resumable:  # robustfit's one-callback form
@@ -97,6 +110,8 @@ def make(method, dirname, hang=None, resumable=False):
         clf = AdversarialClassifier(
             attack=Langevin(epsilon=0.1, steps=3, temperature=1e-3),
             objective=PrimalDual(margin=0.05, dual_lr=0.05, nu_init=1.0), **common)
+    elif method == "dropout":  # a module drawing from torch's global generator
+        clf = AdversarialClassifier(DropoutCNN, attack=PGD(epsilon=0.1, steps=2), **common)
     elif method == "synth":  # a generator network and its optimizer
         clf = AdversarialClassifier(attack=GeneratorSynth(epsilon=0.1, latent_dim=16), **common)
     else:

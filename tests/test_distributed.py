@@ -322,15 +322,33 @@ def test_callbacks_are_silenced_for_one_fit_only():
     printed = []
     log, cp, end = PrintLog(sink=printed.append), Checkpoint(), TrainEndCheckpoint().initialize()
     run = _DistributedRun()
-    run.silence([log, cp, end])
+    run.wrap_checkpoints([log, cp, end], write=False)  # a rank other than 0
     log.sink("x")
     cp.save_model(None)  # would fail on a None net if it ran
     end.checkpoint_.save_model(None)
-    assert printed == []
+    assert printed == [] and run.rank_rngs is None
     assert pickle.loads(pickle.dumps(run)).patched == []  # nothing of a run is pickled
     run.close()
     log.sink("y")
     assert printed == ["y"] and "save_model" not in cp.__dict__
+
+
+def test_rank_0_checkpoints_with_every_ranks_generator_states():
+    from skorch.callbacks import Checkpoint, PrintLog
+
+    from robustfit._classifier_ddp import _DistributedRun
+
+    printed, saved = [], []
+    log, cp = PrintLog(sink=printed.append), Checkpoint()
+    run = _DistributedRun()
+    cp.save_model = lambda net: saved.append(run.rank_rngs)
+    run.wrap_checkpoints([log, cp], write=True)  # rank 0: writes and prints
+    log.sink("x")
+    cp.save_model(None)
+    # one process here: the gathered list holds this rank's states, taken at the save
+    assert printed == ["x"] and len(saved) == 1 and len(saved[0]) == 1
+    assert torch.equal(saved[0][0]["torch"], torch.get_rng_state())
+    assert run.rank_rngs is None  # only while the checkpoint saves
 
 
 def test_the_example_runs_on_one_process(tmp_path):
