@@ -13,7 +13,6 @@ from ._distributed import (
     all_gather_object,
     barrier,
     broadcast_object,
-    global_rng_state,
     init_from_env,
     is_main,
     silent,
@@ -93,7 +92,23 @@ class DataParallelMixin:
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         run.ddp = DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
-        run.wrap_checkpoints([cb for _, cb in self.callbacks_], write=is_main())
+        if not is_main():
+            run.silence([cb for _, cb in self.callbacks_])
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        """In a data-parallel fit, seed torch's global generators for the epoch.
+
+        The seed is drawn from (the fit's seed, this rank, the epoch), so the
+        ranks draw independent dropout masks and a run resumed from a
+        checkpoint (which holds rank 0's generator state only) draws on every
+        rank what the uninterrupted run draws. One process keeps one stream
+        for the whole fit.
+        """
+        super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+        run = self._distributed_run()
+        if run is not None and run.torch_seed is not None:
+            seed = np.random.SeedSequence([run.torch_seed, len(self.history)])
+            torch.manual_seed(int(seed.generate_state(1, np.uint64)[0]))
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
         super().on_train_end(net, X=X, y=y, **kwargs)
@@ -110,41 +125,25 @@ class DataParallelMixin:
 
 class _DistributedRun:
     """What one data-parallel ``fit`` holds: the DistributedDataParallel
-    wrapper and the callbacks patched on this rank. Never pickled (an empty
+    wrapper and the callbacks silenced on this rank. Never pickled (an empty
     one is), so a fitted estimator carries no process-group state."""
 
     def __init__(self):
         self.active = False
         self.ddp = None
         self.patched = []
-        self.rank_rngs = None  # every rank's global generator states, while a checkpoint saves
+        self.torch_seed = None  # this rank's seed of torch's global generator (None: unseeded)
 
-    def wrap_checkpoints(self, callbacks, write):
-        """Make every checkpoint of ``callbacks`` gather the ranks' generator states.
-
-        Every rank saves at the same points (the history, which decides, is
-        the same on every rank), so the gather is a collective all ranks
-        join. With ``write=False`` (ranks other than 0) nothing is written and
-        nothing printed.
-        """
+    def silence(self, callbacks):
+        """Turn off file writes and printing of ``callbacks`` for this fit."""
         for cb in callbacks:
             for target in (cb, getattr(cb, "checkpoint_", None)):
                 if target is None:
                     continue
                 if hasattr(target, "save_model"):  # skorch's Checkpoint, TrainEndCheckpoint
-                    self._patch(target, "save_model", self._gathering(target.save_model, write))
-                if not write and callable(getattr(target, "sink", None)):  # PrintLog, messages
+                    self._patch(target, "save_model", silent)
+                if callable(getattr(target, "sink", None)):  # PrintLog, Checkpoint messages
                     self._patch(target, "sink", silent)
-
-    def _gathering(self, save_model, write):
-        def save(net):
-            self.rank_rngs = all_gather_object(global_rng_state())
-            try:
-                if write:
-                    save_model(net)
-            finally:
-                self.rank_rngs = None
-        return save
 
     def _patch(self, obj, name, value):
         had = name in obj.__dict__

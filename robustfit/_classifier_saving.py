@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from skorch.history import History
 
-from ._distributed import global_rng_state, rank, world_size
 from ._persist import (
     UnsupportedValue,
     atomic_write,
@@ -303,10 +302,12 @@ class SavingMixin:
         self : AdversarialClassifier
         """
         source = current_source()
-        rng = {"source": None if source is None else source.get_state(), **global_rng_state()}
-        run = self._distributed_run()
-        if run is not None and run.rank_rngs is not None:  # a checkpoint of a data-parallel fit
-            rng["ranks"] = run.rank_rngs
+        rng = {
+            "source": None if source is None else source.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": (list(torch.cuda.get_rng_state_all())
+                     if torch.cuda.is_available() and torch.cuda.is_initialized() else []),
+        }
         proxy = None
         if getattr(self, "proxy_X_", None) is not None:
             proxy = {"digest": _pool_digest(self.proxy_X_, self.proxy_y_)}
@@ -445,10 +446,11 @@ class SavingMixin:
                     break
 
     def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
-        super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
         rng = self.__dict__.pop("_resume_rng_", None)
         if rng is not None:  # the first epoch after a restored checkpoint
             _restore_rng(rng)
+        # then the data-parallel hook, which reseeds torch's global generator per rank
+        super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
 
 
 def training_state_path(f_params):
@@ -507,9 +509,6 @@ def _restore_rng(rng):
     source = current_source()
     if rng.get("source") and source is not None:
         source.set_state(rng["source"])
-    ranks = rng.get("ranks")
-    if ranks and len(ranks) == world_size():  # each rank its own global generators
-        rng = ranks[rank()]
     torch.set_rng_state(rng["torch"])
     cuda = rng.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

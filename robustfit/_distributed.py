@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import datetime
 import os
 import sys
 import warnings
@@ -154,23 +155,27 @@ def _watch_for_uncaught_exceptions():
     sys.excepthook = hook
 
 
+EXIT_WAIT = datetime.timedelta(minutes=2)
+
+
 def _destroy():
     """Destroy the group robustfit created, at exit.
 
-    After a normal exit the ranks first wait for each other: a gloo group
-    destroyed while a peer is still at work (rank 0 pickling the model) can
-    abort the process ("terminate called without an active exception"), which
-    torchrun reports as a failed run. After an uncaught exception the rank
-    leaves at once, so that its peers fail fast instead of waiting.
+    A gloo group destroyed while a peer is still at work (rank 0 pickling the
+    model) can abort the process ("terminate called without an active
+    exception"), which torchrun reports as a failed run. So after a normal
+    exit the gloo ranks first wait for each other, at most ``EXIT_WAIT``; a
+    rank whose peers do not come (gone, or still busy) leaves without
+    destroying the group. After an uncaught exception a rank leaves at once,
+    so that its peers fail fast. NCCL groups are destroyed as before.
     """
     if not is_initialized():
         return
-    if not _uncaught and world_size() > 1:
-        with contextlib.suppress(RuntimeError):  # a peer already gone: nothing to wait for
-            if dist.get_backend() == "gloo":
-                dist.monitored_barrier()  # point to point: never matched with a peer's collective
-            else:
-                dist.barrier()
+    if not _uncaught and world_size() > 1 and dist.get_backend() == "gloo":
+        try:  # point to point: never matched with a peer's collective
+            dist.monitored_barrier(timeout=EXIT_WAIT)
+        except RuntimeError:
+            return
     dist.destroy_process_group()
 
 
@@ -234,14 +239,6 @@ def broadcast_object(obj, src=0):
     box = [obj]
     dist.broadcast_object_list(box, src=src, device=comm_device())
     return box[0]
-
-
-def global_rng_state():
-    """This process's state of torch's global generators: the CPU one and, once CUDA is in use,
-    every GPU's."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": (list(torch.cuda.get_rng_state_all())
-                     if torch.cuda.is_available() and torch.cuda.is_initialized() else [])}
 
 
 def all_gather_object(obj):

@@ -652,10 +652,14 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         # In data-parallel training the RandomSource is the same on every rank
         # (shared shuffling, per-sample draws sliced from the global batch's),
         # while torch's global generator differs per rank, so dropout masks
-        # are independent across ranks.
+        # are independent across ranks; it is seeded again at every epoch from
+        # (seed, rank, epoch), so a resumed data-parallel run draws them again.
         seed = self._seed()
         seed = None if seed is None else seed + offset
         torch_seed = None if seed is None else seed + 1_000_003 * rank()
+        run = self._distributed_run()
+        if run is not None:  # reseeded at every epoch (DataParallelMixin.on_epoch_begin)
+            run.torch_seed = torch_seed
         with torch_seeded(torch_seed), random_source(seed):
             yield
 
