@@ -18,6 +18,7 @@ from ._distributed import (
     silent,
     world_size,
 )
+from ._utils import GLOBAL_RNG_LOCK
 
 
 class DataParallelMixin:
@@ -108,7 +109,8 @@ class DataParallelMixin:
         run = self._distributed_run()
         if run is not None and run.torch_seed is not None:
             seed = np.random.SeedSequence([run.torch_seed, len(self.history)])
-            torch.manual_seed(int(seed.generate_state(1, np.uint64)[0]))
+            with GLOBAL_RNG_LOCK:  # as torch_seeded: never in another thread's seeded draws
+                torch.manual_seed(int(seed.generate_state(1, np.uint64)[0]))
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
         super().on_train_end(net, X=X, y=y, **kwargs)

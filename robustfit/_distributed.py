@@ -95,9 +95,10 @@ def init_from_env(device="cpu"):
         Whether a process group of more than one process is now active.
     """
     cuda = device is not None and torch.device(device).type == "cuda"
-    if launched_by_torchrun():
+    torchrun = launched_by_torchrun()
+    if torchrun:
         _warn_restarts_on_shared_store()
-    if not is_initialized() and launched_by_torchrun():
+    if not is_initialized() and torchrun:
         if cuda:
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend="nccl" if cuda else "gloo")

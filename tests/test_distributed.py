@@ -33,6 +33,7 @@ from robustfit.attacks import PGD
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import ddp_worker  # noqa: E402
+from test_resume import _max_diff  # noqa: E402
 
 needs_gloo = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -447,24 +448,9 @@ def test_two_nodes_train_what_one_node_with_two_ranks_trains(two_nodes, two_rank
     for node, rank in zip(two_nodes, two_ranks[:2]):
         assert node.keys() == rank.keys()
         for key in node.keys() - {"local_rank"}:
-            _assert_identical(node[key], rank[key], key)
+            assert _max_diff(node[key], rank[key], key) == 0.0, key
     assert two_nodes[0]["checkpoint_files"] and not two_nodes[1]["checkpoint_files"]
 
-
-def _assert_identical(a, b, where):
-    """Nested results equal bit for bit (tensors, numbers, strings, containers)."""
-    if torch.is_tensor(a):
-        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, z) in enumerate(zip(a, b)):
-            _assert_identical(x, z, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 EXIT_SCRIPT = """
