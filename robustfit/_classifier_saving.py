@@ -17,6 +17,8 @@ import warnings
 
 import numpy as np
 import torch
+from skorch.callbacks import Checkpoint, LoadInitState, TrainEndCheckpoint
+from skorch.exceptions import DeviceWarning
 from skorch.history import History
 
 from ._persist import (
@@ -33,6 +35,7 @@ from ._persist import (
 )
 from ._utils import GLOBAL_RNG_LOCK, current_source, torch_seeded
 from .attacks._base import Attack
+from .callbacks import _callback_weights, _load_callback_weights
 from .losses import AdversarialCE
 
 
@@ -70,6 +73,7 @@ class SavingMixin:
             "proxy_": getattr(self, "proxy_", None),
             "proxy_X_": getattr(self, "proxy_X_", None),
             "proxy_y_": getattr(self, "proxy_y_", None),
+            "callback_weights_": _callback_weights(self),
         }
 
     def set_fitted_state(self, state):
@@ -110,6 +114,7 @@ class SavingMixin:
         extra = [a for a in ("attack_", "objective_", "proxy_") if a not in self.cuda_dependent_attributes_]
         self.cuda_dependent_attributes_ = list(self.cuda_dependent_attributes_) + extra
         self._load_states(state)
+        _load_callback_weights(self, state.get("callback_weights_"))
         self.schedule_origin_ = int(state.get("schedule_origin_", 0))
         return self
 
@@ -192,7 +197,7 @@ class SavingMixin:
         return self
 
     @classmethod
-    def load(cls, path, *, trusted_modules=()):
+    def load(cls, path, *, trusted_modules=(), device=None):
         """Load a classifier written by :meth:`save`, without unpickling.
 
         The file is read with ``torch.load(weights_only=True)``, which builds
@@ -204,6 +209,17 @@ class SavingMixin:
         torch, torchvision, skorch, scikit-learn, numpy, scipy or diffusers,
         or is named in ``trusted_modules``.
 
+        Nor can the file choose what robustfit reads or writes later: the
+        parameters that would let it are not restored, with a warning naming
+        them. These are callbacks that read or write files (skorch's
+        ``Checkpoint``, ``TrainEndCheckpoint`` and ``LoadInitState``,
+        :class:`~robustfit.callbacks.ResumableCheckpoint`, any callback with a
+        ``dirname`` or ``f_*`` parameter: a later ``partial_fit`` would load
+        from, or write to, the folder the file names), and
+        ``torch_load_kwargs`` that turn off ``weights_only`` (a later load of
+        a checkpoint could then unpickle). Add your own back with
+        ``set_params``.
+
         Parameters
         ----------
         path : str, os.PathLike or file-like
@@ -211,6 +227,11 @@ class SavingMixin:
         trusted_modules : sequence of str, default=()
             Further modules (or top-level packages) whose classes the file may
             name although they are not imported yet, e.g. ``["mynets"]``.
+        device : str, torch.device or None, default=None
+            Where to put the loaded classifier (its ``device`` parameter).
+            ``None`` keeps the saved one, except that a model saved on a CUDA
+            device loads on the CPU, with a warning, where there is no GPU
+            (as an unpickled one does).
 
         Returns
         -------
@@ -237,6 +258,15 @@ class SavingMixin:
         params = decode(spec["params"], tensors, "saved parameter", trusted_modules)
         if not isinstance(params, dict):
             raise ValueError(f"the saved model {path} is malformed (parameters)")
+        params = _without_file_access(params, path)
+        if device is not None:
+            params["device"] = device
+        elif _wants_missing_cuda(params.get("device")):
+            warnings.warn(
+                f"the saved model {path} was trained on device={params['device']!r}, but no CUDA "
+                "GPU is available here: loading it on the CPU (pass device=... to choose)",
+                DeviceWarning, stacklevel=2)
+            params["device"] = "cpu"
         est = klass(**params)
         est.validate_params()
         state = decode(spec["fitted"], tensors, "saved fitted state", trusted_modules)
@@ -326,6 +356,7 @@ class SavingMixin:
             {"class": class_path(type(objective)), "state": fitted_state(objective)},
             "proxy": proxy,
             "rng": rng,
+            "callback_weights": _callback_weights(self),
         }
         tensors = {}
         save_payload("checkpoint", encode(state, tensors, "training state"), tensors, path)
@@ -362,6 +393,7 @@ class SavingMixin:
         if not getattr(self, "initialized_", False):
             self.initialize()
         self._load_states(state)
+        _load_callback_weights(self, state.get("callback_weights"))
         for name in ("attack_", "objective_"):
             saved, current = state.get(name), getattr(self, name, None)
             if saved is None or current is None:
@@ -451,6 +483,53 @@ class SavingMixin:
             _restore_rng(rng)
         # then the data-parallel hook, which reseeds torch's global generator per rank
         super().on_epoch_begin(net, dataset_train=dataset_train, dataset_valid=dataset_valid, **kwargs)
+
+
+def _wants_missing_cuda(device):
+    try:
+        return torch.device(device).type == "cuda" and not torch.cuda.is_available()
+    except (TypeError, RuntimeError):  # "auto", None: resolved at fit
+        return False
+
+
+def _touches_files(callback):
+    """Whether a skorch callback reads or writes files (checkpoints, resume)."""
+    if isinstance(callback, (Checkpoint, TrainEndCheckpoint, LoadInitState)):
+        return True
+    try:
+        names = callback.get_params(deep=True)
+    except Exception:  # not a skorch callback: judged by its attributes
+        names = vars(callback)
+    return any(key.rsplit("__", 1)[-1] == "dirname" or key.rsplit("__", 1)[-1].startswith("f_")
+               for key in names)
+
+
+def _without_file_access(params, path):
+    """The loaded parameters minus what would let the file pick files robustfit
+    reads or writes later (see :meth:`SavingMixin.load`)."""
+    params = dict(params)
+    dropped = []
+    callbacks = params.get("callbacks")
+    if isinstance(callbacks, (list, tuple)):
+        kept = []
+        for item in callbacks:
+            cb = item[1] if isinstance(item, tuple) and len(item) == 2 else item
+            if _touches_files(cb):
+                name = item[0] if cb is not item else type(cb).__name__
+                dropped.append(f"callback {name!r} ({type(cb).__name__}, reads or writes files)")
+            else:
+                kept.append(item)
+        params["callbacks"] = kept
+    kwargs = params.get("torch_load_kwargs")
+    if isinstance(kwargs, dict) and kwargs.get("weights_only", True) is not True:
+        dropped.append(f"torch_load_kwargs={kwargs!r} (would let later loads unpickle)")
+        params["torch_load_kwargs"] = None
+    if dropped:
+        warnings.warn(
+            f"the saved model {path} sets parameters a file must not choose; not restored: "
+            + "; ".join(dropped) + ". Set your own with set_params(...)",
+            UserWarning, stacklevel=3)
+    return params
 
 
 def training_state_path(f_params):

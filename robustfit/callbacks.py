@@ -163,6 +163,12 @@ class LRSchedule(ParamsValidationMixin, LRScheduler):
         self.kind = kind
         self.warmup = warmup
 
+    def _get_param_names(self):
+        # skorch takes a callback's parameters from its attributes (here also
+        # LRScheduler's policy and step_every, which this class fixes): its
+        # parameters are its own arguments, so that clone rebuilds it
+        return ["kind", "warmup", "event_name"]
+
     @property
     def kwargs(self):
         return {}
@@ -324,9 +330,25 @@ def snapshot_weights(net):
     >>> restore_weights(clf, before)
     """
     module = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
-    extra = {name: cb.weights_state() for name, cb in getattr(net, "callbacks_", [])
-             if callable(getattr(cb, "weights_state", None))}
-    return {"module": module, "callbacks": extra}
+    return {"module": module, "callbacks": _callback_weights(net)}
+
+
+def _callback_weights(net):
+    """``{callback name: weights_state()}`` for every callback of ``net`` that
+    keeps weights beside the module (:class:`~robustfit.recipes.EMA`: the set
+    not in the module); part of :func:`snapshot_weights`, of a saved model and
+    of a checkpoint's training state."""
+    return {name: cb.weights_state() for name, cb in getattr(net, "callbacks_", [])
+            if callable(getattr(cb, "weights_state", None))}
+
+
+def _load_callback_weights(net, states):
+    """Give ``net``'s callbacks back what ``_callback_weights`` returned
+    (``states`` may be None; names without a callback are skipped)."""
+    callbacks = dict(getattr(net, "callbacks_", []))
+    for name, state in (states or {}).items():
+        if callable(getattr(callbacks.get(name), "load_weights_state", None)):
+            callbacks[name].load_weights_state(state)
 
 
 def restore_weights(net, snapshot):
@@ -346,10 +368,7 @@ def restore_weights(net, snapshot):
     with torch.no_grad():
         for key, value in net.module_.state_dict().items():
             value.copy_(snapshot["module"][key])
-    callbacks = dict(getattr(net, "callbacks_", []))
-    for name, state in snapshot["callbacks"].items():
-        if name in callbacks:
-            callbacks[name].load_weights_state(state)
+    _load_callback_weights(net, snapshot["callbacks"])
 
 
 def _fixed_subset(dataset, max_samples):
@@ -621,6 +640,13 @@ class ResumableCheckpoint(Checkpoint):
         super().__init__(monitor=None, f_params=f_params, f_optimizer=f_optimizer,
                          f_criterion=f_criterion, f_history=f_history, fn_prefix=fn_prefix,
                          dirname=dirname, event_name=event_name, sink=sink)
+
+    def _get_param_names(self):
+        # skorch takes a callback's parameters from its attributes, which
+        # include Checkpoint's monitor, load_best, ... that this class fixes:
+        # its parameters are its own arguments, so clone and save/load rebuild it
+        return ["dirname", "f_params", "f_optimizer", "f_criterion", "f_history", "fn_prefix",
+                "event_name", "sink"]
 
     def initialize(self):
         super().initialize()

@@ -4,7 +4,7 @@
     torchrun --standalone --nproc_per_node=2 --max-restarts=1 tests/resume_run.py ...
 
 trains a digits classifier for each of METHODS (comma-separated: pgd, dale,
-synth, dropout) with skorch's ``Checkpoint`` (every epoch, into DIRNAME/<method>) and
+synth, ema, dropout) with skorch's ``Checkpoint`` (every epoch, into DIRNAME/<method>) and
 ``LoadInitState`` (``--resumable``: robustfit's ``ResumableCheckpoint``). Started again with the same arguments it resumes from the
 last checkpoint. ``--hang`` makes the run create READY_FILE after BATCH
 training batches of epoch EPOCH and then wait, so that the test can kill it in
@@ -34,6 +34,7 @@ from robustfit.callbacks import ResumableCheckpoint
 from robustfit.datasets import load_digits_images
 from robustfit.losses import PrimalDual
 from robustfit.proxy import GaussianMixtureProxy
+from robustfit.recipes import EMA
 
 MAX_EPOCHS = 4
 _RANK = int(os.environ["RANK"]) if "WORLD_SIZE" in os.environ else None  # under torchrun
@@ -111,6 +112,9 @@ def make(method, dirname, hang=None, resumable=False):
         clf = AdversarialClassifier(
             attack=Langevin(epsilon=0.1, steps=3, temperature=1e-3),
             objective=PrimalDual(margin=0.05, dual_lr=0.05, nu_init=1.0), **common)
+    elif method == "ema":  # an average of the weights beside the raw ones
+        clf = AdversarialClassifier(attack=PGD(epsilon=0.1, steps=2), ema=EMA(decay=0.9, warmup=0),
+                                    **common)
     elif method == "dropout":  # a module drawing from torch's global generator
         clf = AdversarialClassifier(DropoutCNN, attack=PGD(epsilon=0.1, steps=2), **common)
     elif method == "synth":  # a generator network and its optimizer
@@ -142,6 +146,8 @@ def main():
             "attack": clf.attack_.get_fitted_state() if hasattr(clf.attack_, "get_fitted_state") else {},
             "nu": torch.tensor(getattr(clf.objective_, "nu_", float("nan"))),
             "proba": torch.as_tensor(clf.predict_proba(X)),
+            "ema": [t.detach().clone() for t in getattr(dict(clf.callbacks_).get("ema"), "average_",
+                                                        None) or []],
         }
         suffix = "" if _RANK is None else str(_RANK)
         torch.save(final, os.path.join(dirname, f"final{suffix}.pt"))

@@ -31,6 +31,7 @@ from robustfit.classifier import training_state_path
 from robustfit.losses import PrimalDual
 from robustfit.models import MLP, DigitsCNN, MnistCNN, ResNet18, SmallCNN
 from robustfit.proxy import ArrayProxy, DiffusionProxy, GaussianMixtureProxy
+from robustfit.recipes import EMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,6 +253,70 @@ def test_saved_model_naming_a_function_or_a_foreign_class_is_refused(data, tmp_p
         save_payload("model", spec2, tensors, tmp_path / "bad.pt")
         with pytest.raises(ValueError, match=match):
             AdversarialClassifier.load(tmp_path / "bad.pt")
+
+
+def test_saved_model_cannot_choose_files_read_or_written_later(data, tmp_path):
+    """A file that names a checkpoint folder (LoadInitState) and loosens
+    ``torch_load_kwargs`` would make a later ``partial_fit`` unpickle a file planted in
+    that folder: both are dropped on load, with a warning, and nothing runs."""
+    Xtr, ytr, _, _ = data
+    evil = tmp_path / "evil"
+    cp = Checkpoint(dirname=str(evil), f_optimizer=None, f_criterion=None, event_name=None)
+    clf = AdversarialClassifier(max_epochs=1, batch_size=64, random_state=0, device="cpu",
+                                callbacks=[("keep", ResumableCheckpoint(str(tmp_path / "mine"))),
+                                           ("resume", LoadInitState(cp))])
+    clf.fit(Xtr, ytr)
+    clf.set_params(torch_load_kwargs={"weights_only": False})
+    clf.save(tmp_path / "model.pt")
+    evil.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"boom": _Payload(marker)}, evil / "params.pt")
+    row = {"epoch": 1, "batches": [{"train_loss": 1.0, "train_batch_size": 64}]}
+    (evil / "history.json").write_text(json.dumps([row]))
+    with pytest.warns(UserWarning, match=r"not restored: callback 'keep' \(ResumableCheckpoint"
+                      r".*callback 'resume' \(LoadInitState.*torch_load_kwargs"):
+        loaded = AdversarialClassifier.load(tmp_path / "model.pt")
+    assert loaded.callbacks == [] and loaded.torch_load_kwargs is None
+    loaded.partial_fit(Xtr, ytr)  # trains on; reads nothing from the planted folder
+    assert not marker.exists()
+
+
+def test_loaded_model_with_ema_goes_on_from_the_raw_weights(data, tmp_path):
+    """The module holds EMA's average; the raw training weights are saved beside it, so
+    partial_fit after load continues exactly as the original's partial_fit."""
+    Xtr, ytr, Xte, _ = data
+    clf = AdversarialClassifier(attack=PGD(epsilon=0.1, steps=2), ema=EMA(decay=0.9, warmup=0),
+                                max_epochs=2, batch_size=64, random_state=0, device="cpu")
+    clf.fit(Xtr, ytr).save(tmp_path / "m.pt")
+    loaded = AdversarialClassifier.load(tmp_path / "m.pt")
+    np.testing.assert_array_equal(loaded.predict_proba(Xte), clf.predict_proba(Xte))
+    clf.partial_fit(Xtr, ytr)
+    loaded.partial_fit(Xtr, ytr)
+    np.testing.assert_array_equal(loaded.predict_proba(Xte), clf.predict_proba(Xte))
+
+
+def test_model_saved_on_a_gpu_loads_on_the_cpu(data, tmp_path):
+    from skorch.exceptions import DeviceWarning
+
+    from robustfit._persist import load_payload, save_payload
+
+    Xtr, ytr, Xte, _ = data
+    clf = AdversarialClassifier(max_epochs=1, random_state=0, device="cpu").fit(Xtr, ytr)
+    clf.save(tmp_path / "m.pt")
+    spec, tensors = load_payload(tmp_path / "m.pt", "model", "saved model")
+    params = dict(spec["params"]["__dict__"], device="cuda")  # as a GPU machine writes it
+    save_payload("model", dict(spec, params={"__dict__": [[k, v] for k, v in params.items()]}),
+                 tensors, tmp_path / "gpu.pt")
+    if torch.cuda.is_available():
+        assert AdversarialClassifier.load(tmp_path / "gpu.pt").device == "cuda"
+    else:
+        with pytest.warns(DeviceWarning, match="no CUDA GPU is available here: loading it on the CPU"):
+            loaded = AdversarialClassifier.load(tmp_path / "gpu.pt")
+        assert loaded.device == "cpu"
+        np.testing.assert_array_equal(loaded.predict_proba(Xte), clf.predict_proba(Xte))
+    explicit = AdversarialClassifier.load(tmp_path / "gpu.pt", device="cpu")
+    assert explicit.device == "cpu"
+    np.testing.assert_array_equal(explicit.predict_proba(Xte), clf.predict_proba(Xte))
 
 
 def _checkpointed(dirname, **kwargs):

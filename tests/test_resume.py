@@ -2,8 +2,9 @@
 (skorch's Checkpoint + LoadInitState) ends where the uninterrupted run ends.
 
 Real subprocesses (tests/resume_run.py) on digits: for PGD (with proxy samples and a robust
-validation score), DALE (Langevin + PrimalDual: the dual variable) and GeneratorSynth (a
-generator and its optimizer), an uninterrupted run and a run killed in epoch 3 of 4 start
+validation score), DALE (Langevin + PrimalDual: the dual variable), GeneratorSynth (a
+generator and its optimizer) and EMA (the raw weights beside the average), an uninterrupted
+run and a run killed in epoch 3 of 4 start
 together; the killed run is then started again and finishes. Weights, optimizer state,
 history, the attack's and the objective's state must agree with the uninterrupted run.
 
@@ -30,7 +31,7 @@ needs_gloo = pytest.mark.skipif(
     reason="torch.distributed with gloo is not available")
 
 SCRIPT = Path(__file__).with_name("resume_run.py")
-METHODS = ("pgd", "dale", "synth")
+METHODS = ("pgd", "dale", "synth", "ema")
 KILL_EPOCH, KILL_BATCH = 3, 5
 IGNORED = {"dur"}  # wall-clock time differs from run to run
 

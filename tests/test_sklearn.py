@@ -48,6 +48,30 @@ def test_clone_is_unfitted_copy_with_equal_params(pgd_clf):
         assert p1[k] == p0[k]
 
 
+def _public_callbacks():
+    from skorch.callbacks import Callback
+
+    import robustfit.callbacks as cbs
+    import robustfit.recipes as recipes
+
+    return [k for mod in (cbs, recipes) for name, k in vars(mod).items()
+            if not name.startswith("_") and isinstance(k, type) and issubclass(k, Callback)
+            and k.__module__ == mod.__name__]
+
+
+@pytest.mark.parametrize("kind", _public_callbacks(), ids=lambda k: k.__name__)
+def test_every_public_callback_clones_with_its_parameters(kind, tmp_path):
+    """skorch reads a callback's parameters from its attributes; a subclass that fixes
+    some of its parent's (ResumableCheckpoint's monitor, LRSchedule's policy) must still
+    clone, alone and inside a classifier (GridSearchCV clones it for every fit)."""
+    args = {"RobustValidation": (PGD(epsilon=0.1, steps=2),), "ResumableCheckpoint": (str(tmp_path),)}
+    cb = kind(*args.get(kind.__name__, ()))
+    twin = clone(cb)
+    assert type(twin) is kind and twin.get_params(deep=False).keys() == cb.get_params(deep=False).keys()
+    clf = clone(AdversarialClassifier(callbacks=[("mine", cb)]))
+    assert type(clf.callbacks[0][1]) is kind
+
+
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_grid_search_over_attack_epsilon(data, n_jobs):
     Xtr, ytr, _, _ = data
