@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ._distributed import (
     all_gather_object,
+    all_reduce_mean_,
     barrier,
     broadcast_object,
     init_from_env,
@@ -93,6 +94,8 @@ class DataParallelMixin:
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         run.ddp = DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
+        run.hooks = [p.register_hook(_canonical_grad) for p in module.parameters()
+                     if p.requires_grad and p.dim() > 1 and 1 in p.shape]
         if not is_main():
             run.silence([cb for _, cb in self.callbacks_])
 
@@ -112,6 +115,25 @@ class DataParallelMixin:
             with GLOBAL_RNG_LOCK:  # as torch_seeded: never in another thread's seeded draws
                 torch.manual_seed(int(seed.generate_state(1, np.uint64)[0]))
 
+    def _average_buffers(self):
+        """After a data-parallel training pass, average the floating-point
+        buffers over the ranks: the module's (BatchNorm's running statistics,
+        which each rank updated from its own shard of every batch) and those
+        a callback keeps beside the module (:class:`~robustfit.recipes.EMA`'s
+        average of them, through its ``distributed_buffers`` method). The
+        validation pass, the checkpoints and the fitted estimator are then
+        the same on every rank. Averaging, rather than rank 0's copy, gives
+        statistics of the whole batch's samples (as timm's ``distribute_bn``
+        does). A no-op on one process."""
+        if self._distributed_run() is None:
+            return
+        tensors = list(self.module_.buffers())
+        for _, cb in self.callbacks_:
+            extra = getattr(cb, "distributed_buffers", None)
+            if callable(extra):
+                tensors += list(extra(self))
+        all_reduce_mean_([t for t in tensors if t.is_floating_point()])
+
     def on_train_end(self, net, X=None, y=None, **kwargs):
         super().on_train_end(net, X=X, y=y, **kwargs)
         if self._distributed_run() is not None:
@@ -125,6 +147,20 @@ class DataParallelMixin:
             run.close()
 
 
+def _canonical_grad(grad):
+    """The gradient with the strides a fresh tensor of its shape has, when its
+    memory is already in that order (a view: no copy, the same numbers).
+
+    A dimension of size 1 can have any stride. torch's CPU convolution, given
+    a one-channel image batch whose channel stride is not the canonical one
+    (numpy's ``X[:, None]``), writes the gradient of a ``(out, 1, k, k)``
+    kernel with channels-last strides; DistributedDataParallel compares
+    strides literally, so it warned in every such run ("Grad strides do not
+    match bucket view strides ... may impair performance").
+    """
+    return grad.view(grad.shape) if grad.is_contiguous() else grad
+
+
 class _DistributedRun:
     """What one data-parallel ``fit`` holds: the DistributedDataParallel
     wrapper and the callbacks silenced on this rank. Never pickled (an empty
@@ -133,6 +169,7 @@ class _DistributedRun:
     def __init__(self):
         self.active = False
         self.ddp = None
+        self.hooks = []  # gradient hooks on the module's parameters, for this fit
         self.patched = []
         self.torch_seed = None  # this rank's seed of torch's global generator (None: unseeded)
 
@@ -160,6 +197,9 @@ class _DistributedRun:
             else:
                 obj.__dict__.pop(name, None)
         self.patched = []
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
         self.ddp = None
         self.active = False
 

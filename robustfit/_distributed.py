@@ -270,7 +270,8 @@ def run_on_main(fn):
     """Call ``fn()`` on rank 0 only and return its result on every rank.
 
     An exception on rank 0 is raised on every rank (the other ranks get the
-    same type and message), so no rank waits forever for a result.
+    same type and message), so no rank waits forever for a result; so are a
+    ``KeyboardInterrupt`` and a ``SystemExit`` there.
     """
     if world_size() == 1:
         return fn()
@@ -278,7 +279,7 @@ def run_on_main(fn):
     if is_main():
         try:
             result = fn()
-        except Exception as exc:
+        except BaseException as exc:
             broadcast_object(_Failure(exc))
             raise
     result = broadcast_object(result)

@@ -666,10 +666,12 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
     def get_split_datasets(self, X, y=None, **fit_params):
         split = self.train_split
         if isinstance(split, ValidSplit) and y is not None:
-            if split.random_state is None and self.random_state is not None \
+            # a shuffled split follows random_state; without one, a data-parallel
+            # fit still splits alike on every rank (the seed rank 0 drew)
+            seed = self.random_state if self.random_state is not None else self._seed()
+            if split.random_state is None and seed is not None \
                     and not isinstance(split.cv, numbers.Integral):
-                split = ValidSplit(cv=split.cv, stratified=split.stratified,
-                                   random_state=self.random_state)
+                split = ValidSplit(cv=split.cv, stratified=split.stratified, random_state=seed)
             train, valid = valid_split_or_fallback(split, self.get_dataset(X, y), y, **fit_params)
         else:
             train, valid = super().get_split_datasets(X, y, **fit_params)
@@ -1057,8 +1059,8 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
                         X_adv = attack(self.module_, Xi, yi)
             self._set_training(True)
             # adversarial weight perturbation: the gradient is taken at perturbed
-            # weights (in data-parallel training each rank perturbs by its own
-            # shard's weight gradient; DDP then averages the gradients)
+            # weights (in data-parallel training every rank perturbs by the
+            # global batch's weight gradient, all-reduced inside AWP.perturb)
             if self.awp_ is not None:
                 self.awp_.perturb(self, Xi, X_adv, yi, **fit_params)
             y_pred = self._train_forward(X_adv, **fit_params)
@@ -1153,7 +1155,16 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
                 self._check_losses(pending, prefix, first_row, training)
                 pending = []
         self._check_losses(pending, prefix, first_row, training)
+        if training and count == 0:
+            n = getattr(getattr(iterator, "real", iterator), "n", None)
+            raise ValueError(
+                f"the training pass of epoch {len(self.history)} had no batch: "
+                f"{'the' if n is None else n} training samples make no batch of "
+                f"batch_size={self.batch_size} (iterator_train__drop_last=True with a batch_size "
+                "above the training split's size?); use a smaller batch_size or drop_last=False")
         self.history.record(prefix + "_batch_count", count)
+        if training:
+            self._average_buffers()  # data-parallel: every rank validates the same model
 
     def _check_losses(self, pending, prefix, first_row, training):
         """Read the pending ``(batch index, loss)`` pairs (one synchronization),

@@ -32,6 +32,7 @@ from sklearn.base import BaseEstimator, clone
 from skorch.callbacks import Callback
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from ._distributed import all_reduce_sum, current_shard, world_size
 from ._validation import Interval, Options, ParamsValidationMixin, check_attack
 from .attacks import APGD
 from .callbacks import (
@@ -75,9 +76,12 @@ class EMA(_ParamsRepr, ParamsValidationMixin, _EpochCounter):
     The callback swaps the two sets of weights in place (twice per epoch, a
     copy each time) and keeps the set that is not in the module;
     ``partial_fit`` swaps the raw weights back in at its first batch and goes
-    on from them. skorch's ``Checkpoint`` saves the module, so it saves the
-    average; a run resumed from it with ``LoadInitState`` goes on from the
-    averaged weights (the raw ones are not in the checkpoint).
+    on from them. skorch's ``Checkpoint`` saves the module, so its
+    ``params.pt`` holds the average; the raw weights are in robustfit's
+    training state beside it, and in a file written by
+    :meth:`~robustfit.AdversarialClassifier.save`, so a resumed run, or
+    ``partial_fit`` after :meth:`~robustfit.AdversarialClassifier.load`, goes
+    on from them as the uninterrupted run does.
 
     **Batch normalization.** The running statistics are averaged like the
     parameters (an EMA of the buffers, as ``AveragedModel(use_buffers=True)``
@@ -231,6 +235,25 @@ class EMA(_ParamsRepr, ParamsValidationMixin, _EpochCounter):
     def on_train_end(self, net, **kwargs):
         self.show_average(net)
 
+    def distributed_buffers(self, net):
+        """The callback's copies of the module's buffers, which a data-parallel
+        fit averages over the ranks after every training pass, with the
+        module's own (each rank's BatchNorm statistics come from its shard).
+
+        Parameters
+        ----------
+        net : robustfit.AdversarialClassifier
+            The classifier this callback belongs to.
+
+        Returns
+        -------
+        buffers : list of torch.Tensor
+            Empty before the first training step.
+        """
+        if self.average_ is None:
+            return []
+        return self.average_[len(list(net.module_.parameters())):]
+
     # the snapshot protocol of robustfit.callbacks.snapshot_weights
     def weights_state(self):
         """The callback's copy of the weights, for :func:`~robustfit.callbacks.snapshot_weights`.
@@ -367,6 +390,7 @@ class AWP(ParamsValidationMixin, BaseEstimator):
             logits_clean = net.infer(X, **fit_params) if objective.needs_clean else None
             loss = objective.value(net, logits_adv, y, logits_clean)
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
+        grads = _global_batch_grads(weights, grads)
         with torch.no_grad():
             for b, saved in zip(module.buffers(), buffers):
                 b.copy_(saved)
@@ -396,6 +420,24 @@ class AWP(ParamsValidationMixin, BaseEstimator):
         state = dict(super().__getstate__())
         state["saved_"] = state["weights_"] = None  # only alive within one step
         return state
+
+
+def _global_batch_grads(weights, grads):
+    """In data-parallel training, the gradient of the global batch's mean loss
+    from each rank's gradient of its shard's mean loss (their sum weighted by
+    the shards' sizes, one all-reduce), so that every rank moves the weights
+    as one process would; ``grads`` itself otherwise."""
+    shard = current_shard()
+    if shard is None or world_size() == 1:
+        return grads
+    parts = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
+    flat = all_reduce_sum(torch.cat([g.detach().reshape(-1) for g in parts])
+                          * (shard.size / shard.total))
+    out, pos = [], 0
+    for w in weights:
+        out.append(flat[pos:pos + w.numel()].view_as(w))
+        pos += w.numel()
+    return out
 
 
 # ------------------------------------------------------------------- guard

@@ -16,7 +16,8 @@ import warnings
 
 import numpy as np
 import torch
-from skorch.callbacks import Checkpoint
+from skorch.callbacks import Callback, Checkpoint
+from skorch.dataset import ValidSplit
 from torch.utils.data import TensorDataset
 
 from robustfit import AdversarialClassifier
@@ -24,6 +25,7 @@ from robustfit.attacks import PGD, AutoAttack, GeneratorSynth, Langevin
 from robustfit.datasets import load_digits_images
 from robustfit.losses import PrimalDual
 from robustfit.metrics import robust_accuracy, robustness_curve
+from robustfit.recipes import AWP, EMA
 
 
 def digits(n, offset=0):
@@ -97,6 +99,61 @@ def fit_synth():
                       list(gen.parameters()) + list(gen.buffers())])
 
 
+def fit_awp():
+    """Adversarial weight perturbation: every rank moves the weights by the
+    global batch's weight gradient, as one process does."""
+    X, y = digits(300)
+    clf = AdversarialClassifier(attack=PGD(epsilon=0.1, steps=2), awp=AWP(gamma=0.05),
+                                max_epochs=2, batch_size=64, train_split=None, lr=0.01,
+                                random_state=0, device="cpu")
+    return clf.fit(X, y)
+
+
+class BatchNormCNN(torch.nn.Module):
+    """A digits CNN with batch normalization (running statistics per rank)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.Flatten(), torch.nn.Linear(8 * 64, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class RecordSplit(Callback):
+    """The validation rows of every epoch, in the history."""
+
+    def on_epoch_begin(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        net.history.record("valid_rows", [int(i) for i in dataset_valid.indices])
+
+
+def fit_batchnorm():
+    """BatchNorm with an EMA of the weights: every rank must validate, and end
+    with, the same model."""
+    X, y = digits(300)
+    clf = AdversarialClassifier(BatchNormCNN, attack=PGD(epsilon=0.1, steps=2), ema=EMA(warmup=0),
+                                train_split=ValidSplit(0.2), callbacks=[RecordSplit()],
+                                max_epochs=2, batch_size=64, lr=0.01, random_state=0, device="cpu")
+    clf.fit(X, y)
+    state = clf.module_.state_dict()
+    ema = dict(clf.callbacks_)["ema"]
+    return {"state": {k: v.detach().clone() for k, v in state.items()},
+            "ema": [t.detach().clone() for t in ema.average_],
+            "valid_loss": [float(v) for v in clf.history[:, "valid_loss"]],
+            "valid_rows": clf.history[:, "valid_rows"],
+            "proba": torch.as_tensor(clf.predict_proba(digits(100, offset=1500)[0]))}
+
+
+def unseeded_split():
+    """The validation rows of a shuffled split without random_state (the same on every rank)."""
+    X, y = digits(200)
+    clf = AdversarialClassifier(train_split=ValidSplit(0.2), callbacks=[RecordSplit()],
+                                max_epochs=1, batch_size=64, device="cpu")
+    return clf.fit(X, y).history[:, "valid_rows"]
+
+
 def fit_checkpointed(dirname):
     X, y = digits(200)
     AdversarialClassifier(max_epochs=1, batch_size=64, train_split=None, random_state=0,
@@ -145,7 +202,12 @@ def bad_inputs(rank):
 
 def main(out):
     torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(out, caught)
+
+
+def run(out, caught):
     # no init_process_group here: the first fit initializes the group from
     # torchrun's variables (a script that calls it itself takes the same path)
     pgd = fit_pgd()
@@ -159,9 +221,13 @@ def main(out):
     result["dale"]["nu"] = dale.objective_.nu_
     result["proxy"] = summary(fit_proxy())
     result["stream"] = summary(fit_stream())
+    result["awp"] = summary(fit_awp())
+    result["batchnorm"] = fit_batchnorm()
+    result["unseeded_split"] = unseeded_split()  # differs from run to run
     result["synth_generator"] = fit_synth()
     result["checkpoint_files"] = fit_checkpointed(os.path.join(out, f"checkpoints{rank}"))
     result["errors"] = bad_inputs(rank)
+    result["warnings"] = sorted({str(w.message) for w in caught})
     if rank == 0:
         with open(os.path.join(out, "pgd.pkl"), "wb") as f:
             pickle.dump(pgd, f)
