@@ -52,7 +52,7 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.bac
 } 2>&1 | tee "$GPU_RESULTS/gpu_env.txt"
 
 echo "== tests marked gpu (at most $GPU_TEST_SECONDS s)"
-timeout -k 10 "$GPU_TEST_SECONDS" "$GPU_PYTHON" -m pytest -m gpu -v -rs tests/test_gpu.py 2>&1 \
+timeout -k 10 "$GPU_TEST_SECONDS" "$GPU_PYTHON" -m pytest -m gpu -v -rs tests/test_gpu.py tests/test_distributed.py 2>&1 \
     | tee "$GPU_RESULTS/gpu_tests.txt" || { echo "gpu-check: tests FAILED or timed out"; status=1; }
 
 echo "== bench_amp.py (at most $GPU_AMP_SECONDS s)"

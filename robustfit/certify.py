@@ -799,6 +799,12 @@ class CertifiedScorer:
     ``scorer(estimator, X, y)`` on a fitted :class:`SmoothedClassifier` (or a
     pipeline ending in one).
 
+    In a pipeline the noise is added, and the radius certified, in the space
+    the smoothed classifier sees: after the pipeline's transformers. A radius
+    in input units needs transformers that do not rescale (or a radius
+    converted by their Lipschitz constant: ``StandardScaler`` multiplies
+    distances by up to ``1 / min(scale_)``).
+
     Parameters
     ----------
     radius : float

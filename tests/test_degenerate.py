@@ -155,6 +155,13 @@ def test_batch_size_zero_or_negative(data, value):
         _clf(batch_size=value).fit(X, y)
 
 
+def test_drop_last_with_a_batch_larger_than_the_training_split(data):
+    # trained nothing and failed later with a KeyError on the history
+    with pytest.raises(ValueError, match=r"epoch 1 had no batch: 120 training samples make no "
+                       r"batch of batch_size=256 .*drop_last=False"):
+        _clf(batch_size=256, iterator_train__drop_last=True, train_split=None).fit(*data)
+
+
 def test_attack_class_instead_of_instance(data):
     X, y = data
     with pytest.raises(ValueError, match=r"attack must be an instance, not the class itself: pass PGD\(\.\.\.\)"):
