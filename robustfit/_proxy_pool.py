@@ -220,7 +220,9 @@ def materialize(dataset):
         if not isinstance(item, (tuple, list)) or len(item) < 2:
             raise ValueError("a proxy Dataset must yield (x, y) pairs")
         xs.append(torch.as_tensor(item[0], dtype=torch.float32))
-        ys.append(int(item[1]))
+        label = item[1]
+        # the labels as given (class names of any type, as in y); encode_labels checks them
+        ys.append(label.item() if torch.is_tensor(label) or isinstance(label, np.ndarray) else label)
     if not xs:
         raise ValueError("the proxy Dataset is empty")
     return torch.stack(xs).numpy(), np.asarray(ys)

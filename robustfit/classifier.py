@@ -1063,6 +1063,8 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
             # global batch's weight gradient, all-reduced inside AWP.perturb)
             if self.awp_ is not None:
                 self.awp_.perturb(self, Xi, X_adv, yi, **fit_params)
+            if isinstance(attack, Attack):
+                attack.before_training_forward(self.module_)
             y_pred = self._train_forward(X_adv, **fit_params)
             logits_clean = None
             if objective.needs_clean:

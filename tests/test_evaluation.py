@@ -543,6 +543,20 @@ def test_robustness_curve_default_template_uses_training_threat_model(ev_data):
     assert curve.accuracies[1] <= curve.accuracies[0]
 
 
+def test_robustness_curve_default_template_without_a_training_threat_model():
+    """Noise augmentation has no epsilon and its bounds=None means "inputs unchecked": the
+    default attack stays in the (0, 1) box (it went unbounded before), as after standard
+    training."""
+    from robustfit import AdversarialClassifier
+    from robustfit.attacks import GaussianNoise
+    from robustfit.metrics._curves import _default_template
+
+    for attack in (GaussianNoise(sigma=0.25), None):
+        template = _default_template(AdversarialClassifier(attack=attack))
+        assert template.bounds == (0.0, 1.0) and template.norm == "linf"
+    assert _default_template(AdversarialClassifier(attack=PGD(bounds=None))).bounds is None
+
+
 def test_plot_robustness_curve():
     import matplotlib.pyplot as plt
 

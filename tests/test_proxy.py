@@ -214,6 +214,8 @@ def test_diffusion_proxy_tiny_digits(data, monkeypatch):
         DiffusionProxy(block_out_channels=(12, 32)).fit(X, y)
     with pytest.raises(ValueError, match=r"\(n, C, H, W\)"):
         DiffusionProxy().fit(X.reshape(len(X), -1), y)
+    with pytest.raises(ValueError, match=r"every value of X is 0.5: pass bounds=\(low, high\)"):
+        DiffusionProxy(bounds=None).fit(np.full_like(X, 0.5), y)  # divided by zero before
     monkeypatch.setitem(__import__("sys").modules, "diffusers", None)
     with pytest.raises(ImportError, match=r"robustfit\[diffusion\]"):
         DiffusionProxy(**kw).fit(X, y)
@@ -283,6 +285,30 @@ def test_proxy_data_forms(data):
         _clf(proxy_data=(Xp[:, :, :4], yp)).fit(X, y)
     with pytest.raises(ValueError, match="proxy_data"):
         _clf(proxy_data="samples.npz").fit(X, y)
+
+
+class _NamedDigits(torch.utils.data.Dataset):
+    """(image, label) items with the labels as given: class names, floats."""
+
+    def __init__(self, X, labels):
+        self.X, self.labels = X, labels
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i], self.labels[i]
+
+
+def test_a_proxy_dataset_gives_labels_as_y_does(data):
+    """A Dataset's labels are class names like y's (they went through int() before: string
+    names failed with "invalid literal for int()", floats were truncated)."""
+    X, y, _, _ = data
+    names = np.array(list("abcdefghij"))
+    clf = _clf(proxy_data=_NamedDigits(X[:50], names[y[:50]])).fit(X, names[y])
+    assert clf.proxy_y_.tolist() == y[:50].tolist()
+    with pytest.raises(ValueError, match=r"proxy labels: y has labels not among classes_: \[0.5"):
+        _clf(proxy_data=_NamedDigits(X[:50], y[:50] + 0.5)).fit(X, y)
 
 
 def test_batches_mix_real_and_proxy_in_the_ratio(data):

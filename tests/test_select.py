@@ -74,6 +74,26 @@ def test_selection_is_deterministic_with_random_state(toy):
     assert not np.array_equal(r[0], r[2])
 
 
+def test_random_state_seeds_the_generator_and_the_teacher_it_fits(toy):
+    """An unseeded generator (a Gaussian mixture) and teacher (a random forest) are fitted
+    from the proxy's random_state: two seeded fits select the same samples (before, the
+    scores and the selection differed between them)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from robustfit.proxy import GaussianMixtureProxy, PseudoLabeledProxy
+
+    X, y, _, _ = toy
+    gen = GaussianMixtureProxy(pca_components=4, mixture_components=2)
+    forest = RandomForestClassifier(n_estimators=5)
+    for make in (lambda: SelectedProxy(gen, selection="confidence", teacher=forest, random_state=0),
+                 lambda: PseudoLabeledProxy(gen, forest, random_state=0)):
+        a, b = make().fit(X, y), make().fit(X, y)
+        np.testing.assert_array_equal(a.sample(40, random_state=0)[0], b.sample(40, random_state=0)[0])
+        assert gen.random_state is None and forest.random_state is None  # not mutated
+    a = SelectedProxy(gen, selection="confidence", teacher=forest, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(a.scores_, clone(a).fit(X, y).scores_)
+
+
 def test_confidence_selection_drops_mislabelled_candidates(toy):
     X, y, Xc, yc = toy
     good = Xc[:60]

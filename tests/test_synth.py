@@ -455,8 +455,9 @@ def test_generator_step_mode_and_optimizer(mode):
     assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["lr"] == 0.01
     assert len(net.modes) == 2 and all(m == (mode == "train") for m in net.modes)  # clean and synthesized pass
     assert not net.training and not net.body[2].training  # the caller's mode is restored
-    moved = not torch.equal(stats, net.body[2].running_mean)
-    assert moved == (mode == "train")  # batch-norm statistics update only in train mode
+    # the train-mode passes update batch-norm statistics; fit_generator puts them back, so
+    # attacking a fixed model leaves it as it was (test_fit_generator_leaves_...)
+    assert torch.equal(stats, net.body[2].running_mean)
     assert isinstance(GeneratorSynth().fit_generator(net, X, y).generator_optimizer_, torch.optim.Adam)
     attack.set_params(generator_optimizer="adam").fit_generator(net, X, y, epochs=1, batch_size=32)
     assert isinstance(attack.generator_optimizer_, torch.optim.Adam)  # switched after fit
@@ -635,3 +636,48 @@ def test_docstring_examples(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_feature_layer_with_awp_records_the_training_pass(digits_small, mode, monkeypatch):
+    """AWP forwards the synthesized batch (at perturbed weights, its graph then used)
+    between the attack and the training pass; the penultimate features the OT term takes
+    must be those of the training pass. Before, the hook recorded AWP's pass and the fit
+    failed ("Trying to backward through the graph a second time"). The same fit with the
+    recording turned off (the features recomputed in the regularizer) trains alike."""
+    from robustfit.recipes import AWP
+
+    X, y = digits_small[:2]
+
+    def fit():
+        return AdversarialClassifier(
+            attack=GeneratorSynth(epsilon=0.1, feature_layer="penultimate", latent_dim=16,
+                                  generator_step_mode=mode),
+            awp=AWP(gamma=5e-3), max_epochs=1, batch_size=64, train_split=None,
+            random_state=0, device="cpu").fit(X[:256], y[:256])
+
+    recorded = fit()
+    monkeypatch.setattr(GeneratorSynth, "before_training_forward", lambda self, module: None)
+    recomputed = fit()
+    np.testing.assert_allclose(recorded.history[:, "train_loss"],
+                               recomputed.history[:, "train_loss"], rtol=1e-5)
+    for a, b in zip(recorded.module_.parameters(), recomputed.module_.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_generator_leaves_the_attacked_model_unchanged(digits_t):
+    """generator_step_mode="train" (published()'s) runs the classifier in train mode, which
+    moved its BatchNorm statistics (logits changed by up to 0.055 before): the module's
+    parameters, buffers and mode are as they were."""
+    X, y = digits_t[0][:256], digits_t[1][:256]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(256, 10)).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    logits = net(X[:32]).detach()
+    GeneratorSynth.published(0.1, n_classes=10, latent_dim=16).fit_generator(
+        net, X, y, epochs=1, batch_size=64, random_state=0)
+    assert not net.training
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert torch.equal(net(X[:32]).detach(), logits)

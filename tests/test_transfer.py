@@ -3,6 +3,8 @@ Sehwag et al. (2022), ARC, and their scorers."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -315,3 +317,37 @@ def test_scorers_select_the_closer_proxy_in_grid_search(digits):
     assert gs.best_params_ == {"noise": 0.05}
     with pytest.raises(ValueError, match="metric"):
         make_wasserstein_scorer("cosine")
+
+
+def test_misclassified_fraction_is_weighted_as_the_mean_is():
+    """On a class-reweighted side of the bound, the misclassified fraction describes the same
+    population as the mean distance (it was the unweighted fraction)."""
+    from robustfit.metrics._transfer import _summarize
+
+    r = _summarize(np.array([0.0, 1.0, 2.0]), np.array([2.0, 1.0, 1.0]), "linf", 0.95, 3.0)
+    assert r.misclassified == pytest.approx(0.5) and r.mean == pytest.approx(0.75)
+
+
+def test_sinkhorn_cost_is_an_upper_bound_even_when_stopped_early():
+    """The entropic plan is rounded onto the transport polytope before its cost is taken, so
+    the "upper bound of the exact value" holds when Sinkhorn stops before converging (its
+    plan then matches one marginal only: its raw cost fell below the exact one here)."""
+    ot = pytest.importorskip("ot")
+    from robustfit.metrics._wasserstein import _ot_value, _round_to_feasible
+
+    rng = np.random.RandomState(0)
+    n, m = rng.randint(3, 30), rng.randint(3, 30)
+    x, z = rng.rand(n, 3) * rng.rand(), rng.rand(m, 3) * rng.rand() * 3
+    a, b = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(m) * 0.3)
+    M = ot.dist(x, z, metric="euclidean")
+    exact = _ot_value(a, b, M, "exact", None, 100000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # POT: "Sinkhorn did not converge"
+        assert ot.sinkhorn2(a, b, M / M.max(), 0.01, numItermax=1) * M.max() < 0.5 * exact
+        for iterations in (1, 2, 5, 1000):
+            assert _ot_value(a, b, M, "sinkhorn", 0.01, iterations) >= exact
+            plan = _round_to_feasible(ot.sinkhorn(a, b, M / M.max(), 0.01, numItermax=iterations),
+                                      a, b)
+            np.testing.assert_allclose(plan.sum(axis=1), a, atol=1e-15)
+            np.testing.assert_allclose(plan.sum(axis=0), b, atol=1e-15)
+            assert plan.min() >= 0

@@ -336,6 +336,21 @@ class Attack(ParamsValidationMixin, BaseEstimator):
         """
         return self.perturb(module, x, y)
 
+    def before_training_forward(self, module):
+        """Called right before the classifier's training forward pass on the
+        batch :meth:`train_perturb` returned.
+
+        Other passes may come between the two (adversarial weight perturbation
+        runs its own on the batch); an attack that records something of the
+        training pass for :meth:`regularizer` (a layer's output) prepares for
+        it here. The default does nothing.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The network being trained.
+        """
+
     def regularizer(self, module, x, x_adv, y, logits_adv):
         """An extra term for the classifier's training loss, or ``None``.
 

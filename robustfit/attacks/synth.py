@@ -557,6 +557,7 @@ class GeneratorSynth(Attack):
         x_adv : torch.Tensor
             Detached synthesized batch.
         """
+        self.__dict__.pop("_capture_due", None)
         if float(self.epsilon) == 0:  # epsilon warm-up: nothing to synthesize yet
             return x.clone()
         shard = current_shard()  # data-parallel: decide on the global batch, alike on every rank
@@ -575,8 +576,7 @@ class GeneratorSynth(Attack):
                 x_gen = self._synthesize(x)
             x_adv = x_gen.detach().requires_grad_(True)
             self._pending = (x_gen, x_adv, y)
-            if self.feature_layer is not None:
-                self._capture_next(module)
+            self._capture_due = self.feature_layer is not None
             return x_adv
         if step_due and not self.resample:
             # the batch the generator step was computed on is the classifier's
@@ -587,14 +587,27 @@ class GeneratorSynth(Attack):
                 self._generator_step(module, x, y)
             with torch.no_grad():
                 x_adv = self._synthesize(x)
-        if self.feature_layer is not None and self.ot_weight:
-            self._capture_next(module)
+        self._capture_due = self.feature_layer is not None and bool(self.ot_weight)
         return x_adv.detach()
 
+    def before_training_forward(self, module):
+        """Record ``feature_layer``'s output in the classifier's training forward
+        pass on the synthesized batch, which comes next, so :meth:`regularizer`
+        needs no extra pass for it. Armed here rather than in
+        :meth:`train_perturb`: adversarial weight perturbation forwards the
+        batch in between, and its pass (at other weights, its graph already
+        used) must not be the one recorded.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The classifier being trained.
+        """
+        if self.__dict__.pop("_capture_due", False):
+            self._capture_next(module)
+
     def _capture_next(self, module):
-        """Record ``feature_layer``'s output in the classifier's next forward pass
-        (its pass on the synthesized batch), so :meth:`regularizer` needs no
-        extra pass for it."""
+        """Record ``feature_layer``'s output in the module's next forward pass."""
         self._release()
         store = self._captured = {}
 
@@ -686,8 +699,11 @@ class GeneratorSynth(Attack):
 
         Runs ``epochs`` passes of generator steps (the ascent of
         :meth:`train_perturb`) over shuffled batches of ``(X, y)``; the module's
-        parameters and mode are left unchanged. A generator that already exists
-        is trained further.
+        parameters, buffers and mode are left unchanged (with
+        ``generator_step_mode="train"`` the steps run the module in train
+        mode, which updates BatchNorm's running statistics: they are put back
+        afterwards, so attacking a model does not alter it). A generator that
+        already exists is trained further.
 
         Parameters
         ----------
@@ -714,7 +730,8 @@ class GeneratorSynth(Attack):
         check_param(batch_size, "batch_size", [Interval(Integral, 1, None)], "fit_generator")
         x, y = _as_tensors(module, X, y)
         check_in_bounds(x, self._bounds)
-        with torch_seeded(random_state), random_source(random_state):
+        buffers = [(b, b.detach().clone()) for b in module.buffers()]
+        with torch_seeded(random_state), random_source(random_state), _buffers_restored(buffers):
             for _ in range(epochs):
                 order = randperm(x.shape[0], device=x.device)
                 for start in range(0, x.shape[0], batch_size):
@@ -793,7 +810,19 @@ class GeneratorSynth(Attack):
         state.pop("_captured", None)
         state.pop("_hook_handle", None)
         state.pop("_pending", None)
+        state.pop("_capture_due", None)
         return state
+
+
+@contextlib.contextmanager
+def _buffers_restored(saved):
+    """Copy the ``(buffer, saved value)`` pairs back on exit."""
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 @contextlib.contextmanager

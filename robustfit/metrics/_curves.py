@@ -75,8 +75,13 @@ def _final_estimator(estimator):
 
 
 def _default_template(estimator):
-    """APGD-CE in the estimator's training threat model (norm and box)."""
+    """APGD-CE in the estimator's training threat model (norm and box); l_inf
+    on (0, 1) when it trained without one (no attack, or an attack without an
+    ``epsilon`` such as noise augmentation, whose ``bounds=None`` means "do
+    not check the inputs", not "unbounded")."""
     trained = getattr(_final_estimator(estimator), "attack", None)
+    if trained is None or not hasattr(trained, "epsilon"):
+        return APGD(norm="linf", bounds=(0.0, 1.0))
     return APGD(
         norm=getattr(trained, "norm", "linf"),
         bounds=getattr(trained, "bounds", (0.0, 1.0)),
@@ -111,7 +116,10 @@ def robustness_curve(estimator, X, y, epsilons, attack=None, *, batch_size=256, 
         The template: any attack with an ``epsilon`` parameter; its other
         parameters are kept. ``None`` uses :class:`~robustfit.attacks.APGD`
         (cross-entropy, 100 steps) in the norm and box of the estimator's
-        training attack, or l_inf on (0, 1).
+        training attack, or l_inf on (0, 1) when it has none (standard
+        training; noise augmentation, :class:`~robustfit.attacks.GaussianNoise`,
+        whose model you will rather want to attack in l_2:
+        ``attack=APGD(norm="l2")``).
     batch_size : int, default=256
         Samples attacked at once.
     label : str, default=None

@@ -70,7 +70,8 @@ class AverageRobustness:
     norm : str
         The norm of the distances.
     misclassified : float
-        Fraction of samples misclassified without attack.
+        Fraction of samples misclassified without attack, weighted as
+        ``mean`` is (by the class weights of a reweighted side of the bound).
     """
 
     mean: float
@@ -132,7 +133,8 @@ def _summarize(d, w, norm, confidence, upper_limit):
     half = float(scipy_norm.ppf(0.5 + confidence / 2)) * se
     return AverageRobustness(
         mean=mean, distances=d, found=found, ci=(mean - half, mean + half), norm=norm,
-        misclassified=float(np.mean(d == 0)) if len(d) else 0.0, upper_limit=float(upper_limit),
+        misclassified=float(np.sum(wn * (d == 0))) if len(d) else 0.0,
+        upper_limit=float(upper_limit),
     )
 
 

@@ -143,16 +143,29 @@ def cost_matrix(A, B, metric="l2"):
 
 def _ot_value(a, b, M, method, reg, num_iter):
     """Transport cost of ``a -> b`` under costs ``M``: exact (network simplex)
-    or the cost ``<P, M>`` of the entropic plan (an upper bound of the exact
-    value, since that plan is feasible)."""
+    or the cost ``<P, M>`` of the entropic plan rounded onto the transport
+    polytope (an upper bound of the exact value, since that plan is feasible)."""
     ot = optional_import("ot", "conditional_wasserstein_distance")
 
     if method == "exact":
         value = ot.emd2(a, b, M, numItermax=num_iter)
     else:
         scale = float(M.max()) or 1.0
-        value = ot.sinkhorn2(a, b, M / scale, reg, numItermax=num_iter, stopThr=1e-7) * scale
+        plan = ot.sinkhorn(a, b, M / scale, reg, numItermax=num_iter, stopThr=1e-7)
+        value = np.sum(_round_to_feasible(plan, a, b) * M)
     return float(value)
+
+
+def _round_to_feasible(plan, a, b):
+    """The nearest plan with marginals exactly ``a`` and ``b`` (Altschuler, Weed
+    & Rigollet 2017, Algorithm 2). Sinkhorn stopped early matches only one
+    marginal: its cost would not be a guaranteed upper bound of the exact one."""
+    plan = plan * np.minimum(a / np.maximum(plan.sum(axis=1), 1e-300), 1.0)[:, None]
+    plan = plan * np.minimum(b / np.maximum(plan.sum(axis=0), 1e-300), 1.0)[None, :]
+    err_a, err_b = a - plan.sum(axis=1), b - plan.sum(axis=0)
+    if err_a.sum() > 0:
+        plan = plan + np.outer(err_a, err_b) / err_a.sum()
+    return plan
 
 
 def _interval(estimate, replicates, confidence, ci_method="normal"):
@@ -301,8 +314,9 @@ def conditional_wasserstein_distance(
           the full cost matrix; memory ``8 * n1_y * n2_y`` bytes per class.
         - ``"sinkhorn"``: the transport cost ``<P, M>`` of the entropic plan
           (:func:`ot.sinkhorn2`, regularization ``reg`` relative to the
-          largest cost). The plan is feasible, so this is an **upper bound**
-          of the exact value (measured: +0.8% l_inf, +1.6% l_2 on MNIST, see
+          largest cost), rounded onto the transport polytope (Altschuler,
+          Weed & Rigollet 2017) so that it is feasible even when Sinkhorn
+          stops early: this is an **upper bound** of the exact value (measured: +0.8% l_inf, +1.6% l_2 on MNIST, see
           :doc:`/transfer`); it is rarely faster than ``"exact"`` on a CPU at
           these sizes.
         - ``"sliced"``: the sliced Wasserstein distance (mean of 1-d

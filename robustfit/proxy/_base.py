@@ -5,7 +5,7 @@ from __future__ import annotations
 from numbers import Integral
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 
@@ -25,6 +25,27 @@ _CLASS_DISTRIBUTIONS = ("balanced", "empirical")
 
 #: samples per class that :meth:`ProxyDistribution.score` compares
 SCORE_SAMPLES_PER_CLASS = 100
+
+
+def seeded_clone(estimator, random_state, salt):
+    """``clone(estimator)``, its ``random_state`` seeded from ``random_state``
+    when it has that parameter and it is None.
+
+    A proxy that fits other estimators (a generator, a teacher) passes its
+    own ``random_state`` and a different ``salt`` for each, so that its seed
+    makes their fits repeatable too. An integer seed is mixed with ``salt``
+    (the proxy's own draws are not consumed); a ``RandomState`` gives a draw;
+    ``None`` leaves the clone unseeded.
+    """
+    est = clone(estimator)
+    if random_state is None or "random_state" not in est.get_params(deep=False) \
+            or est.get_params(deep=False)["random_state"] is not None:
+        return est
+    if isinstance(random_state, Integral):
+        seed = int(np.random.SeedSequence([int(random_state), salt]).generate_state(1)[0] % 2**31)
+    else:
+        seed = int(check_random_state(random_state).randint(2**31))
+    return est.set_params(random_state=seed)
 
 
 def class_counts(n, priors, rng):

@@ -264,6 +264,10 @@ class DiffusionProxy(ProxyDistribution):
     def _set_geometry(self, X):
         """Set ``scale_`` (the box mapped to [-1, 1]), ``pad_`` (to a multiple of the UNet's stride) and ``null_class_``."""
         lo, hi = self.bounds if self.bounds is not None else (float(X.min()), float(X.max()))
+        if not hi > lo:  # bounds are checked at construction; this is data without a range
+            raise ValueError(
+                f"DiffusionProxy(bounds=None) takes the data's range as its box, but every "
+                f"value of X is {lo!r}: pass bounds=(low, high)")
         self.scale_ = (float(lo), float(hi))
         H, W = X.shape[2:]
         m = 2 ** (len(self._channels()) - 1)

@@ -6,12 +6,11 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import clone
 
 from .._utils import clone_keeping_fitted
 from .._utils import is_fitted as _is_fitted
 from .._validation import HasMethods, Interval, check_array
-from ._base import ProxyDistribution
+from ._base import ProxyDistribution, seeded_clone
 
 
 def top_per_group(scores, fraction, groups):
@@ -79,7 +78,8 @@ class PseudoLabeledProxy(ProxyDistribution):
     bounds : (float, float) or None, default=(0.0, 1.0)
         Range of the data.
     random_state : int or None, default=None
-        Seed of :meth:`fit_resample`'s draw.
+        Seed of :meth:`fit_resample`'s draw, and of the generator's and the
+        teacher's fits when their own ``random_state`` is None.
 
     Attributes
     ----------
@@ -140,11 +140,12 @@ class PseudoLabeledProxy(ProxyDistribution):
 
     def _fit(self, X, y):
         labels = self.classes_[y]
-        self.generator_ = clone(self.generator).fit(X, labels)
+        self.generator_ = seeded_clone(self.generator, self.random_state, 1).fit(X, labels)
         if _is_fitted(self.teacher):
             self.teacher_ = self.teacher
         else:
-            self.teacher_ = clone(self.teacher).fit(self._teacher_input(X), labels)
+            self.teacher_ = seeded_clone(self.teacher, self.random_state, 2).fit(
+                self._teacher_input(X), labels)
         t_classes = np.asarray(self.teacher_.classes_)
         missing = np.setdiff1d(self.classes_, t_classes)
         if len(missing):

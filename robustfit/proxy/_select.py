@@ -5,7 +5,6 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.utils import check_random_state
 
 from .._utils import clone_keeping_fitted
@@ -13,7 +12,7 @@ from .._validation import HasMethods, Interval, Options
 from ..attacks._base import NORMS
 from ..metrics import arc_sample_scores
 from ._array import ArrayProxy
-from ._base import ProxyDistribution
+from ._base import ProxyDistribution, seeded_clone
 from ._pseudo import PseudoLabeledProxy, top_per_group
 
 #: The values of ``SelectedProxy(selection=...)``.
@@ -84,8 +83,9 @@ class SelectedProxy(ProxyDistribution):
     bounds : (float, float) or None, default=(0.0, 1.0)
         Range of the data.
     random_state : int or None, default=None
-        Seeds the candidates' draw, the scores (discriminators, random
-        selection, the teacher's fit) and :meth:`fit_resample`'s draw.
+        Seeds the generator's fit and the teacher's (when their own
+        ``random_state`` is None), the candidates' draw, the scores
+        (discriminators, random selection) and :meth:`fit_resample`'s draw.
 
     Attributes
     ----------
@@ -183,14 +183,15 @@ class SelectedProxy(ProxyDistribution):
         if self.selection == "confidence":
             # the same teacher probabilities as PseudoLabeledProxy's filter, its own labels kept
             filt = PseudoLabeledProxy(ArrayProxy(Xc, self.classes_[yc]), self.teacher, relabel=False,
-                                      bounds=self.bounds).fit(X, self.classes_[y])
+                                      bounds=self.bounds, random_state=self.random_state)
+            filt.fit(X, self.classes_[y])
             self.teacher_ = filt.teacher_
             return filt._scores(Xc, self.classes_[yc])[1]
         return rng.random_sample(len(Xc))
 
     def _fit(self, X, y):
         rng = check_random_state(self.random_state)
-        self.generator_ = clone(self.generator).fit(X, self.classes_[y])
+        self.generator_ = seeded_clone(self.generator, self.random_state, 1).fit(X, self.classes_[y])
         Xc, yc = self._candidates(len(X), rng)
         self.teacher_ = None
         self.scores_ = np.asarray(self._scores(X, y, Xc, yc, rng), dtype=float)
