@@ -157,7 +157,8 @@ def _ot_value(a, b, M, method, reg, num_iter):
 
 
 def _round_to_feasible(plan, a, b):
-    """The nearest plan with marginals exactly ``a`` and ``b`` (Altschuler, Weed
+    """``plan`` made feasible: marginals exactly ``a`` and ``b``, at an l1
+    distance from ``plan`` at most twice its marginals' error (Altschuler, Weed
     & Rigollet 2017, Algorithm 2). Sinkhorn stopped early matches only one
     marginal: its cost would not be a guaranteed upper bound of the exact one."""
     plan = plan * np.minimum(a / np.maximum(plan.sum(axis=1), 1e-300), 1.0)[:, None]
