@@ -357,6 +357,7 @@ class SavingMixin:
             "proxy": proxy,
             "rng": rng,
             "callback_weights": _callback_weights(self),
+            "callback_states": _callback_weights(self, "resume_state"),
         }
         tensors = {}
         save_payload("checkpoint", encode(state, tensors, "training state"), tensors, path)
@@ -394,6 +395,7 @@ class SavingMixin:
             self.initialize()
         self._load_states(state)
         _load_callback_weights(self, state.get("callback_weights"))
+        _load_callback_weights(self, state.get("callback_states"), "load_resume_state")
         for name in ("attack_", "objective_"):
             saved, current = state.get(name), getattr(self, name, None)
             if saved is None or current is None:

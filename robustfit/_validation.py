@@ -924,12 +924,13 @@ def check_labels(y, n_samples=None, name="y"):
 
 
 def encode_labels(classes, y):
-    """Map labels to their indices in the sorted array ``classes``.
+    """Map labels to their indices in the array ``classes``.
 
     Parameters
     ----------
     classes : numpy.ndarray
-        Sorted class labels.
+        Distinct class labels, in any order (a user's ``classes=`` keeps
+        its order: index ``i`` is ``classes[i]``).
     y : array-like
         Labels, all among ``classes``.
 
@@ -944,7 +945,9 @@ def encode_labels(classes, y):
     """
     y = np.asarray(y)
     try:
-        idx = np.clip(np.searchsorted(classes, y), 0, len(classes) - 1)
+        order = np.argsort(classes, kind="stable")
+        pos = np.clip(np.searchsorted(classes[order], y), 0, len(classes) - 1)
+        idx = order[pos]
         ok = np.all(classes[idx] == y)
     except TypeError:
         ok = False

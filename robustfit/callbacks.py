@@ -237,6 +237,15 @@ class LRSchedule(ParamsValidationMixin, LRScheduler):
     def on_epoch_end(self, net, **kwargs):
         pass
 
+    def on_train_end(self, net, **kwargs):
+        # the schedule's end leaves its last factor in each group's lr: put the base
+        # back, so the next partial_fit (with this or another schedule, a constant
+        # one included) starts from it, and set_params(lr=...) replaces it
+        if getattr(self, "lr_scheduler_", None) is not None:
+            for group in net.optimizer_.param_groups:
+                group["lr"] = group.get("initial_lr", group["lr"])
+        self.lr_scheduler_ = None
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["lr_scheduler_"] = None  # holds a lambda; rebuilt at the next batch
@@ -333,22 +342,24 @@ def snapshot_weights(net):
     return {"module": module, "callbacks": _callback_weights(net)}
 
 
-def _callback_weights(net):
-    """``{callback name: weights_state()}`` for every callback of ``net`` that
-    keeps weights beside the module (:class:`~robustfit.recipes.EMA`: the set
-    not in the module); part of :func:`snapshot_weights`, of a saved model and
-    of a checkpoint's training state."""
-    return {name: cb.weights_state() for name, cb in getattr(net, "callbacks_", [])
-            if callable(getattr(cb, "weights_state", None))}
+def _callback_weights(net, method="weights_state"):
+    """``{callback name: cb.<method>()}`` for every callback of ``net`` that
+    has ``method``: ``weights_state`` (the weights a callback keeps beside the
+    module, :class:`~robustfit.recipes.EMA`'s set not in the module; part of
+    :func:`snapshot_weights`, of a saved model and of a checkpoint) or
+    ``resume_state`` (what a callback needs to continue a resumed run: the
+    best weights of :class:`RobustValidation` and of the collapse guard)."""
+    return {name: getattr(cb, method)() for name, cb in getattr(net, "callbacks_", [])
+            if callable(getattr(cb, method, None))}
 
 
-def _load_callback_weights(net, states):
+def _load_callback_weights(net, states, method="load_weights_state"):
     """Give ``net``'s callbacks back what ``_callback_weights`` returned
     (``states`` may be None; names without a callback are skipped)."""
     callbacks = dict(getattr(net, "callbacks_", []))
     for name, state in (states or {}).items():
-        if callable(getattr(callbacks.get(name), "load_weights_state", None)):
-            callbacks[name].load_weights_state(state)
+        if callable(getattr(callbacks.get(name), method, None)):
+            getattr(callbacks[name], method)(state)
 
 
 def restore_weights(net, snapshot):
@@ -546,6 +557,7 @@ class RobustValidation(_ParamsRepr, ParamsValidationMixin, Callback):
         if getattr(self, "attack_", None) is None:  # used without initialize()
             self.initialize()
         self._reset()
+        self.warned_ = False
 
     def _due(self, net):
         done = _fit_epochs_done(net)
@@ -558,6 +570,13 @@ class RobustValidation(_ParamsRepr, ParamsValidationMixin, Callback):
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         if dataset_valid is None:
+            if not getattr(self, "warned_", False):
+                warnings.warn(
+                    f"{self.name}: there is no validation split (train_split=None, or a split "
+                    "that fell back to none), so robust validation measures nothing and "
+                    "restore_best and patience do nothing; give train_split a ValidSplit",
+                    UserWarning, stacklevel=2)
+                self.warned_ = True
             return
         if getattr(self, "attack_", None) is None:  # used without initialize()
             self.initialize()
@@ -588,6 +607,30 @@ class RobustValidation(_ParamsRepr, ParamsValidationMixin, Callback):
             restore_weights(net, self.best_weights_)
             self.restored_epoch_ = self.best_epoch_
             self.best_weights_ = None  # the restored weights are the module's now
+
+    def resume_state(self):
+        """What a run resumed from a checkpoint needs to go on as this one would.
+
+        Saved in the checkpoint's training state
+        (:meth:`~robustfit.AdversarialClassifier.save_training_state`): the
+        best score, its epoch and weights, and the measurements since it.
+
+        Returns
+        -------
+        state : dict
+        """
+        return {"best_score": self.best_score_, "best_epoch": self.best_epoch_,
+                "stale": self.stale_, "best_weights": getattr(self, "best_weights_", None)}
+
+    def load_resume_state(self, state):
+        """Restore what :meth:`resume_state` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
+        self.best_score_, self.best_epoch_ = state["best_score"], state["best_epoch"]
+        self.stale_, self.best_weights_ = state["stale"], state["best_weights"]
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import warnings
 from collections.abc import Mapping
 from numbers import Integral, Real
 
@@ -77,7 +78,7 @@ from ._validation import (
     valid_split_or_fallback,
 )
 from .attacks import AutoAttack, resolve_attack
-from .attacks._base import Attack
+from .attacks._base import Attack, eval_mode
 from .attacks._fold import folded, release_folded
 from .attacks._graph import clear_graphs, cuda_graphs
 from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
@@ -86,6 +87,10 @@ from .models import default_module, fill_module_arguments
 from .recipes import AWP, EMA, CollapseGuard
 
 _NESTED = ("attack", "valid_attack", "objective", "proxy_data", "ema", "awp", "guard")
+#: parameters that install a callback, and its name in ``callbacks_``
+_CALLBACK_OF = {"lr_schedule": "lr_schedule", "attack_warmup": "attack_warmup",
+                "valid_attack": "valid_robust_acc", "guard": "guard", "ema": "ema",
+                "verbose": "progress"}
 _ATTACK = [None, Attack, "callable"]
 
 __all__ = ["AdversarialClassifier", "training_state_path"]
@@ -196,7 +201,9 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         training to a constant prediction (measured: 11% accuracy after 20
         epochs, against 89.5% robust accuracy under PGD-20 with the ramp).
         It runs as the callback :class:`~robustfit.callbacks.EpsilonWarmup`,
-        named ``attack_warmup``.
+        named ``attack_warmup``. It ramps robustfit's attack objects (those
+        with an ``epsilon`` parameter); a plain callable attack is not ramped
+        (a warning says so when it has an ``epsilon`` attribute).
     max_epochs : int, default=10
         Passes over the training data per ``fit``. A ``fit`` whose history was
         restored by skorch's ``LoadInitState`` (a resumed run) trains only the
@@ -453,6 +460,15 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
     def set_params(self, **params):
         """Set parameters, including nested ones such as ``attack__epsilon``.
 
+        On a fitted classifier the change applies to the next ``partial_fit``
+        or warm-start ``fit``: the callbacks that ``lr_schedule``,
+        ``attack_warmup``, ``valid_attack``, ``guard``, ``ema`` and
+        ``verbose`` install are rebuilt from their new values (a new ``ema``
+        puts the raw training weights back into the module and averages
+        afresh; ``ema__decay`` and the like change the running average's
+        settings and keep it), and a new ``lr`` becomes the base of the
+        learning-rate schedule.
+
         Parameters
         ----------
         **params
@@ -463,6 +479,8 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         self : AdversarialClassifier
         """
         nested, params = split_nested_params(params, _NESTED)
+        fitted = getattr(self, "initialized_", False) and hasattr(self, "callbacks_")
+        lrs = self._group_lrs() if fitted else None
         super().set_params(**params)
         for head, sub in nested.items():
             obj = getattr(self, head)
@@ -472,7 +490,60 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
                     f"{head} is {obj!r}"
                 )
             obj.set_params(**sub)
+        if fitted:
+            self._rebase_schedule(lrs)
+            changed = {_CALLBACK_OF[k] for k in [*params, *nested] if k in _CALLBACK_OF}
+            if "ema" in nested and "ema" not in params and isinstance(self.ema, EMA):
+                current = dict(self.callbacks_).get("ema")
+                if isinstance(current, EMA):  # same average, new settings
+                    current.set_params(**self.ema.get_params())
+                    changed.discard("ema")
+            if changed:
+                self._rebuild_callbacks(changed)
         return self
+
+    def _group_lrs(self):
+        optimizer = getattr(self, "optimizer_", None)
+        return None if optimizer is None else [g["lr"] for g in optimizer.param_groups]
+
+    def _rebase_schedule(self, before):
+        """A parameter group whose learning rate ``set_params`` changed gets it as
+        the base of the schedule (torch's ``initial_lr``, set at the first fit)."""
+        optimizer = getattr(self, "optimizer_", None)
+        if before is None or optimizer is None:
+            return
+        for group, lr in zip(optimizer.param_groups, before):
+            if group["lr"] != lr and "initial_lr" in group:
+                group["initial_lr"] = group["lr"]
+
+    def _rebuild_callbacks(self, names):
+        """Rebuild, from the current parameters, the installed callbacks ``names``
+        (``callbacks_`` names) on a fitted classifier; the others keep their state."""
+        installed = list(self.callbacks_)
+        ema = dict(installed).get("ema")
+        if "ema" in names and isinstance(ema, EMA):
+            ema.show_raw(self)  # the module goes on from the raw weights
+        fresh = {}
+        for name, cb in self._default_callbacks:
+            if name not in names or hasattr(self, "callbacks__" + name):
+                continue  # unchanged, or the user's callbacks__<name>=... stays
+            params = self.get_params_for("callbacks__" + name)
+            fresh[name] = (cb.set_params(**params) if params else cb).initialize()
+        result = []
+        for name, cb in installed:
+            if name in fresh:
+                result.append((name, fresh.pop(name)))
+            elif name not in names or hasattr(self, "callbacks__" + name):
+                result.append((name, cb))
+            # else: its parameter is None now, so the callback goes
+        order = [n for n, _ in self._default_callbacks]
+        for name, cb in fresh.items():  # newly installed (the parameter was None before)
+            # where a fresh build puts it: after the default callbacks before it
+            # (so a user's Checkpoint monitoring valid_robust_acc_best runs after it)
+            before = set(order[:order.index(name)])
+            at = max((i + 1 for i, (n, _) in enumerate(result) if n in before), default=0)
+            result.insert(at, (name, cb))
+        self.callbacks_ = result
 
     def __setstate__(self, state):
         raw = state.get("device")
@@ -568,6 +639,9 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         y = check_labels(y, len(X))
         if reset:
             classes = np.asarray(self.classes) if self.classes is not None else np.unique(y)
+            if self.classes is not None and len(np.unique(classes)) != len(classes):
+                raise self._param_error(
+                    "classes", f"has repeated labels ({classes.tolist()[:10]}); give each once")
             if len(classes) < 2:
                 raise ValueError(
                     f"y has {len(classes)} class(es), {classes.tolist()}; a classifier "
@@ -600,6 +674,13 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
             # a plain callable: its output on the first training batch is checked
             inner = self.attack_.attack if isinstance(self.attack_, CheckedAttack) else self.attack_
             self.attack_ = CheckedAttack(inner, "attack")
+            if reset and hasattr(inner, "epsilon") and self.attack_warmup != 0:
+                warnings.warn(
+                    f"attack_warmup={self.attack_warmup!r} does not ramp a plain callable attack "
+                    f"({type(inner).__name__}, epsilon={inner.epsilon!r}): robustfit changes the "
+                    "epsilon of its fitted copy of an Attack only, and a callable is used as "
+                    "given. Subclass robustfit.attacks.Attack, or pass attack_warmup=0 to "
+                    "silence this warning", UserWarning, stacklevel=3)
         if proxy_kind(self.proxy_data) == "arrays" and self.proxy_ratio > 0:
             check_proxy_pair(self.proxy_data, self.classes_)
         # fitted state that may hold CUDA tensors (a generator, the dual variable,
@@ -730,7 +811,9 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         self._prepare_distributed(X, y)
         self.schedule_origin_ = 0 if fresh else len(self.history)
         try:
-            with self._seeded(0):
+            # a warm-start call goes on with new draws (shuffling, attack starts), as
+            # partial_fit does; a fresh one starts from the seed
+            with self._seeded(0 if fresh else len(self.history)):
                 return super().fit(X, y, **fit_params)
         finally:
             self._end_distributed()
@@ -1055,8 +1138,9 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
                 with self._autocast(), cuda_graphs(self._graphs_on()):
                     if isinstance(attack, Attack):
                         X_adv = attack.train_perturb(self._attack_module(attack, Xi), Xi, yi)
-                    else:
-                        X_adv = attack(self.module_, Xi, yi)
+                    else:  # in eval mode, as Attack objects run (batch norm, dropout)
+                        with eval_mode(self.module_):
+                            X_adv = attack(self.module_, Xi, yi)
             self._set_training(True)
             # adversarial weight perturbation: the gradient is taken at perturbed
             # weights (in data-parallel training every rank perturbs by the

@@ -536,6 +536,26 @@ class CollapseGuard(_ParamsRepr, ParamsValidationMixin, Callback):
         self.best_ = None
         self.good_ = None
 
+    def resume_state(self):
+        """What a run resumed from a checkpoint needs to go on as this one would:
+        the best robust training accuracy so far and the weights of the last
+        epoch that passed the check (saved in the checkpoint's training state).
+
+        Returns
+        -------
+        state : dict
+        """
+        return {"best": self.best_, "good": self.good_}
+
+    def load_resume_state(self, state):
+        """Restore what :meth:`resume_state` returned.
+
+        Parameters
+        ----------
+        state : dict
+        """
+        self.best_, self.good_ = state["best"], state["good"]
+
     def on_train_begin(self, net, **kwargs):
         if not hasattr(self, "collapses_"):  # used without initialize()
             self.initialize()

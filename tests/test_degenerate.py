@@ -162,6 +162,20 @@ def test_drop_last_with_a_batch_larger_than_the_training_split(data):
         _clf(batch_size=256, iterator_train__drop_last=True, train_split=None).fit(*data)
 
 
+def test_classes_in_the_users_order(data):
+    """classes=[2, 1, 0] fixes the column order of predict_proba; the labels were looked up
+    as if sorted and fit failed with "y has labels not among classes_: []"."""
+    X, y = data
+    y3 = y % 3
+    clf = _clf(classes=[2, 1, 0], max_epochs=3, lr=0.01, train_split=None).fit(X, y3)
+    assert clf.classes_.tolist() == [2, 1, 0]
+    proba = clf.predict_proba(X)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[proba.argmax(axis=1)])
+    assert (clf.predict(X) == y3).mean() > 0.5
+    with pytest.raises(ValueError, match=r"classes has repeated labels \(\[2, 1, 1, 0\]\)"):
+        _clf(classes=[2, 1, 1, 0]).fit(X, y3)
+
+
 def test_attack_class_instead_of_instance(data):
     X, y = data
     with pytest.raises(ValueError, match=r"attack must be an instance, not the class itself: pass PGD\(\.\.\.\)"):

@@ -436,6 +436,37 @@ def test_resumable_checkpoint_after_a_crash(data, tmp_path, objective, monkeypat
         tmp_path / "run" / "params.train_state.pt")
 
 
+def test_resumed_run_restores_the_best_weights_of_before_the_crash(data, tmp_path, monkeypatch):
+    """RobustValidation(restore_best=True) and the collapse guard keep their best weights
+    in the checkpoint's training state. Before, a run resumed after the best epoch lost them
+    and ended on its last weights (0.025 from the uninterrupted run in predict_proba)."""
+    from robustfit.attacks import FGSM
+    from robustfit.callbacks import RobustValidation
+    from robustfit.recipes import CollapseGuard
+
+    Xtr, ytr, Xte, _ = data
+
+    def clf(dirname):
+        return AdversarialClassifier(
+            attack=FGSM(epsilon=0.1), lr=0.05, lr_schedule="constant", max_epochs=4,
+            batch_size=64, random_state=0, device="cpu",
+            valid_attack=RobustValidation(PGD(epsilon=0.1, steps=2), restore_best=True),
+            guard=CollapseGuard(max_samples=64, drop=0.9),
+            callbacks=[ResumableCheckpoint(str(dirname)), _Interrupt(4, 1)])
+
+    monkeypatch.setenv("_RF_INTERRUPTED", "1")  # the reference run is not interrupted
+    reference = clf(tmp_path / "ref").fit(Xtr, ytr)
+    best = dict(reference.callbacks_)["valid_robust_acc"]
+    assert best.restored_epoch_ is not None and best.restored_epoch_ < 4  # best before the crash
+    monkeypatch.delenv("_RF_INTERRUPTED")
+    with pytest.raises(RuntimeError, match="crash"):
+        clf(tmp_path / "run").fit(Xtr, ytr)
+    resumed = clf(tmp_path / "run").fit(Xtr, ytr)
+    assert dict(resumed.callbacks_)["valid_robust_acc"].restored_epoch_ == best.restored_epoch_
+    np.testing.assert_array_equal(resumed.predict_proba(Xte), reference.predict_proba(Xte))
+    assert dict(resumed.callbacks_)["guard"].best_ == dict(reference.callbacks_)["guard"].best_
+
+
 def test_checkpoint_without_training_state_warns(data, tmp_path):
     Xtr, ytr, _, _ = data
     _checkpointed(tmp_path).fit(Xtr, ytr)
