@@ -209,16 +209,20 @@ class SavingMixin:
         torch, torchvision, skorch, scikit-learn, numpy, scipy or diffusers,
         or is named in ``trusted_modules``.
 
-        Nor can the file choose what robustfit reads or writes later: the
-        parameters that would let it are not restored, with a warning naming
-        them. These are callbacks that read or write files (skorch's
-        ``Checkpoint``, ``TrainEndCheckpoint`` and ``LoadInitState``,
-        :class:`~robustfit.callbacks.ResumableCheckpoint`, any callback with a
-        ``dirname`` or ``f_*`` parameter: a later ``partial_fit`` would load
-        from, or write to, the folder the file names), and
-        ``torch_load_kwargs`` that turn off ``weights_only`` (a later load of
-        a checkpoint could then unpickle). Add your own back with
-        ``set_params``.
+        Nor can the file choose where robustfit writes files later, or which
+        checkpoint or cache it loads: the parameters that would let it are not
+        restored, with a warning naming them. These are callbacks that read or
+        write files (skorch's ``Checkpoint``, ``TrainEndCheckpoint`` and
+        ``LoadInitState``, :class:`~robustfit.callbacks.ResumableCheckpoint`,
+        any callback with a ``dirname``, ``f_*`` or ``checkpoint``
+        parameter), in ``callbacks`` or as ``callbacks__<name>``: a later
+        ``partial_fit`` would load from, or write to, the folder the file
+        names; ``proxy_memory`` (a cache folder robustfit reads and writes);
+        and ``torch_load_kwargs`` that turn off ``weights_only`` (a later load
+        of a checkpoint could then unpickle). Add your own back with
+        ``set_params``. A ``proxy_data=ArrayProxy(path=...)`` is kept: it
+        names arrays that a later fresh ``fit`` reads with
+        ``numpy.load(allow_pickle=False)``.
 
         Parameters
         ----------
@@ -494,21 +498,35 @@ def _wants_missing_cuda(device):
         return False
 
 
+_FILE_CALLBACKS = (Checkpoint, TrainEndCheckpoint, LoadInitState)
+
+
+def _names_a_file(key):
+    """Whether a (nested) parameter name is one through which a callback reads or
+    writes files: ``dirname``, ``f_*`` or a ``checkpoint`` to load from."""
+    last = key.rsplit("__", 1)[-1]
+    return last in ("dirname", "checkpoint") or last.startswith("f_")
+
+
 def _touches_files(callback):
-    """Whether a skorch callback reads or writes files (checkpoints, resume)."""
-    if isinstance(callback, (Checkpoint, TrainEndCheckpoint, LoadInitState)):
+    """Whether a skorch callback (an instance or a class) reads or writes files."""
+    if isinstance(callback, type):
+        return issubclass(callback, _FILE_CALLBACKS)
+    if isinstance(callback, _FILE_CALLBACKS):
         return True
     try:
         names = callback.get_params(deep=True)
     except Exception:  # not a skorch callback: judged by its attributes
         names = vars(callback)
-    return any(key.rsplit("__", 1)[-1] == "dirname" or key.rsplit("__", 1)[-1].startswith("f_")
-               for key in names)
+    return any(_names_a_file(key) for key in names)
 
 
 def _without_file_access(params, path):
     """The loaded parameters minus what would let the file pick files robustfit
-    reads or writes later (see :meth:`SavingMixin.load`)."""
+    reads or writes later (see :meth:`SavingMixin.load`): callbacks that read
+    or write files, given in ``callbacks`` or as ``callbacks__<name>`` (and
+    ``callbacks__<name>__dirname`` and the like), the proxy cache folder, and
+    ``torch_load_kwargs`` without ``weights_only``."""
     params = dict(params)
     dropped = []
     callbacks = params.get("callbacks")
@@ -518,10 +536,21 @@ def _without_file_access(params, path):
             cb = item[1] if isinstance(item, tuple) and len(item) == 2 else item
             if _touches_files(cb):
                 name = item[0] if cb is not item else type(cb).__name__
-                dropped.append(f"callback {name!r} ({type(cb).__name__}, reads or writes files)")
+                kind = cb.__name__ if isinstance(cb, type) else type(cb).__name__
+                dropped.append(f"callback {name!r} ({kind}, reads or writes files)")
             else:
                 kept.append(item)
         params["callbacks"] = kept
+    for key in [k for k in params if k.startswith("callbacks__")]:
+        value = params[key]
+        if _names_a_file(key) or (value is not None and not isinstance(value, (str, int, float, bool))
+                                  and _touches_files(value)):
+            dropped.append(f"{key} (reads or writes files)")
+            del params[key]
+    if params.get("proxy_memory") is not None:
+        dropped.append(f"proxy_memory={params['proxy_memory']!r} (a folder robustfit reads and "
+                       "writes)")
+        params["proxy_memory"] = None
     kwargs = params.get("torch_load_kwargs")
     if isinstance(kwargs, dict) and kwargs.get("weights_only", True) is not True:
         dropped.append(f"torch_load_kwargs={kwargs!r} (would let later loads unpickle)")

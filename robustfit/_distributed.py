@@ -206,17 +206,25 @@ def all_reduce_max(tensor):
 
 
 def all_reduce_mean_(tensors):
-    """Average a list of tensors over the ranks, in place, with one collective."""
+    """Average a list of tensors over the ranks, in place, with one collective
+    per dtype (in float32 for half precisions, in their own for the others,
+    so float64 buffers keep their precision)."""
     if world_size() == 1 or not tensors:
         return tensors
-    flat = torch.cat([t.detach().reshape(-1).to(comm_device(), torch.float32) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world_size()
-    pos = 0
+    groups = {}
     for t in tensors:
-        n = t.numel()
-        t.copy_(flat[pos:pos + n].view_as(t))
-        pos += n
+        dtype = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+        groups.setdefault(dtype, []).append(t)
+    for dtype, group in groups.items():
+        flat = torch.cat([t.detach().reshape(-1).to(comm_device(), dtype) for t in group])
+        dist.all_reduce(flat)
+        flat /= world_size()
+        pos = 0
+        for t in group:
+            n = t.numel()
+            with torch.no_grad():
+                t.copy_(flat[pos:pos + n].view_as(t))
+            pos += n
     return tensors
 
 

@@ -241,7 +241,9 @@ class LRSchedule(ParamsValidationMixin, LRScheduler):
         # the schedule's end leaves its last factor in each group's lr: put the base
         # back, so the next partial_fit (with this or another schedule, a constant
         # one included) starts from it, and set_params(lr=...) replaces it
-        if getattr(self, "lr_scheduler_", None) is not None:
+        # (also when no batch ran: a finished run resumed, whose checkpoint holds
+        # the schedule's last rate)
+        if self._active(net):
             for group in net.optimizer_.param_groups:
                 group["lr"] = group.get("initial_lr", group["lr"])
         self.lr_scheduler_ = None

@@ -81,12 +81,36 @@ from .attacks import AutoAttack, resolve_attack
 from .attacks._base import Attack, eval_mode
 from .attacks._fold import folded, release_folded
 from .attacks._graph import clear_graphs, cuda_graphs
-from .callbacks import SCHEDULES, EpsilonWarmup, LRSchedule, Progress, RobustValidation
+from .callbacks import (
+    SCHEDULES,
+    EpsilonWarmup,
+    LRSchedule,
+    Progress,
+    RobustValidation,
+    _callback_weights,
+    _load_callback_weights,
+)
 from .losses import AdversarialCE, Objective
 from .models import default_module, fill_module_arguments
 from .recipes import AWP, EMA, CollapseGuard
 
 _NESTED = ("attack", "valid_attack", "objective", "proxy_data", "ema", "awp", "guard")
+def _same_setting(old, new):
+    """Whether a parameter set again is unchanged: the same object, or one of the
+    same class with equal parameters, or an equal plain value."""
+    if old is new:
+        return True
+    if hasattr(old, "get_params") and type(old) is type(new):
+        try:
+            return bool(old.get_params(deep=False) == new.get_params(deep=False))
+        except Exception:  # parameters that do not compare (arrays)
+            return False
+    try:
+        return bool(old == new) and type(old) is type(new)
+    except Exception:
+        return False
+
+
 #: parameters that install a callback, and its name in ``callbacks_``
 _CALLBACK_OF = {"lr_schedule": "lr_schedule", "attack_warmup": "attack_warmup",
                 "valid_attack": "valid_robust_acc", "guard": "guard", "ema": "ema",
@@ -481,7 +505,14 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         nested, params = split_nested_params(params, _NESTED)
         fitted = getattr(self, "initialized_", False) and hasattr(self, "callbacks_")
         lrs = self._group_lrs() if fitted else None
+        before = {k: getattr(self, k, None) for k in params if k in _CALLBACK_OF}
+        # skorch rebuilds every callback when a callbacks* parameter changes: the
+        # weights a callback keeps beside the module (EMA's) go to the new one
+        kept = (_callback_weights(self) if fitted and any(k.startswith("callbacks") for k in params)
+                else None)
         super().set_params(**params)
+        if kept:
+            _load_callback_weights(self, kept)
         for head, sub in nested.items():
             obj = getattr(self, head)
             if obj is None or not hasattr(obj, "set_params"):
@@ -492,7 +523,9 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
             obj.set_params(**sub)
         if fitted:
             self._rebase_schedule(lrs)
-            changed = {_CALLBACK_OF[k] for k in [*params, *nested] if k in _CALLBACK_OF}
+            changed = {_CALLBACK_OF[k] for k in nested if k in _CALLBACK_OF}
+            changed |= {_CALLBACK_OF[k] for k, old in before.items()
+                        if not _same_setting(old, getattr(self, k))}
             if "ema" in nested and "ema" not in params and isinstance(self.ema, EMA):
                 current = dict(self.callbacks_).get("ema")
                 if isinstance(current, EMA):  # same average, new settings
@@ -519,6 +552,8 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
     def _rebuild_callbacks(self, names):
         """Rebuild, from the current parameters, the installed callbacks ``names``
         (``callbacks_`` names) on a fitted classifier; the others keep their state."""
+        if self.callbacks == "disable":
+            return
         installed = list(self.callbacks_)
         ema = dict(installed).get("ema")
         if "ema" in names and isinstance(ema, EMA):

@@ -154,3 +154,51 @@ def test_robust_validation_without_a_validation_split_warns(data):
                               max_epochs=2, random_state=0, device="cpu",
                               train_split=None).fit(*data)
     assert sum("no validation split" in str(w.message) for w in caught) == 1  # once per fit
+
+
+def test_set_params_keeps_the_ema_average_unless_ema_changes(data):
+    """skorch rebuilds every callback when a callbacks* parameter is set, and setting ema to
+    its own value counted as a change: both dropped EMA's average (0.018 in predict_proba)."""
+    X, y = data
+
+    def fitted():
+        return AdversarialClassifier(attack=PGD(epsilon=0.1, steps=1), ema=EMA(decay=0.9, warmup=0),
+                                     max_epochs=1, batch_size=100, random_state=0, device="cpu",
+                                     train_split=None).fit(X, y)
+
+    reference = fitted()
+    proba = reference.predict_proba(X)
+    same = fitted().set_params(ema=reference.ema)  # an equal EMA: nothing changes
+    other = fitted().set_params(callbacks__print_log__keys_ignored=["dur"])
+    for clf in (same, other):
+        assert dict(clf.callbacks_)["ema"].average_ is not None
+        np.testing.assert_array_equal(clf.predict_proba(X), proba)
+    reference.partial_fit(X, y)
+    for clf in (same, other):
+        clf.partial_fit(X, y)
+        np.testing.assert_array_equal(clf.predict_proba(X), reference.predict_proba(X))
+
+
+def test_set_params_leaves_disabled_callbacks_disabled(data):
+    clf = AdversarialClassifier(max_epochs=1, callbacks="disable", random_state=0, device="cpu",
+                                train_split=None).fit(*data)
+    clf.set_params(lr_schedule="cosine", verbose=1)
+    assert clf.callbacks_ == []
+
+
+def test_a_resumed_finished_run_ends_at_the_base_learning_rate(data, tmp_path):
+    """Resuming a finished run trains no epoch; the checkpoint's last one-cycle rate (0)
+    stayed in the optimizer, and a following constant-rate partial_fit trained nothing."""
+    from robustfit.callbacks import ResumableCheckpoint
+
+    def clf():
+        return AdversarialClassifier(max_epochs=2, lr=0.01, random_state=0, device="cpu",
+                                     train_split=None,
+                                     callbacks=[ResumableCheckpoint(str(tmp_path))])
+
+    clf().fit(*data)
+    again = clf().fit(*data)  # the finished run, resumed: no epoch to train
+    assert len(again.history) == 2 and again.optimizer_.param_groups[0]["lr"] == 0.01
+    before = [p.detach().clone() for p in again.module_.parameters()]
+    again.set_params(lr_schedule="constant").partial_fit(*data)
+    assert any(not torch.equal(a, b) for a, b in zip(before, again.module_.parameters()))

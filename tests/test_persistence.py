@@ -281,6 +281,24 @@ def test_saved_model_cannot_choose_files_read_or_written_later(data, tmp_path):
     assert not marker.exists()
 
 
+def test_saved_model_cannot_name_files_through_other_parameters(data, tmp_path):
+    """The same attack through skorch's callbacks__<name>=... (which replaces a default
+    callback) and the proxy cache folder: dropped on load, with the warning."""
+    Xtr, ytr, _, _ = data
+    evil = tmp_path / "evil"
+    clf = AdversarialClassifier(max_epochs=1, batch_size=64, random_state=0, device="cpu",
+                                proxy_data=GaussianMixtureProxy(pca_components=4, random_state=0),
+                                proxy_ratio=0.25, proxy_memory=str(tmp_path / "cache"))
+    clf.fit(Xtr, ytr)
+    clf.set_params(callbacks__print_log=LoadInitState(Checkpoint(dirname=str(evil))))
+    clf.save(tmp_path / "model.pt")
+    with pytest.warns(UserWarning, match=r"not restored: callbacks__print_log \(reads or writes "
+                      r"files\); proxy_memory="):
+        loaded = AdversarialClassifier.load(tmp_path / "model.pt")
+    assert "callbacks__print_log" not in loaded.get_params(deep=False) and loaded.proxy_memory is None
+    assert not isinstance(dict(loaded.callbacks_)["print_log"], LoadInitState)
+
+
 def test_loaded_model_with_ema_goes_on_from_the_raw_weights(data, tmp_path):
     """The module holds EMA's average; the raw training weights are saved beside it, so
     partial_fit after load continues exactly as the original's partial_fit."""
