@@ -267,6 +267,45 @@ def test_what_stops_rank_0_in_run_on_main_stops_every_rank(tmp_path, error):
     assert outcome[1] == f"{error}: on rank 0: stopped while rank 0 fitted the proxy"
 
 
+_MEAN_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from robustfit._distributed import all_reduce_mean_
+rank, path = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method="file://" + path + ".store", rank=rank, world_size=2)
+a = torch.tensor([1.0 + 2.0 ** -40 * (1 + rank)], dtype=torch.float64)
+b = torch.tensor([1.0 + rank], dtype=torch.bfloat16)
+c = torch.tensor([[2.0 * rank]])
+all_reduce_mean_([a, b, c])
+torch.save({"a": a, "b": b, "c": c}, path + str(rank))
+dist.barrier()
+"""
+
+
+@needs_gloo
+def test_all_reduce_mean_keeps_each_dtype():
+    """float64 buffers (a double-precision module's batch-norm statistics, averaged after every
+    training pass) were rounded through float32: 1 + 1.5 * 2**-40 came back as 1.0."""
+    import tempfile
+
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "out")
+        procs = [subprocess.Popen([sys.executable, "-c", _MEAN_SCRIPT, str(r), path], env=env)
+                 for r in (0, 1)]
+        try:
+            assert [p.wait(timeout=120) for p in procs] == [0, 0]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        out = [torch.load(path + str(r), weights_only=True) for r in (0, 1)]
+    for r in out:
+        assert r["a"].dtype == torch.float64 and r["a"].item() == 1.0 + 1.5 * 2.0 ** -40
+        assert r["b"].dtype == torch.bfloat16 and r["b"].item() == 1.5
+        assert r["c"].shape == (1, 1) and r["c"].item() == 1.0
+
+
 def test_split_bounds_cover_the_batch_evenly():
     for n in (1, 5, 29, 64):
         for parts in (1, 2, 3):
