@@ -82,10 +82,11 @@ class TensorLoader:
             self.fallback = DataLoader(dataset, batch_sampler=self._sampler, **kwargs)
             return
         X, y = arrays
-        self.X = torch.as_tensor(X).to(self.device, non_blocking=True)
+        X, y = _model_dtypes(torch.as_tensor(X), None if y is None else torch.as_tensor(y))
+        self.X = X.to(self.device, non_blocking=True)
         if self.device.type == "cuda" and self.X.dim() == 4:
             self.X = self.X.contiguous(memory_format=torch.channels_last)
-        self.y = None if y is None else torch.as_tensor(y).to(self.device, non_blocking=True)
+        self.y = None if y is None else y.to(self.device, non_blocking=True)
 
     def _batch_sizes(self):
         """Sizes of the global batches of one pass (tiny last batch skipped)."""
@@ -181,7 +182,18 @@ def _to_device(batch, device):
     def move(t):
         return t.to(device, non_blocking=True) if torch.is_tensor(t) else t
 
-    return move(X), move(y)
+    return _model_dtypes(move(X), move(y))
+
+
+def _model_dtypes(X, y):
+    """Floating inputs as float32 and integer labels as int64, as ``fit`` makes
+    arrays (``check_array``, ``check_labels``): a Dataset of float64 features or
+    int32 labels reaches the module and the loss as the same arrays would."""
+    if torch.is_tensor(X) and X.is_floating_point() and X.dtype != torch.float32:
+        X = X.float()
+    if torch.is_tensor(y) and not y.is_floating_point() and y.dtype not in (torch.int64, torch.bool):
+        y = y.long()
+    return X, y
 
 
 class MixedLoader:

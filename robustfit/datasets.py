@@ -52,10 +52,15 @@ def _read_idx(path):
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte
         raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic {magic:#x})")
     ndim = magic & 0xFF
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is cut short: its header declares {ndim} dimensions, but the "
+                         f"file has only {len(data)} bytes")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: expected {np.prod(shape)} values, got {arr.size}")
+        what = "truncated" if arr.size < int(np.prod(shape)) else "corrupt (bytes past the end)"
+        raise ValueError(f"{path} is {what}: its header declares {int(np.prod(shape))} values, "
+                         f"the file holds {arr.size}")
     return arr.reshape(shape)
 
 
@@ -70,13 +75,13 @@ def _find(root, name):
 def default_data_home():
     """Where loaders look when no ``root`` is given.
 
-    ``$ROBUSTFIT_DATA`` if set, else ``~/.robustfit_data``.
+    ``$ROBUSTFIT_DATA`` if set, else ``~/.robustfit_data`` (``~`` expanded in both).
 
     Returns
     -------
     path : pathlib.Path
     """
-    return Path(os.environ.get("ROBUSTFIT_DATA", Path.home() / ".robustfit_data"))
+    return Path(os.environ.get("ROBUSTFIT_DATA", Path.home() / ".robustfit_data")).expanduser()
 
 
 def load_mnist(root=None, split="test", download=False):
@@ -89,7 +94,8 @@ def load_mnist(root=None, split="test", download=False):
     Parameters
     ----------
     root : str or path-like, default=None
-        Folder holding the files. ``None`` uses :func:`default_data_home`.
+        Folder holding the files (``~`` is expanded). ``None`` uses
+        :func:`default_data_home`.
     split : {"test", "train"}, default="test"
         The 10,000-image test split or the 60,000-image training split.
     download : bool, default=False
@@ -111,7 +117,7 @@ def load_mnist(root=None, split="test", download=False):
     """
     if split not in _MNIST_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = Path(root) if root is not None else default_data_home()
+    root = Path(root).expanduser() if root is not None else default_data_home()
     img_name, lbl_name = _MNIST_FILES[split]
     img, lbl = _find(root, img_name), _find(root, lbl_name)
     if (img is None or lbl is None) and download:

@@ -116,6 +116,24 @@ def test_load_mnist_corrupt_files(tmp_path):
     path.write_bytes(b"\x00\x00\x0d\x03" + bytes(12))  # float32 IDX, not uint8
     with pytest.raises(ValueError, match="not an IDX file of unsigned bytes"):
         load_mnist(tmp_path)
+    _write_mnist(tmp_path)
+    path.write_bytes(path.read_bytes() + bytes(10))  # was reported as "truncated"
+    with pytest.raises(ValueError, match=r"corrupt \(bytes past the end\): its header declares "
+                                         r"\d+ values, the file holds \d+"):
+        load_mnist(tmp_path)
+    path.write_bytes(b"\x00\x00\x08\x03" + bytes(4))  # numpy's raw "offset must be..." before
+    with pytest.raises(ValueError, match="is cut short: its header declares 3 dimensions"):
+        load_mnist(tmp_path)
+
+
+def test_load_mnist_expands_the_home_folder(tmp_path, monkeypatch):
+    """"~/data" was looked up literally, in root= and in $ROBUSTFIT_DATA."""
+    _write_mnist(tmp_path / "mnist")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_mnist("~/mnist")[0].shape[1:] == (1, 28, 28)
+    monkeypatch.setenv("ROBUSTFIT_DATA", "~/mnist")
+    assert default_data_home() == tmp_path / "mnist"
+    assert load_mnist()[0].shape[1:] == (1, 28, 28)
 
 
 def test_load_mnist_length_mismatch(tmp_path):

@@ -176,6 +176,31 @@ def test_classes_in_the_users_order(data):
         _clf(classes=[2, 1, 1, 0]).fit(X, y3)
 
 
+def test_datasets_of_other_dtypes_train_as_the_same_arrays(data):
+    """A skorch Dataset (or a torch one, streamed) of float64 features and int32 labels
+    reached the module and the loss as given: "expected target dtype to be Long", "mat1 and
+    mat2 must have the same dtype". It now trains exactly as the arrays do."""
+    from skorch.dataset import Dataset
+    from torch.utils.data import TensorDataset
+
+    X, y = data
+    ref = _clf(train_split=None).fit(X, y)
+    for ds in (Dataset(X.astype(np.float64), y.astype(np.int32)),
+               TensorDataset(torch.as_tensor(X, dtype=torch.float64),
+                             torch.as_tensor(y, dtype=torch.int32))):
+        clf = _clf(train_split=None).fit(ds, None)
+        np.testing.assert_array_equal(clf.predict_proba(X), ref.predict_proba(X))
+    np.testing.assert_array_equal(ref.predict(Dataset(X.astype(np.float64), None)), ref.predict(X))
+
+
+def test_robust_accuracy_of_a_dataset_with_labels_given_twice(data, net):
+    from skorch.dataset import Dataset
+
+    X, y = data
+    with pytest.raises(ValueError, match="X is a Dataset \\(Dataset\\) and y is given: pass y=None"):
+        robust_accuracy(net, Dataset(X, y), y, attack=PGD(epsilon=0.1, steps=1))
+
+
 def test_attack_class_instead_of_instance(data):
     X, y = data
     with pytest.raises(ValueError, match=r"attack must be an instance, not the class itself: pass PGD\(\.\.\.\)"):

@@ -197,6 +197,10 @@ def robust_accuracy(estimator, X, y=None, attack=None, batch_size=256, *, epsilo
         if arrays is None or arrays[1] is None:
             raise ValueError("y is None: pass labels, or a dataset that holds them")
         X, y_idx = arrays
+    elif isinstance(X, torch.utils.data.Dataset):
+        raise ValueError(
+            f"X is a Dataset ({type(X).__name__}) and y is given: pass y=None to use the labels "
+            "it holds, or X and y as arrays")
     else:
         y_idx = encode_for(clf, y) if clf is not None else check_labels(y)
         if clf is None and y_idx.dtype.kind not in "iuf":
