@@ -35,7 +35,7 @@ from ._persist import (
 )
 from ._utils import GLOBAL_RNG_LOCK, current_source, torch_seeded
 from .attacks._base import Attack
-from .callbacks import _callback_weights, _load_callback_weights
+from .callbacks import _callback_states, _load_callback_states
 from .losses import AdversarialCE
 
 
@@ -73,7 +73,7 @@ class SavingMixin:
             "proxy_": getattr(self, "proxy_", None),
             "proxy_X_": getattr(self, "proxy_X_", None),
             "proxy_y_": getattr(self, "proxy_y_", None),
-            "callback_weights_": _callback_weights(self),
+            "callback_weights_": _callback_states(self),
         }
 
     def set_fitted_state(self, state):
@@ -114,7 +114,7 @@ class SavingMixin:
         extra = [a for a in ("attack_", "objective_", "proxy_") if a not in self.cuda_dependent_attributes_]
         self.cuda_dependent_attributes_ = list(self.cuda_dependent_attributes_) + extra
         self._load_states(state)
-        _load_callback_weights(self, state.get("callback_weights_"))
+        _load_callback_states(self, state.get("callback_weights_"))
         self.schedule_origin_ = int(state.get("schedule_origin_", 0))
         return self
 
@@ -360,8 +360,8 @@ class SavingMixin:
             {"class": class_path(type(objective)), "state": fitted_state(objective)},
             "proxy": proxy,
             "rng": rng,
-            "callback_weights": _callback_weights(self),
-            "callback_states": _callback_weights(self, "resume_state"),
+            "callback_weights": _callback_states(self),
+            "callback_states": _callback_states(self, "resume_state"),
         }
         tensors = {}
         save_payload("checkpoint", encode(state, tensors, "training state"), tensors, path)
@@ -398,8 +398,8 @@ class SavingMixin:
         if not getattr(self, "initialized_", False):
             self.initialize()
         self._load_states(state)
-        _load_callback_weights(self, state.get("callback_weights"))
-        _load_callback_weights(self, state.get("callback_states"), "load_resume_state")
+        _load_callback_states(self, state.get("callback_weights"))
+        _load_callback_states(self, state.get("callback_states"), "load_resume_state")
         for name in ("attack_", "objective_"):
             saved, current = state.get(name), getattr(self, name, None)
             if saved is None or current is None:

@@ -341,10 +341,10 @@ def snapshot_weights(net):
     >>> restore_weights(clf, before)
     """
     module = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
-    return {"module": module, "callbacks": _callback_weights(net)}
+    return {"module": module, "callbacks": _callback_states(net)}
 
 
-def _callback_weights(net, method="weights_state"):
+def _callback_states(net, method="weights_state"):
     """``{callback name: cb.<method>()}`` for every callback of ``net`` that
     has ``method``: ``weights_state`` (the weights a callback keeps beside the
     module, :class:`~robustfit.recipes.EMA`'s set not in the module; part of
@@ -355,8 +355,8 @@ def _callback_weights(net, method="weights_state"):
             if callable(getattr(cb, method, None))}
 
 
-def _load_callback_weights(net, states, method="load_weights_state"):
-    """Give ``net``'s callbacks back what ``_callback_weights`` returned
+def _load_callback_states(net, states, method="load_weights_state"):
+    """Give ``net``'s callbacks back what ``_callback_states`` returned
     (``states`` may be None; names without a callback are skipped)."""
     callbacks = dict(getattr(net, "callbacks_", []))
     for name, state in (states or {}).items():
@@ -381,7 +381,7 @@ def restore_weights(net, snapshot):
     with torch.no_grad():
         for key, value in net.module_.state_dict().items():
             value.copy_(snapshot["module"][key])
-    _load_callback_weights(net, snapshot["callbacks"])
+    _load_callback_states(net, snapshot["callbacks"])
 
 
 def _fixed_subset(dataset, max_samples):

@@ -87,14 +87,23 @@ from .callbacks import (
     LRSchedule,
     Progress,
     RobustValidation,
-    _callback_weights,
-    _load_callback_weights,
+    _callback_states,
+    _load_callback_states,
 )
 from .losses import AdversarialCE, Objective
 from .models import default_module, fill_module_arguments
 from .recipes import AWP, EMA, CollapseGuard
 
 _NESTED = ("attack", "valid_attack", "objective", "proxy_data", "ema", "awp", "guard")
+#: parameters that install a callback, and its name in ``callbacks_``
+_CALLBACK_OF = {"lr_schedule": "lr_schedule", "attack_warmup": "attack_warmup",
+                "valid_attack": "valid_robust_acc", "guard": "guard", "ema": "ema",
+                "verbose": "progress"}
+_ATTACK = [None, Attack, "callable"]
+
+__all__ = ["AdversarialClassifier", "training_state_path"]
+
+
 def _same_setting(old, new):
     """Whether a parameter set again is unchanged: the same object, or one of the
     same class with equal parameters, or an equal plain value."""
@@ -109,15 +118,6 @@ def _same_setting(old, new):
         return bool(old == new) and type(old) is type(new)
     except Exception:
         return False
-
-
-#: parameters that install a callback, and its name in ``callbacks_``
-_CALLBACK_OF = {"lr_schedule": "lr_schedule", "attack_warmup": "attack_warmup",
-                "valid_attack": "valid_robust_acc", "guard": "guard", "ema": "ema",
-                "verbose": "progress"}
-_ATTACK = [None, Attack, "callable"]
-
-__all__ = ["AdversarialClassifier", "training_state_path"]
 
 
 class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixin, NeuralNetClassifier):
@@ -508,11 +508,11 @@ class AdversarialClassifier(ParamsValidationMixin, SavingMixin, DataParallelMixi
         before = {k: getattr(self, k, None) for k in params if k in _CALLBACK_OF}
         # skorch rebuilds every callback when a callbacks* parameter changes: the
         # weights a callback keeps beside the module (EMA's) go to the new one
-        kept = (_callback_weights(self) if fitted and any(k.startswith("callbacks") for k in params)
+        kept = (_callback_states(self) if fitted and any(k.startswith("callbacks") for k in params)
                 else None)
         super().set_params(**params)
         if kept:
-            _load_callback_weights(self, kept)
+            _load_callback_states(self, kept)
         for head, sub in nested.items():
             obj = getattr(self, head)
             if obj is None or not hasattr(obj, "set_params"):

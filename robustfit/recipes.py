@@ -32,7 +32,7 @@ from sklearn.base import BaseEstimator, clone
 from skorch.callbacks import Callback
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from ._distributed import all_reduce_sum, current_shard, world_size
+from ._distributed import all_reduce_mean_, current_shard, world_size
 from ._validation import Interval, Options, ParamsValidationMixin, check_attack
 from .attacks import APGD
 from .callbacks import (
@@ -424,20 +424,15 @@ class AWP(ParamsValidationMixin, BaseEstimator):
 
 def _global_batch_grads(weights, grads):
     """In data-parallel training, the gradient of the global batch's mean loss
-    from each rank's gradient of its shard's mean loss (their sum weighted by
-    the shards' sizes, one all-reduce), so that every rank moves the weights
-    as one process would; ``grads`` itself otherwise."""
+    from each rank's gradient of its shard's mean loss: the mean over ranks of
+    each rank's gradient times the shard's weight (``size * world / total``,
+    as the training step weights its loss for DDP's average), so that every
+    rank moves the weights as one process would; ``grads`` itself otherwise."""
     shard = current_shard()
     if shard is None or world_size() == 1:
         return grads
-    parts = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads)]
-    flat = all_reduce_sum(torch.cat([g.detach().reshape(-1) for g in parts])
-                          * (shard.size / shard.total))
-    out, pos = [], 0
-    for w in weights:
-        out.append(flat[pos:pos + w.numel()].view_as(w))
-        pos += w.numel()
-    return out
+    return all_reduce_mean_([torch.zeros_like(w) if g is None else g.detach() * shard.weight
+                             for w, g in zip(weights, grads)])
 
 
 # ------------------------------------------------------------------- guard
